@@ -1,0 +1,139 @@
+"""A normalized decoder config, read from a Hugging Face config.json (transformers 4 or 5 layout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pressa.capture.architectures import Arch, get_arch
+from pressa.errors import BadArgument
+
+
+@dataclass
+class Rope:
+    theta: float = 10000.0
+    kind: str = "default"               # default | linear | llama3 | longrope | dynamic
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class DecoderConfig:
+    arch: Arch
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_eps: float
+    max_position: int
+    rope: Rope
+    rotary_dim: int
+    tie_embeddings: bool
+    hidden_act: str
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    layer_sliding: list[bool] = field(default_factory=list)
+    local_rope: Rope | None = None       # Gemma3: sliding layers use another rope base
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    attn_scale: float | None = None
+    bos_token_id: int | None = None
+    eos_token_id: list[int] = field(default_factory=list)
+    pad_token_id: int | None = None
+    raw: dict = field(default_factory=dict)
+
+
+def _rope_from(d: dict | None, fallback_theta: float) -> Rope:
+    if not d:
+        return Rope(theta=fallback_theta)
+    kind = d.get("rope_type", d.get("type", "default")) or "default"
+    theta = float(d.get("rope_theta", fallback_theta))
+    params = {k: v for k, v in d.items() if k not in ("rope_type", "type", "rope_theta")}
+    return Rope(theta=theta, kind=kind, params=params)
+
+
+def _layer_sliding(cfg: dict, model_type: str, n: int) -> list[bool]:
+    types = cfg.get("layer_types")
+    if types:
+        return [t == "sliding_attention" for t in types]
+    window = cfg.get("sliding_window")
+    if not window:
+        return [False] * n
+    if model_type == "gemma2":
+        return [i % 2 == 0 for i in range(n)]
+    if model_type in ("gemma3_text", "gemma3"):
+        pattern = int(cfg.get("sliding_window_pattern", 6))
+        return [(i + 1) % pattern != 0 for i in range(n)]
+    if model_type in ("qwen2", "qwen3") and not cfg.get("use_sliding_window", False):
+        return [False] * n
+    return [True] * n
+
+
+def _ids(v) -> list[int]:
+    if v is None:
+        return []
+    return [int(x) for x in v] if isinstance(v, list) else [int(v)]
+
+
+def decoder_config(cfg: dict) -> DecoderConfig:
+    """Normalize a config.json dict. Raises UnsupportedArchitecture for models not in the table."""
+    if "text_config" in cfg and cfg.get("model_type") == "gemma3":
+        cfg = {**cfg["text_config"], "model_type": "gemma3_text"}
+    model_type = cfg.get("model_type", "")
+    arch = get_arch(model_type)
+    try:
+        hidden = int(cfg["hidden_size"])
+        heads = int(cfg["num_attention_heads"])
+        n = int(cfg["num_hidden_layers"])
+        head_dim = int(cfg.get("head_dim") or hidden // heads)
+        rope_all = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+        theta = float(cfg.get("rope_theta", 10000.0))
+        local_rope = None
+        if isinstance(rope_all, dict) and "full_attention" in rope_all:   # transformers 5, per layer type
+            rope = _rope_from(rope_all["full_attention"], theta)
+            local_rope = _rope_from(rope_all.get("sliding_attention"), theta)
+        else:
+            rope = _rope_from(rope_all if isinstance(rope_all, dict) else None, theta)
+            if "rope_local_base_freq" in cfg:
+                local_rope = Rope(theta=float(cfg["rope_local_base_freq"]))
+        partial = float(cfg.get("partial_rotary_factor", (rope_all or {}).get("partial_rotary_factor", 1.0)
+                                if isinstance(rope_all, dict) else 1.0))
+        act = cfg.get("hidden_activation") or cfg.get("hidden_act") or arch.default_act
+        if arch.model_type == "gemma" and act == "gelu":
+            act = "gelu_pytorch_tanh"        # Gemma's config says gelu but means the tanh form
+        qpas = cfg.get("query_pre_attn_scalar")
+        tie = cfg.get("tie_word_embeddings")
+        if tie is None:
+            tie = arch.model_type.startswith("gemma")
+        return DecoderConfig(
+            arch=arch,
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=n,
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=head_dim,
+            rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            max_position=int(cfg.get("max_position_embeddings", 4096)),
+            rope=rope,
+            rotary_dim=int(head_dim * partial),
+            tie_embeddings=bool(tie),
+            hidden_act=act,
+            attention_bias=bool(cfg.get("attention_bias", False)) or arch.qkv_bias,
+            mlp_bias=bool(cfg.get("mlp_bias", False)),
+            sliding_window=cfg.get("sliding_window"),
+            layer_sliding=_layer_sliding(cfg, model_type, n),
+            local_rope=local_rope,
+            attn_softcap=float(cfg.get("attn_logit_softcapping") or 0.0),
+            final_softcap=float(cfg.get("final_logit_softcapping") or 0.0),
+            attn_scale=float(qpas) ** -0.5 if qpas else None,
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_id=_ids(cfg.get("eos_token_id")),
+            pad_token_id=cfg.get("pad_token_id"),
+            raw=cfg,
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise BadArgument(f"config.json is missing or has a bad value for {err}; check the model folder") from None

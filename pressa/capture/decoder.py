@@ -1,0 +1,304 @@
+"""Builds a decoder LLM's ONNX graph directly from its weights, with ONNX Runtime's fused operators.
+
+Weights stream from the source one layer at a time: read, (quantize,) write, forget.
+Inputs/outputs follow onnxruntime-genai: input_ids, attention_mask, past_key_values.N.key/value
+-> logits, present.N.key/value (KV in BNSH).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from onnx import TensorProto
+
+from pressa.capture.config import DecoderConfig
+from pressa.capture.onnx_writer import MS, GraphWriter
+from pressa.capture.rope import rope_cache
+from pressa.errors import BadArgument, CorruptModel
+from pressa.quant.packing import matmulnbits_tensors
+from pressa.quant.rtn import quantize_rtn
+from pressa.sources.base import WeightReader
+
+MAX_CONTEXT = 32768
+
+
+@dataclass
+class BuildOptions:
+    precision: str = "int4"              # fp32 | fp16 | int8 | int4
+    block_size: int = 32
+    symmetric: bool = False
+    accuracy_level: int = 4              # MatMulNBits compute: 0 = float, 4 = int8 activations (CPU)
+    embedding_bits: int = 8              # tied embedding / lm_head in quantized precisions
+    layer_bits: dict[str, int] = field(default_factory=dict)   # per-weight override (mixed precision)
+    context_length: int | None = None
+
+
+class DecoderBuilder:
+    def __init__(self, cfg: DecoderConfig, weights: WeightReader, opts: BuildOptions):
+        if opts.precision not in ("fp32", "fp16", "int8", "int4"):
+            raise BadArgument(f"precision {opts.precision!r}: use fp32, fp16, int8 or int4")
+        if opts.block_size not in (16, 32, 64, 128, 256):
+            raise BadArgument(f"group size {opts.block_size}: use 16, 32, 64, 128 or 256")
+        self.cfg, self.w, self.o = cfg, weights, opts
+        self.fp16 = opts.precision == "fp16"
+        self.np_dtype = np.float16 if self.fp16 else np.float32
+        self.onnx_dtype = TensorProto.FLOAT16 if self.fp16 else TensorProto.FLOAT
+        self.context = min(opts.context_length or cfg.max_position, cfg.max_position, MAX_CONTEXT)
+
+    # -- weights ----------------------------------------------------------------------------
+    def read(self, name: str) -> np.ndarray:
+        if name not in self.w:
+            raise CorruptModel(f"weight {name!r} is missing from the model; the checkpoint is incomplete "
+                               "or not a supported architecture")
+        return self.w(name)
+
+    def opt(self, name: str) -> np.ndarray | None:
+        return self.w(name) if name in self.w else None
+
+    def fw(self, g: GraphWriter, name: str, a: np.ndarray) -> str:
+        return g.weight(name, np.asarray(a, dtype=self.np_dtype))
+
+    def bits_for(self, key: str) -> int | None:
+        if self.o.precision in ("fp32", "fp16"):
+            return None
+        return self.o.layer_bits.get(key, 4 if self.o.precision == "int4" else 8)
+
+    def linear(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bias: np.ndarray | None,
+               key: str) -> str:
+        """y = x @ w.T (+ bias); w is [N, K]. Quantized precisions use MatMulNBits."""
+        bits = self.bits_for(key)
+        if bits is None:
+            y = g.op("MatMul", [x, self.fw(g, f"{name}.weight", w.T)], f"{name}/MatMul")
+        else:
+            y = self.matmul_nbits(g, x, name, w, bits)
+        if bias is not None:
+            y = g.op("Add", [y, self.fw(g, f"{name}.bias", bias)], f"{name}/Add")
+        return y
+
+    def matmul_nbits(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bits: int,
+                     share_key: int | None = None, packed: dict | None = None) -> str:
+        n, k = w.shape
+        t = packed or matmulnbits_tensors(quantize_rtn(w, bits, self.o.block_size, self.o.symmetric))
+        ins = [x, g.weight(f"{name}.qweight", t["B"], share_key=share_key),
+               g.weight(f"{name}.scales", t["scales"].astype(self.np_dtype),
+                        share_key=None if share_key is None else share_key + 1)]
+        if "zero_points" in t:
+            ins.append(g.weight(f"{name}.zero_points", t["zero_points"],
+                                share_key=None if share_key is None else share_key + 2))
+        return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS, K=k, N=n, bits=bits,
+                    block_size=self.o.block_size, accuracy_level=self.o.accuracy_level)
+
+    def norm_weight(self, name: str) -> np.ndarray:
+        return self.read(name) + self.cfg.arch.norm_offset
+
+    def rms(self, g: GraphWriter, x: str, wname: str, label: str) -> str:
+        w = self.fw(g, wname, self.norm_weight(wname))
+        return g.node("SimplifiedLayerNormalization", [x, w], label, axis=-1, epsilon=self.cfg.rms_eps,
+                      stash_type=1)[0]
+
+    def skip_rms(self, g: GraphWriter, x: str, skip: str, wname: str, label: str) -> tuple[str, str]:
+        """(normed, x + skip) in one fused op."""
+        w = self.fw(g, wname, self.norm_weight(wname))
+        out = g.node("SkipSimplifiedLayerNormalization", [x, skip, w], label, 4, MS, epsilon=self.cfg.rms_eps)
+        return out[0], out[3]
+
+    # -- graph ------------------------------------------------------------------------------
+    def build(self, out_dir: Path, progress: Callable[[int, int, str], None] | None = None) -> dict:
+        cfg = self.cfg
+        g = GraphWriter(out_dir / "model.onnx")
+        try:
+            info = self._emit(g, progress)
+            info["data_bytes"] = g.save()
+        finally:
+            g.abort()
+        info["op_counts"] = dict(sorted(g.op_counts.items()))
+        info["context_length"] = self.context
+        info["num_layers"] = cfg.num_layers
+        return info
+
+    def _emit(self, g: GraphWriter, progress) -> dict:
+        cfg, dt = self.cfg, self.onnx_dtype
+        kv_shape = ["batch_size", cfg.num_kv_heads, "past_sequence_length", cfg.head_dim]
+        ids = g.add_input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+        mask = g.add_input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
+        for i in range(cfg.num_layers):
+            for kv in ("key", "value"):
+                g.add_input(f"past_key_values.{i}.{kv}", dt, kv_shape)
+        g.add_output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab_size])
+
+        total = cfg.num_layers + 2
+        step = (lambda i, d: progress(i, total, d)) if progress else (lambda i, d: None)
+        step(0, "embeddings")
+        # sequence lengths for GroupQueryAttention: sum(mask) - 1 per row, and the mask's width
+        one = g.const("/model/const/one", [1])
+        rsum = g.op("ReduceSum", [mask, one], "/model/attn_mask/ReduceSum", keepdims=0)
+        seqlens = g.op("Cast", [g.op("Sub", [rsum, one], "/model/attn_mask/Sub")], "/model/attn_mask/Cast",
+                       to=TensorProto.INT32)
+        width = g.op("Gather", [g.op("Shape", [mask], "/model/attn_mask/Shape"),
+                                g.const("/model/const/idx1", 1)], "/model/attn_mask/Gather", axis=0)
+        total_len = g.op("Cast", [width], "/model/attn_mask/Cast_total", to=TensorProto.INT32)
+        ctx = dict(seqlens=seqlens, total=total_len, rope=self._rope(g))
+
+        x = self._embed(g, ids)
+        resid, pending = None, None
+        for i in range(cfg.num_layers):
+            step(i + 1, f"layer {i + 1}/{cfg.num_layers}")
+            p = f"model.layers.{i}."
+            if resid is None:
+                h, resid = self.rms(g, x, p + "input_layernorm.weight", f"/model/layers.{i}/input_layernorm"), x
+            else:
+                h, resid = self.skip_rms(g, pending, resid, p + "input_layernorm.weight",
+                                         f"/model/layers.{i}/input_layernorm")
+            a = self._attention(g, h, i, ctx)
+            if cfg.arch.post_attn_norm:
+                a = self.rms(g, a, p + cfg.arch.post_attn_norm + ".weight", f"/model/layers.{i}/post_attn_norm")
+            h, resid = self.skip_rms(g, a, resid, p + cfg.arch.mlp_norm + ".weight",
+                                     f"/model/layers.{i}/{cfg.arch.mlp_norm}")
+            m = self._mlp(g, h, i)
+            if cfg.arch.post_mlp_norm:
+                m = self.rms(g, m, p + cfg.arch.post_mlp_norm + ".weight", f"/model/layers.{i}/post_mlp_norm")
+            pending = m
+        step(cfg.num_layers + 1, "lm_head")
+        h, _ = self.skip_rms(g, pending, resid, "model.norm.weight", "/model/norm")
+        self._lm_head(g, h, ids)
+        step(total, "done")
+        return {}
+
+    def _rope(self, g: GraphWriter) -> dict:
+        cfg = self.cfg
+        cos, sin = rope_cache(cfg.rope, cfg.rotary_dim, self.context, cfg.max_position)
+        out = {"global": (self.fw(g, "cos_cache", cos), self.fw(g, "sin_cache", sin))}
+        if cfg.local_rope is not None and any(cfg.layer_sliding):
+            cos, sin = rope_cache(cfg.local_rope, cfg.rotary_dim, self.context, cfg.max_position)
+            out["local"] = (self.fw(g, "cos_cache_local", cos), self.fw(g, "sin_cache_local", sin))
+        return out
+
+    def _embed(self, g: GraphWriter, ids: str) -> str:
+        cfg = self.cfg
+        e = self.read("model.embed_tokens.weight")
+        if self.o.precision in ("int4", "int8") and cfg.tie_embeddings:
+            # one quantized copy on disk, read by GatherBlockQuantized here and MatMulNBits in lm_head
+            bits = self.o.embedding_bits
+            qw = quantize_rtn(e, bits, self.o.block_size, self.o.symmetric)
+            t = matmulnbits_tensors(qw)
+            v, nb = qw.scales.shape
+            self._tied = (e, t)          # lm_head reuses these bytes
+            ins = [g.weight("model.embed_tokens.qweight", t["B"], share_key=1, dims=(v, t["B"].size // v)),
+                   ids,
+                   g.weight("model.embed_tokens.scales", t["scales"].astype(self.np_dtype), share_key=2,
+                            dims=(v, nb))]
+            if "zero_points" in t:
+                ins.append(g.weight("model.embed_tokens.zero_points", t["zero_points"], share_key=3,
+                                    dims=(v, t["zero_points"].size // v)))
+            x = g.op("GatherBlockQuantized", ins, "/model/embed_tokens/GatherBlockQuantized", domain=MS,
+                     gather_axis=0, quantize_axis=1, block_size=self.o.block_size, bits=bits)
+        else:
+            x = g.op("Gather", [self.fw(g, "model.embed_tokens.weight", e), ids], "/model/embed_tokens/Gather")
+        if cfg.arch.embed_scale:
+            scale = np.asarray(np.float32(cfg.hidden_size ** 0.5), dtype=self.np_dtype)
+            x = g.op("Mul", [x, g.weight("/model/embed_tokens/scale", scale)], "/model/embed_tokens/Mul")
+        return x
+
+    def _qkv_weights(self, i: int) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+        cfg, p = self.cfg, f"model.layers.{i}.self_attn."
+        sizes = [cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim]
+        if cfg.arch.fused_qkv:
+            w = self.read(p + cfg.arch.fused_qkv + ".weight")
+            b = self.opt(p + cfg.arch.fused_qkv + ".bias")
+            return w, b, sizes
+        ws = [self.read(p + f"{n}_proj.weight") for n in "qkv"]
+        bs = [self.opt(p + f"{n}_proj.bias") for n in "qkv"]
+        b = np.concatenate(bs) if all(x is not None for x in bs) else None
+        return np.concatenate(ws), b, sizes
+
+    def _attention(self, g: GraphWriter, h: str, i: int, ctx: dict) -> str:
+        cfg, p, lab = self.cfg, f"model.layers.{i}.self_attn.", f"/model/layers.{i}/attn"
+        w, b, sizes = self._qkv_weights(i)
+        qkv = self.linear(g, h, f"{p}qkv_proj", w, b, f"{i}.qkv")
+        del w
+        if cfg.arch.qk_norm:
+            q, k, v = g.node("Split", [qkv, g.const(f"{lab}/split_sizes", sizes)], f"{lab}/Split", 3, axis=-1)
+            q = self._head_norm(g, q, p + "q_norm.weight", f"{lab}/q_norm")
+            k = self._head_norm(g, k, p + "k_norm.weight", f"{lab}/k_norm")
+            qkv_in = [q, k, v]
+        else:
+            qkv_in = [qkv, "", ""]
+        sliding = cfg.layer_sliding[i] if cfg.layer_sliding else False
+        cos, sin = ctx["rope"]["local" if sliding and "local" in ctx["rope"] else "global"]
+        outs = [f"{lab}/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"]
+        g.node("GroupQueryAttention",
+               qkv_in + [f"past_key_values.{i}.key", f"past_key_values.{i}.value", ctx["seqlens"], ctx["total"],
+                         cos, sin],
+               f"{lab}/GroupQueryAttention", 3, MS, outputs=outs,
+               num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1, rotary_interleaved=0,
+               scale=cfg.attn_scale, softcap=cfg.attn_softcap or None,
+               local_window_size=(int(cfg.sliding_window) - 1) if sliding and cfg.sliding_window else -1)
+        for kv in ("key", "value"):
+            g.add_output(f"present.{i}.{kv}", self.onnx_dtype,
+                         ["batch_size", cfg.num_kv_heads, "total_sequence_length", cfg.head_dim])
+        wo = self.read(p + "o_proj.weight")
+        return self.linear(g, outs[0], f"{p}o_proj", wo, self.opt(p + "o_proj.bias"), f"{i}.o")
+
+    def _head_norm(self, g: GraphWriter, x: str, wname: str, lab: str) -> str:
+        cfg = self.cfg
+        shape4 = g.const(f"{lab}/shape4", [0, 0, -1, cfg.head_dim])
+        shape3 = g.const(f"{lab}/shape3", [0, 0, -1])
+        x4 = g.op("Reshape", [x, shape4], f"{lab}/Reshape")
+        n = self.rms(g, x4, wname, f"{lab}/SimplifiedLayerNormalization")
+        return g.op("Reshape", [n, shape3], f"{lab}/Reshape_back")
+
+    def _mlp(self, g: GraphWriter, h: str, i: int) -> str:
+        cfg, p, lab = self.cfg, f"model.layers.{i}.mlp.", f"/model/layers.{i}/mlp"
+        if cfg.arch.fused_gate_up:
+            w = self.read(p + cfg.arch.fused_gate_up + ".weight")
+        else:
+            w = np.concatenate([self.read(p + "gate_proj.weight"), self.read(p + "up_proj.weight")])
+        bias = None
+        if cfg.mlp_bias:
+            bias = np.concatenate([self.read(p + "gate_proj.bias"), self.read(p + "up_proj.bias")])
+        gu = self.linear(g, h, f"{p}gate_up_proj", w, bias, f"{i}.gate_up")
+        del w
+        gate, up = g.node("Split", [gu, g.const(f"{lab}/split_sizes", [cfg.intermediate_size] * 2)],
+                          f"{lab}/Split", 2, axis=-1)
+        act = self._act(g, gate, lab)
+        y = g.op("Mul", [act, up], f"{lab}/Mul")
+        return self.linear(g, y, f"{p}down_proj", self.read(p + "down_proj.weight"),
+                           self.opt(p + "down_proj.bias"), f"{i}.down")
+
+    def _act(self, g: GraphWriter, x: str, lab: str) -> str:
+        act = self.cfg.hidden_act
+        if act in ("silu", "swish"):
+            return g.op("Mul", [x, g.op("Sigmoid", [x], f"{lab}/Sigmoid")], f"{lab}/act_Mul")
+        if act in ("gelu_pytorch_tanh", "gelu_new", "gelu_fast"):
+            return g.op("FastGelu", [x], f"{lab}/FastGelu", domain=MS)
+        if act == "gelu":
+            return g.op("Gelu", [x], f"{lab}/Gelu", domain=MS)
+        raise BadArgument(f"activation {act!r} is not supported (silu, gelu, gelu_pytorch_tanh)")
+
+    def _lm_head(self, g: GraphWriter, h: str, ids: str) -> None:
+        cfg = self.cfg
+        name = "lm_head"
+        if cfg.tie_embeddings and self.o.precision in ("int4", "int8"):
+            w, packed = self._tied
+            logits = self.matmul_nbits(g, h, name, w, self.o.embedding_bits, share_key=1, packed=packed)
+            self._tied = None
+        elif cfg.tie_embeddings:
+            # Gemm with transB reads the embedding initializer itself: one copy on disk
+            flat = g.op("Reshape", [h, g.const("/lm_head/flat", [-1, cfg.hidden_size])], "/lm_head/Reshape")
+            y = g.op("Gemm", [flat, "model.embed_tokens.weight"], "/lm_head/Gemm", transB=1)
+            shape = g.op("Concat", [g.op("Shape", [ids], "/lm_head/Shape"),
+                                    g.const("/lm_head/vocab", [cfg.vocab_size])], "/lm_head/Concat", axis=0)
+            logits = g.op("Reshape", [y, shape], "/lm_head/Reshape_out")
+        else:
+            w = self.read("lm_head.weight")
+            logits = self.linear(g, h, name, w, self.opt("lm_head.bias"), "lm_head")
+        if self.fp16:
+            logits = g.op("Cast", [logits], "/lm_head/Cast", to=TensorProto.FLOAT)
+        if cfg.final_softcap:
+            c = g.weight("/lm_head/softcap", np.asarray(cfg.final_softcap, np.float32))
+            logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c], "/lm_head/softcap_Div")],
+                                       "/lm_head/Tanh"), c], "/lm_head/softcap_Mul")
+        g.node("Identity", [logits], "/lm_head/logits", outputs=["logits"])

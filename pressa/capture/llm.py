@@ -1,0 +1,133 @@
+"""auto-opt for decoder LLMs: source -> ONNX graph with fused ops -> artifact folder."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pressa import __version__
+from pressa.artifact import MANIFEST, atomic_folder, folder_size, now_iso, write_json
+from pressa.capture.config import DecoderConfig, decoder_config
+from pressa.capture.decoder import BuildOptions, DecoderBuilder
+from pressa.quant.sensitivity import assign_bits, relative_rtn_error
+from pressa.sources import open_source
+from pressa.sources.base import Source
+
+Progress = Callable[[int, int, str], None]
+
+
+def genai_config(cfg: DecoderConfig, context: int, provider: str, tok_cfg: dict) -> dict:
+    eos = cfg.eos_token_id or []
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
+    prov = [] if provider == "cpu" else [{provider: {}}]
+    return {
+        "model": {
+            "bos_token_id": cfg.bos_token_id if cfg.bos_token_id is not None else 0,
+            "context_length": context,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": prov},
+                "filename": "model.onnx",
+                "head_size": cfg.head_dim,
+                "hidden_size": cfg.hidden_size,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": cfg.num_heads,
+                "num_hidden_layers": cfg.num_layers,
+                "num_key_value_heads": cfg.num_kv_heads,
+            },
+            "eos_token_id": eos[0] if len(eos) == 1 else eos,
+            "pad_token_id": pad,
+            "type": cfg.arch.genai_type,
+            "vocab_size": cfg.vocab_size,
+        },
+        "search": {
+            "diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+            "max_length": context, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
+            "num_return_sequences": 1, "past_present_share_buffer": True, "repetition_penalty": 1.0,
+            "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+        },
+    }
+
+
+def _weight_groups(cfg: DecoderConfig, src: Source) -> dict[str, list[str]]:
+    """Mixed-precision keys (as the builder names them) -> the source tensors they are made of."""
+    a, out = cfg.arch, {}
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        out[f"{i}.qkv"] = [p + f"self_attn.{a.fused_qkv}.weight"] if a.fused_qkv else \
+            [p + f"self_attn.{n}_proj.weight" for n in "qkv"]
+        out[f"{i}.o"] = [p + "self_attn.o_proj.weight"]
+        out[f"{i}.gate_up"] = [p + f"mlp.{a.fused_gate_up}.weight"] if a.fused_gate_up else \
+            [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
+        out[f"{i}.down"] = [p + "mlp.down_proj.weight"]
+    if not cfg.tie_embeddings and "lm_head.weight" in src.weights:
+        out["lm_head"] = ["lm_head.weight"]
+    return out
+
+
+def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float,
+               progress: Progress | None = None) -> dict[str, int]:
+    groups = _weight_groups(cfg, src)
+    errors, sizes = {}, {}
+    for j, (key, names) in enumerate(groups.items()):
+        if progress:
+            progress(j, len(groups), f"sensitivity {key}")
+        w = np.concatenate([src.weights(n) for n in names])
+        errors[key] = relative_rtn_error(w, opts.block_size, opts.symmetric)
+        sizes[key] = w.size
+    return assign_bits(errors, sizes, ratio)
+
+
+def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: float = 1.0,
+              provider: str = "cpu", overwrite: bool = False, progress: Progress | None = None,
+              log: Callable[[str], None] = lambda s: None) -> dict:
+    """Build an artifact folder at `output`; returns its manifest."""
+    t0 = time.perf_counter()
+    from pressa.artifact import check_output
+
+    check_output(Path(output), overwrite)           # fail before the slow work
+    src = open_source(model)
+    cfg = decoder_config(src.config)
+    log(f"source: {src.kind} {src.location} ({cfg.arch.model_type}, {cfg.num_layers} layers, "
+        f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
+    if ratio < 1.0 and opts.precision == "int4":
+        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress)
+        n8 = sum(1 for b in opts.layer_bits.values() if b == 8)
+        log(f"mixed precision: {len(opts.layer_bits) - n8} weights int4, {n8} int8 (ratio {ratio})")
+    with atomic_folder(Path(output), overwrite) as tmp:
+        info = DecoderBuilder(cfg, src.weights, opts).build(tmp, progress)
+        for name, data in src.tokenizer_files.items():
+            (tmp / name).write_bytes(data)
+        write_json(tmp / "config.json", src.config)
+        write_json(tmp / "genai_config.json", genai_config(cfg, info["context_length"], provider, {}))
+        manifest = {
+            "pressa_version": __version__,
+            "created": now_iso(),
+            "kind": "decoder-llm",
+            "source": {"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type},
+            "settings": {**{k: v for k, v in asdict(opts).items() if k != "layer_bits"},
+                         "ratio": ratio, "provider": provider},
+            "mixed_precision": opts.layer_bits or None,
+            "graph": {"op_counts": info["op_counts"], "context_length": info["context_length"]},
+            "versions": _versions(),
+            "build_seconds": round(time.perf_counter() - t0, 2),
+        }
+        manifest["size_bytes"] = folder_size(tmp) + 0
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}

@@ -1,0 +1,29 @@
+"""User-facing errors: each says what went wrong and what to do. The CLI prints one line, exit 2."""
+
+from __future__ import annotations
+
+
+class PressaError(Exception):
+    """An error the user can fix. `str(err)` is a one-line message."""
+
+    exit_code = 2
+
+
+class SourceNotFound(PressaError):
+    """The model path, file or Hub id does not exist."""
+
+
+class CorruptModel(PressaError):
+    """A weight or graph file cannot be read."""
+
+
+class UnsupportedArchitecture(PressaError):
+    """The model's architecture is not in the table."""
+
+
+class OutputExists(PressaError):
+    """The output folder exists and --overwrite was not given."""
+
+
+class BadArgument(PressaError):
+    """An option value is invalid."""

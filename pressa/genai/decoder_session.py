@@ -1,0 +1,100 @@
+"""One decoder graph run step by step with its KV cache kept in place.
+
+The cache is one preallocated buffer per layer, bound both as past and as present
+(GroupQueryAttention's shared-buffer mode), so no step copies it. Prompts of different
+lengths are laid out right-padded, which is how GroupQueryAttention reads per-row lengths.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pressa.errors import BadArgument, CorruptModel
+from pressa.runtime.session import open_session
+
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class DecoderSession:
+    def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency"):
+        import onnxruntime as ort
+
+        self.ort = ort
+        folder = Path(folder)
+        cfg_path = folder / "genai_config.json"
+        if not cfg_path.is_file():
+            raise CorruptModel(f"{folder}: no genai_config.json; is this a pressa LLM artifact?")
+        self.config = json.loads(cfg_path.read_text())
+        d = self.config["model"]["decoder"]
+        self.num_layers, self.kv_heads, self.head_size = d["num_hidden_layers"], d["num_key_value_heads"], d["head_size"]
+        self.context_length = self.config["model"]["context_length"]
+        self.vocab_size = self.config["model"]["vocab_size"]
+        self.session = open_session(folder / d.get("filename", "model.onnx"), device, threads, hint)
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.kv_dtype = _NP.get(types.get("past_key_values.0.key"), np.float32)
+        self.lengths: np.ndarray | None = None
+
+    # -- cache ------------------------------------------------------------------------------
+    def start(self, batch: int, capacity: int) -> None:
+        if capacity > self.context_length:
+            raise BadArgument(f"prompt plus new tokens ({capacity}) exceed the model's context length "
+                              f"{self.context_length}; shorten the prompt or lower --max-new-tokens")
+        self.capacity, self.batch = capacity, batch
+        shape = (batch, self.kv_heads, capacity, self.head_size)
+        self.cache = [(np.zeros(shape, self.kv_dtype), np.zeros(shape, self.kv_dtype))
+                      for _ in range(self.num_layers)]
+        self.io = self.session.io_binding()
+        OV = self.ort.OrtValue
+        for i, (k, v) in enumerate(self.cache):
+            ko, vo = OV.ortvalue_from_numpy(k), OV.ortvalue_from_numpy(v)
+            self.io.bind_ortvalue_input(f"past_key_values.{i}.key", ko)
+            self.io.bind_ortvalue_input(f"past_key_values.{i}.value", vo)
+            self.io.bind_ortvalue_output(f"present.{i}.key", ko)
+            self.io.bind_ortvalue_output(f"present.{i}.value", vo)
+        self._step_logits = np.zeros((batch, 1, self.vocab_size), np.float32)
+        self._step_logits_ov = OV.ortvalue_from_numpy(self._step_logits)
+        self.lengths = np.zeros(batch, np.int64)
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, logits_out: bool) -> np.ndarray:
+        self.io.bind_cpu_input("input_ids", ids)
+        self.io.bind_cpu_input("attention_mask", mask)
+        if logits_out:
+            self.io.bind_ortvalue_output("logits", self._step_logits_ov)
+            self.session.run_with_iobinding(self.io)
+            return self._step_logits[:, 0, :]
+        full = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), np.float32)
+        self.io.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(full))
+        self.session.run_with_iobinding(self.io)
+        return full
+
+    # -- steps ------------------------------------------------------------------------------
+    def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run the prompts; returns (last-token logits [B, V], all logits [B, S, V] right-padded)."""
+        self.start(len(prompts), capacity)
+        lens = np.array([len(p) for p in prompts], np.int64)
+        if lens.min() < 1:
+            raise BadArgument("empty prompt: give at least one token")
+        s = int(lens.max())
+        ids = np.zeros((len(prompts), s), np.int64)
+        mask = np.zeros((len(prompts), s), np.int64)
+        for b, p in enumerate(prompts):
+            ids[b, : len(p)] = p
+            mask[b, : len(p)] = 1
+        logits = self._run(ids, mask, logits_out=False)
+        self.lengths = lens.copy()
+        last = logits[np.arange(len(prompts)), lens - 1]
+        return last, logits
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """One new token per row; returns logits [B, V] (a view reused by the next step)."""
+        lens = self.lengths
+        if int(lens.max()) + 1 > self.capacity:
+            raise BadArgument("the KV cache is full; raise the capacity")
+        width = int(lens.max()) + 1
+        mask = (np.arange(width)[None, :] <= lens[:, None]).astype(np.int64)
+        out = self._run(np.asarray(tokens, np.int64).reshape(-1, 1), mask, logits_out=True)
+        self.lengths = lens + 1
+        return out

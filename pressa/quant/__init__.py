@@ -1,0 +1,1 @@
+"""Weight quantization math on numpy arrays; knows nothing of ONNX."""

@@ -1,0 +1,72 @@
+"""Round-to-nearest block quantization along the input axis, as MatMulNBits stores it.
+
+A weight W has Hugging Face layout [N, K] (out, in). Blocks of `block_size` run along K.
+Dequantized value: (q - zero_point) * scale, q in [0, 2**bits - 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class QuantizedWeight:
+    q: np.ndarray            # uint8 [N, n_blocks, block_size], unpacked codes
+    scales: np.ndarray       # float32 [N, n_blocks]
+    zero_points: np.ndarray | None   # uint8 [N, n_blocks]; None = symmetric (implicit 2**(bits-1))
+    bits: int
+    block_size: int
+    k: int                   # original K before padding
+
+    @property
+    def n(self) -> int:
+        return self.q.shape[0]
+
+
+def _blocks(w: np.ndarray, block_size: int) -> np.ndarray:
+    n, k = w.shape
+    pad = (-k) % block_size
+    if pad:
+        w = np.pad(w, ((0, 0), (0, pad)))
+    return w.reshape(n, -1, block_size)
+
+
+def quantize_rtn(w: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = False) -> QuantizedWeight:
+    """Round-to-nearest per block. Symmetric uses the full signed range [-2**(b-1), 2**(b-1)-1]
+    by mapping the block's largest-magnitude value to -2**(b-1) (so no code is wasted)."""
+    w = np.asarray(w, dtype=np.float32)
+    blocks = _blocks(w, block_size)
+    levels = (1 << bits) - 1
+    if symmetric:
+        half = 1 << (bits - 1)
+        idx = np.abs(blocks).argmax(axis=-1)[..., None]
+        extreme = np.take_along_axis(blocks, idx, axis=-1)[..., 0]
+        scales = extreme / -half
+        inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
+        q = np.clip(np.rint(blocks * inv[..., None]) + half, 0, levels).astype(np.uint8)
+        return QuantizedWeight(q, scales.astype(np.float32), None, bits, block_size, w.shape[1])
+    mn = blocks.min(axis=-1)
+    mx = blocks.max(axis=-1)
+    mn = np.minimum(mn, 0.0)
+    mx = np.maximum(mx, 0.0)
+    scales = (mx - mn) / levels
+    inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
+    zp = np.clip(np.rint(-mn * inv), 0, levels)
+    q = np.clip(np.rint(blocks * inv[..., None]) + zp[..., None], 0, levels).astype(np.uint8)
+    return QuantizedWeight(q, scales.astype(np.float32), zp.astype(np.uint8), bits, block_size, w.shape[1])
+
+
+def dequantize(qw: QuantizedWeight) -> np.ndarray:
+    """[N, K] float32 from a QuantizedWeight."""
+    zp = qw.zero_points if qw.zero_points is not None else np.full(qw.scales.shape, 1 << (qw.bits - 1), np.uint8)
+    w = (qw.q.astype(np.float32) - zp[..., None].astype(np.float32)) * qw.scales[..., None]
+    return w.reshape(qw.n, -1)[:, : qw.k]
+
+
+def quant_error(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> float:
+    """Mean squared reconstruction error of RTN, normalized by the weight's mean square."""
+    qw = quantize_rtn(w, bits, block_size, symmetric)
+    err = dequantize(qw) - w
+    return float(np.mean(err * err) / max(float(np.mean(w * w)), 1e-30))

@@ -1,0 +1,53 @@
+"""ONNX Runtime sessions from performance hints (LATENCY / THROUGHPUT, threads, device)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pressa.errors import BadArgument, CorruptModel
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "gpu": "CUDAExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def session_options(threads: int | None = None, hint: str = "latency"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    n = threads or min(os.cpu_count() or 1, physical_cores() if hint == "latency" else os.cpu_count() or 1)
+    so.intra_op_num_threads = n
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if hint == "latency" else "0")
+    so.log_severity_level = 3
+    return so
+
+
+def open_session(model_path: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency"):
+    import onnxruntime as ort
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise CorruptModel(f"{model_path}: no such ONNX model; pass an artifact folder made by pressa")
+    provider = PROVIDERS.get(device)
+    if provider is None:
+        raise BadArgument(f"device {device!r}: use cpu or gpu")
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise BadArgument(f"{provider} is not available in this onnxruntime ({', '.join(available)}); "
+                          "install onnxruntime-gpu for --device gpu")
+    try:
+        return ort.InferenceSession(str(model_path), session_options(threads, hint), providers=[provider])
+    except Exception as err:  # ORT raises its own Fail/InvalidGraph/etc.
+        msg = str(err).splitlines()[0][:300]
+        raise CorruptModel(f"{model_path}: ONNX Runtime cannot load it ({msg})") from None

@@ -1,0 +1,196 @@
+"""A .gguf file: tensors dequantized one at a time, config and tokenizer rebuilt from its metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pressa.errors import CorruptModel, UnsupportedArchitecture
+from pressa.sources.base import Source, WeightReader
+
+# general.architecture -> HF model_type
+GGUF_ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
+             "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+
+# per-layer GGUF name -> HF name (relative to model.layers.{i}.)
+_LAYER = {
+    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_qkv": "self_attn.qkv_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_SANDWICH = {"ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
+             "post_ffw_norm": "post_feedforward_layernorm"}
+_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+# tokenizer.ggml.pre -> pre-tokenizer of tokenizer.json
+_LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _byte_level(use_regex: bool) -> dict:
+    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": use_regex}
+
+
+def _split(regex: str) -> dict:
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+        _byte_level(False)]}
+
+
+_PRE = {
+    "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                        _byte_level(True)]},
+    "llama-bpe": _split(_LLAMA3_RE), "llama3": _split(_LLAMA3_RE),
+    "qwen2": _split(_QWEN2_RE), "gpt-2": _byte_level(True), "default": _byte_level(True),
+}
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation (interleaved rotary pairs back to rotate-half order)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _config(reader, model_type: str, arch: str, names: set[str], vocab: int) -> dict:
+    g = lambda k, d=None: _field(reader, f"{arch}.{k}", d)  # noqa: E731
+    heads = int(g("attention.head_count"))
+    hidden = int(g("embedding_length"))
+    cfg = {
+        "model_type": model_type,
+        "hidden_size": hidden,
+        "intermediate_size": int(g("feed_forward_length")),
+        "num_hidden_layers": int(g("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(g("attention.head_count_kv", heads)),
+        "head_dim": int(g("attention.key_length", hidden // heads)),
+        "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float(g("rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(g("context_length", 4096)),
+        "vocab_size": vocab,
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+        "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+    }
+    rot = g("rope.dimension_count")
+    if rot and int(rot) != cfg["head_dim"]:
+        cfg["partial_rotary_factor"] = int(rot) / cfg["head_dim"]
+    for k_gguf, k_hf in (("attention.sliding_window", "sliding_window"),
+                         ("attn_logit_softcapping", "attn_logit_softcapping"),
+                         ("final_logit_softcapping", "final_logit_softcapping")):
+        if g(k_gguf) is not None:
+            cfg[k_hf] = g(k_gguf)
+    return cfg
+
+
+def _tokenizer_files(reader, context_length: int) -> dict[str, bytes]:
+    model = _field(reader, "tokenizer.ggml.model")
+    if model is None:
+        return {}
+    if model != "gpt2":
+        raise UnsupportedArchitecture(
+            f"GGUF tokenizer type {model!r} cannot be rebuilt yet (byte-level BPE 'gpt2' only); "
+            "convert from the Hugging Face folder instead")
+    tokens = [str(t) for t in _field(reader, "tokenizer.ggml.tokens")]
+    types = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
+    merges = [str(m) for m in _field(reader, "tokenizer.ggml.merges", [])]
+    pre = _PRE.get(str(_field(reader, "tokenizer.ggml.pre", "default")), _PRE["default"])
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (3, 4)]
+    tok_json = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": pre,
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
+    }
+
+    def tok(key):
+        i = _field(reader, f"tokenizer.ggml.{key}_token_id")
+        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
+
+    specials = {k: tok(k2) for k, k2 in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
+                                         ("pad_token", "padding")) if tok(k2) is not None}
+    tok_cfg = {
+        "add_bos_token": bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+        "add_eos_token": bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
+        "clean_up_tokenization_spaces": False, "model_max_length": context_length,
+        "tokenizer_class": "GPT2Tokenizer", **specials,
+    }
+    template = _field(reader, "tokenizer.chat_template")
+    if template:
+        tok_cfg["chat_template"] = str(template)
+    dump = lambda o: json.dumps(o, ensure_ascii=False, indent=1).encode()  # noqa: E731
+    return {"tokenizer.json": dump(tok_json), "tokenizer_config.json": dump(tok_cfg),
+            "special_tokens_map.json": dump(specials)}
+
+
+def open_gguf(path: Path, kind: str = "gguf") -> Source:
+    import gguf
+
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as err:  # gguf raises ValueError/struct errors/IndexError on damage
+        raise CorruptModel(f"{path}: not a valid GGUF file ({type(err).__name__}: {err}); re-download it") from None
+    arch = str(_field(reader, "general.architecture", ""))
+    if arch not in GGUF_ARCH:
+        raise UnsupportedArchitecture(
+            f"GGUF architecture {arch!r} is not supported; supported: {', '.join(sorted(GGUF_ARCH))}")
+    model_type = GGUF_ARCH[arch]
+    sandwich = model_type in ("gemma2", "gemma3_text")
+    tensors = {}
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        if parts[0] == "blk":
+            key = ".".join(parts[2:-1])
+            hf = (_SANDWICH if sandwich and key in _SANDWICH else _LAYER).get(key)
+            if model_type == "phi3" and key == "ffn_up":
+                hf = "mlp.gate_up_proj"
+            name = f"model.layers.{parts[1]}.{hf}.{parts[-1]}" if hf else None
+        else:
+            base = _GLOBAL.get(".".join(parts[:-1]))
+            name = f"{base}.{parts[-1]}" if base else None
+        if name:
+            tensors[name] = t
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    vocab = len(tokens) if tokens is not None else int(tensors["model.embed_tokens.weight"].shape[-1])
+    config = _config(reader, model_type, arch, set(tensors), vocab)
+    permuted = arch == "llama"
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+
+    def read(name: str) -> np.ndarray:
+        t = tensors[name]
+        try:
+            w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        except Exception as err:
+            raise CorruptModel(f"{path}: tensor {t.name} cannot be decoded ({err}); re-download the file") from None
+        if permuted and name.endswith("q_proj.weight"):
+            w = _unpermute(w, heads)
+        elif permuted and name.endswith("k_proj.weight"):
+            w = _unpermute(w, kv_heads)
+        if model_type.startswith("gemma") and "norm" in name:
+            w = w - 1.0                      # llama.cpp stores Gemma's (1 + w); keep HF's layout
+        return w
+
+    files = _tokenizer_files(reader, config["max_position_embeddings"])
+    gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+    files["generation_config.json"] = json.dumps(gen).encode()
+    return Source(kind=kind, location=str(path), config=config,
+                  weights=WeightReader(set(tensors), read, lambda n: tuple(reversed(tensors[n].shape))),
+                  tokenizer_files=files)

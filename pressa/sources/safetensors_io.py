@@ -1,0 +1,73 @@
+"""A memory-mapped safetensors reader: header parsing, bf16/fp16/fp32 to float32, one tensor at a time."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from pressa.errors import CorruptModel
+
+_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (as uint16) to float32: the high half of a float32."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+class SafetensorsFile:
+    """One .safetensors file. Tensors are read lazily from a memory map."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+                if len(head) != 8:
+                    raise ValueError("file shorter than its 8-byte header length")
+                (n,) = struct.unpack("<Q", head)
+                size = self.path.stat().st_size
+                if n > size - 8 or n > 100_000_000:
+                    raise ValueError(f"header length {n} exceeds the file size {size}")
+                header = json.loads(f.read(n))
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise CorruptModel(f"{self.path}: not a valid safetensors file ({err}); re-download it") from None
+        header.pop("__metadata__", None)
+        self._base = 8 + n
+        self._size = size
+        self.header: dict[str, dict] = header
+        for name, info in header.items():
+            start, end = info.get("data_offsets", (0, -1))
+            if info.get("dtype") not in _DTYPES or end > size - self._base or start > end:
+                raise CorruptModel(f"{self.path}: tensor {name!r} has a bad dtype or offsets; re-download the file")
+        self._mm = None
+
+    def keys(self):
+        return self.header.keys()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.header[name]["shape"])
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor as float32 (floats) or its own integer dtype, a copy detached from the map."""
+        info = self.header[name]
+        if self._mm is None:
+            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
+        start, end = info["data_offsets"]
+        dt = np.dtype(_DTYPES[info["dtype"]])
+        raw = self._mm[self._base + start: self._base + end]
+        count = int(np.prod(info["shape"], dtype=np.int64))
+        if raw.size != count * dt.itemsize:
+            raise CorruptModel(f"{self.path}: tensor {name!r} is truncated; re-download the file")
+        arr = raw.view(dt).reshape(info["shape"])
+        if info["dtype"] == "BF16":
+            return bf16_to_f32(arr)
+        if arr.dtype.kind == "f":
+            return arr.astype(np.float32)
+        return np.array(arr)
