@@ -235,7 +235,7 @@ class DecoderBuilder:
                f"{lab}/GroupQueryAttention", 3, MS, outputs=outs,
                num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1, rotary_interleaved=0,
                scale=cfg.attn_scale, softcap=cfg.attn_softcap or None,
-               local_window_size=(int(cfg.sliding_window) - 1) if sliding and cfg.sliding_window else -1)
+               local_window_size=int(cfg.sliding_window) if sliding and cfg.sliding_window else -1)
         for kv in ("key", "value"):
             g.add_output(f"present.{i}.{kv}", self.onnx_dtype,
                          ["batch_size", cfg.num_kv_heads, "total_sequence_length", cfg.head_dim])

@@ -1,0 +1,241 @@
+"""pressa command line: one thin command per job."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pressa import log
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Make trained models small and fast for the hardware they run on, and run them.")
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+@app.command("auto-opt")
+def auto_opt(
+    model: Optional[str] = typer.Option(None, "--model_name_or_path", "-m", "--model",
+                                        help="HF folder, .gguf file, Hub id (org/name), or a bundled name. "
+                                             "Default: the bundled SmolLM2-135M-Instruct."),
+    output: Path = typer.Option(Path("models/optimized"), "--output_path", "-o", "--output",
+                                help="Artifact folder to write (written atomically)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or gpu."),
+    provider: str = typer.Option("CPUExecutionProvider", "--provider",
+                                 help="CPUExecutionProvider or CUDAExecutionProvider."),
+    use_ort_genai: bool = typer.Option(True, "--use_ort_genai/--no-ort-genai",
+                                       help="Write genai_config.json so onnxruntime-genai loads the folder "
+                                            "(always written; accepted for Olive compatibility)."),
+    precision: str = typer.Option("int4", "--precision", help="fp32, fp16 (GPU), int8 or int4 weights."),
+    group_size: int = typer.Option(32, "--group-size", "--block_size",
+                                   help="Quantization group size along the input axis: 32, 64 or 128."),
+    sym: bool = typer.Option(False, "--sym/--asym", help="Symmetric (no zero point) or asymmetric groups."),
+    ratio: float = typer.Option(1.0, "--ratio", min=0.0, max=1.0,
+                                help="int4 only: fraction of MatMul weights (by size) in int4, the rest int8; "
+                                     "the most sensitive weights stay int8."),
+    accuracy_level: int = typer.Option(4, "--accuracy-level",
+                                       help="MatMulNBits compute: 0 float activations, 4 int8 activations "
+                                            "(fastest on CPU)."),
+    embedding_bits: int = typer.Option(8, "--embedding-bits",
+                                       help="Bits of the tied embedding / lm_head in int4/int8 builds."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    log_level: int = typer.Option(1, "--log_level", "--log-level", min=0, max=4,
+                                  help="0 debug, 1 info, 2 warnings, 3 errors, 4 critical."),
+):
+    """Optimize a decoder LLM for ONNX Runtime (Olive's `auto-opt` flags accepted as Olive spells them)."""
+    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.llm import build_llm
+    from pressa.errors import BadArgument
+
+    log.set_level(log_level)
+    if precision not in PRECISIONS:
+        raise BadArgument(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    dev = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}.get(provider)
+    if dev is None:
+        raise BadArgument(f"--provider {provider!r}: use CPUExecutionProvider or CUDAExecutionProvider")
+    if device == "gpu" and dev == "cpu":
+        dev = "cuda"
+    if embedding_bits not in (4, 8):
+        raise BadArgument("--embedding-bits: use 4 or 8")
+    if ratio < 1.0 and precision != "int4":
+        raise BadArgument("--ratio applies to --precision int4 only")
+    opts = BuildOptions(precision=precision, block_size=group_size, symmetric=sym,
+                        accuracy_level=accuracy_level if dev == "cpu" else 0, embedding_bits=embedding_bits)
+    with log.progress_bar("auto-opt") as bar:
+        manifest = build_llm(model, output, opts, ratio=ratio, provider=dev, overwrite=overwrite,
+                             progress=bar, log=log.info)
+    log.info(f"wrote {output} ({manifest['size_bytes'] / 1e6:.1f} MB, {manifest['build_seconds']:.1f} s)")
+
+
+def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
+    from pressa.genai.sampling import SamplingConfig
+
+    return SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
+                          repetition_penalty=repetition_penalty, seed=seed, max_new_tokens=max_new_tokens,
+                          stop=list(stop or []))
+
+
+_MAXNEW = typer.Option(256, "--max-new-tokens", "--max_new_tokens", min=1, help="Tokens to generate at most.")
+_TEMP = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy; above 0 samples.")
+_TOPK = typer.Option(0, "--top-k", min=0, help="Sample from the k most likely tokens (0 = off).")
+_TOPP = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (1 = off).")
+_REP = typer.Option(1.0, "--repetition-penalty", min=0.01, help="Penalty on tokens seen already (1 = off).")
+_SEED = typer.Option(None, "--seed", help="Random seed for sampling.")
+_STOP = typer.Option(None, "--stop", help="Stop when this text appears (repeatable).")
+_THREADS = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: physical cores).")
+_DEVICE = typer.Option("cpu", "--device", help="cpu or gpu.")
+
+
+@app.command()
+def generate(
+    model: Path = typer.Argument(..., help="Artifact folder written by auto-opt."),
+    prompts: list[str] = typer.Argument(..., help="One or more prompts (several run as one batch); - reads stdin."),
+    max_new_tokens: int = _MAXNEW, temperature: float = _TEMP, top_k: int = _TOPK, top_p: float = _TOPP,
+    repetition_penalty: float = _REP, seed: Optional[int] = _SEED, stop: Optional[list[str]] = _STOP,
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
+                                        help="Wrap prompts in the model's chat template (default: when it has one)."),
+    threads: Optional[int] = _THREADS, device: str = _DEVICE,
+):
+    """Generate text. Only the generated text goes to stdout, streamed as it is produced."""
+    import pressa
+
+    prompts = [sys.stdin.read() if p == "-" else p for p in prompts]
+    m = pressa.load(model, device=device, threads=threads)
+    cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    if len(prompts) == 1:
+        for piece in m.stream(prompts[0], chat=chat, cfg=cfg):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    outs = [""] * len(prompts)
+    for ev in m.stream_batch(prompts, cfg=cfg, chat=chat):
+        outs[ev.row] += ev.text
+    for o in outs:
+        sys.stdout.write(o + "\n")
+
+
+@app.command()
+def chat(
+    model: Path = typer.Argument(..., help="Artifact folder written by auto-opt."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    max_new_tokens: int = _MAXNEW, temperature: float = typer.Option(0.7, "--temperature", min=0.0),
+    top_k: int = typer.Option(50, "--top-k", min=0), top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
+    repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", min=0.01),
+    seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, device: str = _DEVICE,
+):
+    """Chat in the terminal with the model's chat template. /reset clears history, /exit or Ctrl-D quits."""
+    import pressa
+    from pressa.errors import BadArgument
+
+    m = pressa.load(model, device=device, threads=threads)
+    if not m.has_chat_template:
+        raise BadArgument("this model has no chat template; use `pressa generate --no-chat`")
+    cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None)
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            history = history[:1] if system else []
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        reply = ""
+        for piece in m.stream(history, cfg=cfg):
+            reply += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": reply})
+
+
+@app.command()
+def info():
+    """Versions of pressa and its runtimes, execution providers and devices."""
+    import platform
+
+    import onnxruntime as ort
+
+    import pressa
+    from pressa.runtime.session import physical_cores
+
+    rows = [("pressa", pressa.__version__), ("python", platform.python_version()),
+            ("onnxruntime", ort.__version__), ("execution providers", ", ".join(ort.get_available_providers())),
+            ("default device", ort.get_device())]
+    for mod in ("onnx", "numpy", "tokenizers", "onnxruntime_genai", "torch", "transformers"):
+        try:
+            m = __import__(mod) if mod not in ("torch", "transformers") else None
+            ver = getattr(m, "__version__", "installed") if m else _dist_version(mod)
+        except ImportError:
+            ver = "not installed"
+        rows.append((mod.replace("_", "-"), ver))
+    cpu = _cpu_name()
+    rows.append(("cpu", f"{cpu}, {physical_cores()} physical cores"))
+    for k, v in rows:
+        typer.echo(f"{k:20} {v}")
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    import click
+
+    from pressa.artifact import Interrupted
+    from pressa.errors import PressaError
+
+    cmd = typer.main.get_command(app)
+    try:
+        rv = cmd.main(args=sys.argv[1:], prog_name="pressa", standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        log.err.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except PressaError as e:
+        log.err.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        log.err.print("interrupted")
+        sys.exit(130)
+    except Interrupted as e:
+        log.err.print("terminated")
+        sys.exit(128 + e.signum)
+    except BrokenPipeError:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Tiny random decoder models built in the test from transformers configs, and helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 160
+
+BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, initializer_range=0.15,
+            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+# one config per supported architecture; windows small enough for the tests' prompts to cross them
+ARCH_CONFIGS = {
+    "llama": dict(model_type="llama", rope_theta=10000.0),
+    "llama3-rope": dict(model_type="llama", rope_theta=500000.0, tie_word_embeddings=True,
+                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    "mistral": dict(model_type="mistral", sliding_window=5, head_dim=16),
+    "qwen2": dict(model_type="qwen2", tie_word_embeddings=True),
+    "qwen3": dict(model_type="qwen3", head_dim=32),
+    "phi3": dict(model_type="phi3", num_key_value_heads=4, pad_token_id=0),
+    "gemma": dict(model_type="gemma", head_dim=16, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True),
+    "gemma2": dict(model_type="gemma2", head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
+                   attn_logit_softcapping=5.0, final_logit_softcapping=3.0, tie_word_embeddings=True),
+    "gemma3": dict(model_type="gemma3_text", head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
+                   layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                   rope_theta=1000000.0, rope_local_base_freq=10000.0, tie_word_embeddings=True),
+}
+
+
+def make_tiny(kind: str, folder: Path, seed: int = 0) -> Path:
+    """Save a random transformers model of `kind` (a key of ARCH_CONFIGS) to `folder`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = {**BASE, **ARCH_CONFIGS[kind]}
+    model_type = spec.pop("model_type")
+    cfg = AutoConfig.for_model(model_type, **spec)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():          # norms away from 1 so that norm handling is really tested
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.2 + (0.0 if model_type.startswith("gemma") else 1.0))
+    model.save_pretrained(folder)
+    write_tiny_tokenizer(folder)
+    return folder
+
+
+def write_tiny_tokenizer(folder: Path) -> None:
+    """A byte-level-ish word tokenizer for the tiny vocab, with a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    for i in range(3, VOCAB):
+        vocab[f"t{i}"] = i
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+        "chat_template": "{% for m in messages %}t10 {{ m['content'] }} t11 {% endfor %}"
+                         "{% if add_generation_prompt %}t12{% endif %}"}))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    cache = {}
+
+    def get(kind: str) -> Path:
+        if kind not in cache:
+            cache[kind] = make_tiny(kind, tmp_path_factory.mktemp(f"tiny-{kind}"))
+        return cache[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_dir, tmp_path_factory):
+    cache = {}
+
+    def get(kind: str, precision: str = "fp32", **opts) -> Path:
+        key = (kind, precision, tuple(sorted(opts.items())))
+        if key not in cache:
+            from pressa.capture.decoder import BuildOptions
+            from pressa.capture.llm import build_llm
+
+            out = tmp_path_factory.mktemp(f"art-{kind}-{precision}") / "model"
+            ratio = opts.pop("ratio", 1.0)
+            build_llm(str(tiny_dir(kind)), out, BuildOptions(precision=precision, **opts), ratio=ratio)
+            cache[key] = out
+        return cache[key]
+
+    return get
+
+
+def hf_left_padded(model, rows: list[list[int]], steps: list[list[int]]):
+    """transformers logits for left-padded rows: (prefill logits per row [L_b, V], decode logits per step [B, V])."""
+    import torch
+
+    s = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), s), dtype=torch.long)
+    mask = torch.zeros((len(rows), s), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, s - len(r):] = torch.tensor(r)
+        mask[b, s - len(r):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        prefill = [out.logits[b, s - len(r):].numpy() for b, r in enumerate(rows)]
+        past, decoded = out.past_key_values, []
+        for toks in steps:
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+            pos = pos[:, -1:] + 1
+            out = model(input_ids=torch.tensor(toks)[:, None], attention_mask=mask, position_ids=pos,
+                        past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            decoded.append(out.logits[:, -1].numpy())
+    return prefill, decoded
+
+
+def load_hf(folder: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").float().eval()
+
+
+def rng_rows(seed: int = 0, lengths=(7, 4)) -> list[list[int]]:
+    r = np.random.default_rng(seed)
+    return [r.integers(3, VOCAB, n).tolist() for n in lengths]

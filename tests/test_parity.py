@@ -1,0 +1,38 @@
+"""fp32 ONNX logits equal transformers' for every supported architecture: a left-padded batch of
+two prompts of different lengths, then three decode steps through the KV cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import ARCH_CONFIGS, hf_left_padded, load_hf, rng_rows
+from pressa.genai.decoder_session import DecoderSession
+
+TOL = 1e-4
+
+
+@pytest.mark.parametrize("kind", list(ARCH_CONFIGS))
+def test_fp32_logits_match_transformers(kind, tiny_dir, tiny_artifact):
+    rows = rng_rows(1, lengths=(9, 5))
+    steps = [[5, 7], [11, 13], [17, 19]]
+    ref_prefill, ref_steps = hf_left_padded(load_hf(tiny_dir(kind)), rows, steps)
+
+    sess = DecoderSession(tiny_artifact(kind, "fp32"), threads=1)
+    _, full = sess.prefill(rows, capacity=16)
+    for b, r in enumerate(rows):
+        got = full[b, : len(r)]
+        assert np.abs(got - ref_prefill[b]).max() < TOL, f"prefill row {b}"
+    for t, toks in enumerate(steps):
+        got = sess.step(np.array(toks))
+        assert np.abs(got - ref_steps[t]).max() < TOL, f"decode step {t}"
+    # the references are not trivially close to zero
+    assert np.abs(ref_steps[-1]).max() > 0.05
+
+
+def test_unsupported_architecture_lists_supported():
+    from pressa.capture.config import decoder_config
+    from pressa.errors import UnsupportedArchitecture
+
+    with pytest.raises(UnsupportedArchitecture, match="llama.*qwen3"):
+        decoder_config({"model_type": "gpt_neox", "hidden_size": 8})
