@@ -58,8 +58,6 @@ def auto_opt(
         raise BadArgument(f"--provider {provider!r}: use CPUExecutionProvider or CUDAExecutionProvider")
     if device == "gpu" and dev == "cpu":
         dev = "cuda"
-    if embedding_bits not in (4, 8):
-        raise BadArgument("--embedding-bits: use 4 or 8")
     if ratio < 1.0 and precision != "int4":
         raise BadArgument("--ratio applies to --precision int4 only")
     opts = BuildOptions(precision=precision, block_size=group_size, symmetric=sym,

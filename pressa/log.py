@@ -35,15 +35,27 @@ def warn(msg: str) -> None:
 
 @contextmanager
 def progress_bar(title: str) -> Iterator:
-    """Yields a callback(done, total, description); silent above log level 2."""
+    """Yields a callback(done, total, description). The bar appears on the first update, and is
+    removed if the work fails, so that an error stays a single line."""
     if LEVEL["value"] > 2:
         yield lambda done, total, desc: None
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err, transient=False) as bar:
-        task = bar.add_task(title, total=1)
+    state: dict = {}
 
-        def update(done: int, total: int, desc: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"{title}: {desc}")
+    def update(done: int, total: int, desc: str) -> None:
+        if "bar" not in state:
+            bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                           TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err)
+            bar.start()
+            state["bar"], state["task"] = bar, bar.add_task(title, total=total)
+        state["bar"].update(state["task"], completed=done, total=total, description=f"{title}: {desc}")
 
+    try:
         yield update
+    except BaseException:
+        if "bar" in state:
+            state["bar"].live.transient = True
+        raise
+    finally:
+        if "bar" in state:
+            state["bar"].stop()

@@ -35,13 +35,20 @@ class BuildOptions:
     layer_bits: dict[str, int] = field(default_factory=dict)   # per-weight override (mixed precision)
     context_length: int | None = None
 
+    def validate(self) -> None:
+        if self.precision not in ("fp32", "fp16", "int8", "int4"):
+            raise BadArgument(f"precision {self.precision!r}: use fp32, fp16, int8 or int4")
+        if self.block_size not in (16, 32, 64, 128, 256):
+            raise BadArgument(f"group size {self.block_size}: use 16, 32, 64, 128 or 256")
+        if self.embedding_bits not in (4, 8):
+            raise BadArgument(f"embedding bits {self.embedding_bits}: use 4 or 8")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise BadArgument(f"accuracy level {self.accuracy_level}: use 0 to 4")
+
 
 class DecoderBuilder:
     def __init__(self, cfg: DecoderConfig, weights: WeightReader, opts: BuildOptions):
-        if opts.precision not in ("fp32", "fp16", "int8", "int4"):
-            raise BadArgument(f"precision {opts.precision!r}: use fp32, fp16, int8 or int4")
-        if opts.block_size not in (16, 32, 64, 128, 256):
-            raise BadArgument(f"group size {opts.block_size}: use 16, 32, 64, 128 or 256")
+        opts.validate()
         self.cfg, self.w, self.o = cfg, weights, opts
         self.fp16 = opts.precision == "fp16"
         self.np_dtype = np.float16 if self.fp16 else np.float32

