@@ -80,7 +80,7 @@ def _config(reader, model_type: str, arch: str, names: set[str], vocab: int) -> 
         "rope_theta": float(g("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(g("context_length", 4096)),
         "vocab_size": vocab,
-        "tie_word_embeddings": "output.weight" not in names,
+        "tie_word_embeddings": "lm_head.weight" not in names,
         "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
         "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),

@@ -1,0 +1,136 @@
+"""Every kind of source gives the same model: GGUF (with llama.cpp's q/k permutation), sharded bf16
+safetensors, and a Hub id from the local cache; each checked against transformers' logits."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BASE, hf_left_padded, load_hf, make_tiny, rng_rows
+from pressa.capture.decoder import BuildOptions
+from pressa.capture.llm import build_llm
+from pressa.genai.decoder_session import DecoderSession
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """The permutation llama.cpp's converter applies to q/k rows (written from its description)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(hf_dir, path):
+    import gguf
+    import torch
+
+    model = load_hf(hf_dir)
+    cfg = model.config
+    sd = {k: v.detach().to(torch.float32).numpy() for k, v in model.state_dict().items()}
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(10000.0)
+    w.add_tokenizer_model("gpt2")
+    tokens = ["<pad>", "<s>", "</s>"] + [chr(0x100 + i) for i in range(cfg.vocab_size - 3)]
+    w.add_token_list(tokens)
+    w.add_token_types([3, 3, 3] + [1] * (cfg.vocab_size - 3))
+    w.add_token_merges([])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for i in range(cfg.num_hidden_layers):
+        for hf, gg in layer.items():
+            names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
+    for hf, gg in names.items():
+        t = sd[hf]
+        if hf.endswith("q_proj.weight"):
+            t = llama_cpp_permute(t, cfg.num_attention_heads)
+        if hf.endswith("k_proj.weight"):
+            t = llama_cpp_permute(t, cfg.num_key_value_heads)
+        w.add_tensor(gg, np.ascontiguousarray(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def check_against_hf(hf_dir, artifact):
+    rows = rng_rows(4, lengths=(6, 3))
+    ref, steps = hf_left_padded(load_hf(hf_dir), rows, [[5, 6]])
+    s = DecoderSession(artifact, threads=1)
+    _, full = s.prefill(rows, capacity=10)
+    for b, r in enumerate(rows):
+        assert np.abs(full[b, : len(r)] - ref[b]).max() < 1e-4
+    assert np.abs(s.step(np.array([5, 6])) - steps[0]).max() < 1e-4
+
+
+def test_gguf_source_matches_transformers(tiny_dir, tmp_path):
+    hf_dir = tiny_dir("llama")
+    write_gguf(hf_dir, tmp_path / "tiny.gguf")
+    build_llm(str(tmp_path / "tiny.gguf"), tmp_path / "out", BuildOptions(precision="fp32"))
+    check_against_hf(hf_dir, tmp_path / "out")
+    tok = (tmp_path / "out" / "tokenizer.json").read_text()
+    assert '"<s>"' in tok and (tmp_path / "out" / "special_tokens_map.json").is_file()
+
+
+def test_sharded_bf16_safetensors(tmp_path):
+    import torch
+
+    src = make_tiny("qwen2", tmp_path / "fp32")
+    model = load_hf(src).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16", max_shard_size="40KB")
+    shutil.copy(src / "tokenizer.json", tmp_path / "bf16")
+    assert (tmp_path / "bf16" / "model.safetensors.index.json").is_file()
+    build_llm(str(tmp_path / "bf16"), tmp_path / "out", BuildOptions(precision="fp32"))
+    check_against_hf(tmp_path / "bf16", tmp_path / "out")       # reference: the same bf16 weights in fp32
+
+
+def _fake_hub_cache(cache, repo, src):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = cache / f"models--{repo.replace('/', '--')}"
+    snap = base / "snapshots" / commit
+    shutil.copytree(src, snap)
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+
+
+def test_hub_id_from_local_cache_and_clear_offline_error(tiny_dir, tmp_path):
+    pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hub"
+    _fake_hub_cache(cache, "tiny-org/tiny-llama", tiny_dir("llama"))
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-m", "pressa", "auto-opt", "-m", "tiny-org/tiny-llama", "-o",
+                         str(tmp_path / "out"), "--precision", "fp32"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    check_against_hf(tiny_dir("llama"), tmp_path / "out")
+    bad = subprocess.run([sys.executable, "-m", "pressa", "auto-opt", "-m", "tiny-org/absent", "-o",
+                          str(tmp_path / "out2")], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "not in the local Hugging Face cache" in bad.stderr
+    assert not (tmp_path / "out2").exists()
+
+
+def test_quantized_builds_stay_close_to_fp32(tiny_artifact):
+    rows = rng_rows(6, lengths=(8,))
+    ref = DecoderSession(tiny_artifact("llama", "fp32"), threads=1).prefill(rows, 9)[1][0]
+    spread = ref.std()
+    for precision, tol in (("int8", 0.05), ("int4", 0.35), ("fp16", 0.01)):
+        got = DecoderSession(tiny_artifact("llama", precision), threads=1).prefill(rows, 9)[1][0]
+        assert np.abs(got - ref).mean() / spread < tol, precision
+    mixed = tiny_artifact("llama", "int4", ratio=0.5)
+    import json
+
+    bits = json.loads((mixed / "pressa.json").read_text())["mixed_precision"]
+    assert sorted(set(bits.values())) == [4, 8]
+    assert len(bits) == BASE["num_hidden_layers"] * 4 + 1 and "lm_head" in bits     # untied head counts too
