@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,7 +17,7 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 @app.command("auto-opt")
 def auto_opt(
-    model: Optional[str] = typer.Option(None, "--model_name_or_path", "-m", "--model",
+    model: str | None = typer.Option(None, "--model_name_or_path", "-m", "--model",
                                         help="HF folder, .gguf file, Hub id (org/name), or a bundled name. "
                                              "Default: the bundled SmolLM2-135M-Instruct."),
     output: Path = typer.Option(Path("models/optimized"), "--output_path", "-o", "--output",
@@ -92,10 +91,10 @@ def generate(
     model: Path = typer.Argument(..., help="Artifact folder written by auto-opt."),
     prompts: list[str] = typer.Argument(..., help="One or more prompts (several run as one batch); - reads stdin."),
     max_new_tokens: int = _MAXNEW, temperature: float = _TEMP, top_k: int = _TOPK, top_p: float = _TOPP,
-    repetition_penalty: float = _REP, seed: Optional[int] = _SEED, stop: Optional[list[str]] = _STOP,
-    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
+    repetition_penalty: float = _REP, seed: int | None = _SEED, stop: list[str] | None = _STOP,
+    chat: bool | None = typer.Option(None, "--chat/--no-chat",
                                         help="Wrap prompts in the model's chat template (default: when it has one)."),
-    threads: Optional[int] = _THREADS, device: str = _DEVICE,
+    threads: int | None = _THREADS, device: str = _DEVICE,
 ):
     """Generate text. Only the generated text goes to stdout, streamed as it is produced."""
     import pressa
@@ -119,11 +118,11 @@ def generate(
 @app.command()
 def chat(
     model: Path = typer.Argument(..., help="Artifact folder written by auto-opt."),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    system: str | None = typer.Option(None, "--system", help="System prompt."),
     max_new_tokens: int = _MAXNEW, temperature: float = typer.Option(0.7, "--temperature", min=0.0),
     top_k: int = typer.Option(50, "--top-k", min=0), top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
     repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", min=0.01),
-    seed: Optional[int] = _SEED, threads: Optional[int] = _THREADS, device: str = _DEVICE,
+    seed: int | None = _SEED, threads: int | None = _THREADS, device: str = _DEVICE,
 ):
     """Chat in the terminal with the model's chat template. /reset clears history, /exit or Ctrl-D quits."""
     import pressa

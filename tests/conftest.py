@@ -56,7 +56,7 @@ def make_tiny(kind: str, folder: Path, seed: int = 0) -> Path:
 
 def write_tiny_tokenizer(folder: Path) -> None:
     """A byte-level-ish word tokenizer for the tiny vocab, with a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
     for i in range(3, VOCAB):

@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import load_hf, rng_rows
 from pressa.genai.model import Model, _Row
 from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose
+
+from conftest import load_hf, rng_rows
 
 
 def greedy_ids(model: Model, rows, n):
     out = [[] for _ in rows]
-    for toks, active in model.generate_ids(rows, SamplingConfig(max_new_tokens=n, ignore_eos=True)):
+    for toks, _active in model.generate_ids(rows, SamplingConfig(max_new_tokens=n, ignore_eos=True)):
         for b, t in enumerate(toks):
             out[b].append(int(t))
     return out

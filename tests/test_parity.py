@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import ARCH_CONFIGS, hf_left_padded, load_hf, rng_rows
 from pressa.genai.decoder_session import DecoderSession
+
+from conftest import ARCH_CONFIGS, hf_left_padded, load_hf, rng_rows
 
 TOL = 1e-4
 

@@ -11,10 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import BASE, hf_left_padded, load_hf, make_tiny, rng_rows
 from pressa.capture.decoder import BuildOptions
 from pressa.capture.llm import build_llm
 from pressa.genai.decoder_session import DecoderSession
+
+from conftest import BASE, hf_left_padded, load_hf, make_tiny, rng_rows
 
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:

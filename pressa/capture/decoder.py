@@ -7,9 +7,9 @@ Inputs/outputs follow onnxruntime-genai: input_ids, attention_mask, past_key_val
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from onnx import TensorProto

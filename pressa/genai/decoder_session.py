@@ -29,7 +29,8 @@ class DecoderSession:
             raise CorruptModel(f"{folder}: no genai_config.json; is this a pressa LLM artifact?")
         self.config = json.loads(cfg_path.read_text())
         d = self.config["model"]["decoder"]
-        self.num_layers, self.kv_heads, self.head_size = d["num_hidden_layers"], d["num_key_value_heads"], d["head_size"]
+        self.num_layers, self.kv_heads = d["num_hidden_layers"], d["num_key_value_heads"]
+        self.head_size = d["head_size"]
         self.context_length = self.config["model"]["context_length"]
         self.vocab_size = self.config["model"]["vocab_size"]
         self.session = open_session(folder / d.get("filename", "model.onnx"), device, threads, hint)

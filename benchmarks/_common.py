@@ -1,0 +1,46 @@
+"""Shared helpers for the benchmark scripts: machine description, JSON + table output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mb": mem, "python": platform.python_version()}
+
+
+def median_spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
+
+
+def emit(result: dict, rows: list[tuple], headers: tuple, as_json_only: bool = False) -> None:
+    """JSON on stdout first (one line), then a markdown table on stderr unless only JSON was asked."""
+    print(json.dumps(result))
+    if as_json_only:
+        return
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    print(line(headers), file=sys.stderr)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=sys.stderr)
+    for r in rows:
+        print(line(r), file=sys.stderr)
