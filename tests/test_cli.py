@@ -136,3 +136,20 @@ def test_help_lists_olive_flags():
 def test_info_lists_providers():
     res = run_cli("info")
     assert res.returncode == 0 and "CPUExecutionProvider" in res.stdout and "onnxruntime" in res.stdout
+
+
+def test_llm_path_never_imports_torch(tiny_dir, tmp_path):
+    script = f"""
+import sys
+from pressa.capture.decoder import BuildOptions
+from pressa.capture.llm import build_llm
+import pressa
+build_llm({str(tiny_dir("llama"))!r}, {str(tmp_path / "out")!r}, BuildOptions(precision="int4"))
+m = pressa.load({str(tmp_path / "out")!r})
+m.generate("t5 t6", max_new_tokens=3)
+from pressa.cli import app
+bad = [k for k in ("torch", "transformers") if k in sys.modules]
+assert not bad, bad
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

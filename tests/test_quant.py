@@ -113,3 +113,15 @@ def test_ratio_keeps_most_sensitive_in_int8():
     assert assign_bits(errors, sizes, 0.5) == {"a": 4, "c": 4, "b": 8, "d": 8}
     assert set(assign_bits(errors, sizes, 1.0).values()) == {4}
     assert set(assign_bits(errors, sizes, 0.0).values()) == {8}
+
+
+def test_chunked_quantization_equals_whole(monkeypatch):
+    from pressa.quant import rtn
+
+    w = np.random.default_rng(3).standard_normal((700, 64)).astype(np.float32)
+    whole = rtn.quantize_rtn(w, 4, 32, False)
+    monkeypatch.setattr(rtn, "CHUNK_ELEMENTS", 1000)           # ~15 rows per chunk
+    chunked = rtn.quantize_rtn(w, 4, 32, False)
+    np.testing.assert_array_equal(chunked.q, whole.q)
+    np.testing.assert_array_equal(chunked.scales, whole.scales)
+    np.testing.assert_array_equal(chunked.zero_points, whole.zero_points)

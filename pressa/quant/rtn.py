@@ -33,10 +33,23 @@ def _blocks(w: np.ndarray, block_size: int) -> np.ndarray:
     return w.reshape(n, -1, block_size)
 
 
+CHUNK_ELEMENTS = 1 << 22     # rows are quantized in chunks of ~4M values to bound temporary memory
+
+
 def quantize_rtn(w: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = False) -> QuantizedWeight:
     """Round-to-nearest per block. Symmetric uses the full signed range [-2**(b-1), 2**(b-1)-1]
     by mapping the block's largest-magnitude value to -2**(b-1) (so no code is wasted)."""
     w = np.asarray(w, dtype=np.float32)
+    rows = max(1, CHUNK_ELEMENTS // max(1, w.shape[1]))
+    if w.shape[0] <= rows:
+        return _quantize_rows(w, bits, block_size, symmetric)
+    parts = [_quantize_rows(w[i:i + rows], bits, block_size, symmetric) for i in range(0, w.shape[0], rows)]
+    zps = None if symmetric else np.concatenate([p.zero_points for p in parts])
+    return QuantizedWeight(np.concatenate([p.q for p in parts]), np.concatenate([p.scales for p in parts]), zps,
+                           bits, block_size, w.shape[1])
+
+
+def _quantize_rows(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> QuantizedWeight:
     blocks = _blocks(w, block_size)
     levels = (1 << bits) - 1
     if symmetric:
