@@ -63,7 +63,7 @@ def auto_opt(
                         accuracy_level=accuracy_level if dev == "cpu" else 0, embedding_bits=embedding_bits)
     with log.progress_bar("auto-opt") as bar:
         manifest = build_llm(model, output, opts, ratio=ratio, provider=dev, overwrite=overwrite,
-                             progress=bar, log=log.info)
+                             progress=bar, log=log.info, status=log.status)
     log.info(f"wrote {output} ({manifest['size_bytes'] / 1e6:.1f} MB, {manifest['build_seconds']:.1f} s)")
 
 

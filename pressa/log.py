@@ -34,6 +34,16 @@ def warn(msg: str) -> None:
 
 
 @contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner for a step without a known length (silent above log level 2)."""
+    if LEVEL["value"] > 2:
+        yield
+        return
+    with err.status(message, spinner="dots"):
+        yield
+
+
+@contextmanager
 def progress_bar(title: str) -> Iterator:
     """Yields a callback(done, total, description). The bar appears on the first update, and is
     removed if the work fails, so that an error stays a single line."""

@@ -21,6 +21,12 @@ from pressa.sources.base import Source
 Progress = Callable[[int, int, str], None]
 
 
+def _no_status(message: str):
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
 def genai_config(cfg: DecoderConfig, context: int, provider: str, tok_cfg: dict) -> dict:
     eos = cfg.eos_token_id or []
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
@@ -88,14 +94,15 @@ def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float
 
 def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: float = 1.0,
               provider: str = "cpu", overwrite: bool = False, progress: Progress | None = None,
-              log: Callable[[str], None] = lambda s: None) -> dict:
+              log: Callable[[str], None] = lambda s: None, status=_no_status) -> dict:
     """Build an artifact folder at `output`; returns its manifest."""
     t0 = time.perf_counter()
     from pressa.artifact import check_output
 
     opts.validate()                                 # fail before the slow work
     check_output(Path(output), overwrite)
-    src = open_source(model)
+    with status(f"reading {model or 'the bundled model'}"):
+        src = open_source(model)
     cfg = decoder_config(src.config)
     log(f"source: {src.kind} {src.location} ({cfg.arch.model_type}, {cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")

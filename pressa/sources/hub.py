@@ -11,7 +11,7 @@ from pressa.sources.base import Source
 from pressa.sources.hf import open_hf_folder
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "tokenizer.model"]
+PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja"]      # configs, weights, tokenizer, chat template
 
 
 def looks_like_hub_id(spec: str) -> bool:
