@@ -23,41 +23,11 @@ WIKI = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
 
 
 def measure(folder: str, runs: int, threads: int | None, new_tokens: int = 128) -> dict:
-    import pressa
-    from pressa.genai.sampling import SamplingConfig
+    from pressa.evaluate.latency import benchmark
 
-    m = pressa.load(folder, threads=threads)
-    chat_ids = m.encode_prompt(CHAT_QUESTION, chat=m.has_chat_template)
-    text = WIKI.read_text()[:40000] if WIKI.is_file() else "The quick brown fox jumps over the lazy dog. " * 200
-    long_ids = m.tokenizer.encode(text, add_special_tokens=False)[:512]
-
-    def ttft(ids):
-        t0 = time.perf_counter()
-        gen = m.generate_ids([ids], SamplingConfig(max_new_tokens=1, ignore_eos=True))
-        next(gen)
-        dt = time.perf_counter() - t0
-        gen.close()
-        return dt
-
-    def decode():
-        stamps = []
-        for _ in m.generate_ids([chat_ids], SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)):
-            stamps.append(time.perf_counter())
-        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
-
-    for f in (lambda: ttft(chat_ids), lambda: ttft(long_ids), decode):   # warm-up
-        f()
-    res = {
-        "artifact": folder,
-        "decode_tokens_per_s": median_spread([decode() for _ in range(runs)]),
-        "ttft_chat_s": median_spread([ttft(chat_ids) for _ in range(runs)]),
-        "ttft_512_s": median_spread([ttft(long_ids) for _ in range(runs)]),
-        "chat_prompt_tokens": len(chat_ids),
-        "long_prompt_tokens": len(long_ids),
-        "size_mb": round(sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file()) / 1e6, 1),
-    }
-    res["prefill_tokens_per_s"] = len(long_ids) / res["ttft_512_s"]["median"]
-    return res
+    text = WIKI.read_text()[:40000] if WIKI.is_file() else None
+    return benchmark(Path(folder), prompt_tokens=512, new_tokens=new_tokens, runs=runs, threads=threads,
+                     text=text, chat_prompt=CHAT_QUESTION)
 
 
 def measure_genai(folder: str, runs: int, new_tokens: int = 128) -> dict:
@@ -97,9 +67,9 @@ def main() -> None:
     a = ap.parse_args()
     results = [measure(f, a.runs, a.threads) for f in a.artifacts]
     genai = [measure_genai(f, a.runs) for f in a.artifacts] if a.genai else []
-    rows = [(r["artifact"], f"{r['size_mb']:.1f}", f"{r['decode_tokens_per_s']['median']:.1f}",
-             f"{r['ttft_chat_s']['median'] * 1000:.0f} ({r['chat_prompt_tokens']} tok)",
-             f"{r['ttft_512_s']['median'] * 1000:.0f}", f"{r['prefill_tokens_per_s']:.0f}") for r in results]
+    rows = [(r["artifact"], f"{r['size_mb']:.1f}", f"{r['decode_tokens_per_s']:.1f}",
+             f"{r['ttft_chat_s'] * 1000:.0f} ({r['chat_prompt_tokens']} tok)",
+             f"{r['ttft_s'] * 1000:.0f}", f"{r['prefill_tokens_per_s']:.0f}") for r in results]
     rows += [(g["artifact"], "", f"{g['decode_tokens_per_s']['median']:.1f}", "", "", "") for g in genai]
     emit({"benchmark": "decode", "results": results, "genai": genai, "threads": a.threads, "machine": machine()},
          rows,

@@ -156,6 +156,103 @@ def chat(
         history.append({"role": "assistant", "content": reply})
 
 
+def _print_result(result: dict, as_json: bool, title: str) -> None:
+    import json
+
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, show_header=True)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in result.items():
+        if isinstance(v, dict):
+            continue
+        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Path = typer.Argument(..., help="Artifact folder to evaluate."),
+    perplexity: Path | None = typer.Option(None, "--perplexity", help="Text file: perplexity by the shared "
+                                              "protocol (whole file, non-overlapping windows, no cache)."),
+    windows: int = typer.Option(32, "--windows", min=1, help="Number of windows (the first N)."),
+    window_size: int = typer.Option(512, "--window-size", min=2, help="Tokens per window."),
+    batch: int = typer.Option(2, "--batch", min=1, help="Windows per forward pass."),
+    reference: str | None = typer.Option(None, "--reference", help="The original model (HF folder, .gguf, "
+                                            "bundled name, or a pressa artifact) to measure agreement with."),
+    data: Path | None = typer.Option(None, "--data", help="Text file for --reference: one sample per line."),
+    samples: int = typer.Option(32, "--samples", min=1, help="Lines of --data to use."),
+    threads: int | None = _THREADS,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+):
+    """Measure how much worse: perplexity on a text file, and/or agreement (top-1, KL) with the original."""
+    from pressa.errors import BadArgument
+
+    if perplexity is None and reference is None:
+        raise BadArgument("give --perplexity FILE and/or --reference MODEL --data FILE")
+    result: dict = {"artifact": str(model)}
+    if perplexity is not None:
+        from pressa.evaluate.perplexity import perplexity as ppl
+
+        text = _read_text(perplexity)
+        with log.progress_bar("perplexity") as bar:
+            result.update(ppl(model, text, windows, window_size, batch, threads, bar))
+    if reference is not None:
+        if data is None:
+            raise BadArgument("--reference needs --data FILE (the inputs both models see)")
+        from pressa.evaluate.agreement import agreement, artifact_logits, reference_logits, text_samples
+        from pressa.genai.tokenizer import TextTokenizer
+
+        tok = TextTokenizer(model)
+        chunks = text_samples(_read_text(data), lambda s: tok.encode(s, add_special_tokens=False), samples)
+        if not chunks:
+            raise BadArgument(f"{data}: no usable lines (each needs 40+ characters)")
+        with log.status(f"loading the reference {reference}"):
+            ref, how, keep = reference_logits(reference, threads)
+        with log.progress_bar("agreement") as bar:
+            result.update({**agreement(artifact_logits(model, threads), ref, chunks, bar), "reference": how})
+        del keep
+    _print_result(result, as_json, f"eval {model}")
+
+
+def _read_text(path: Path) -> str:
+    from pressa.errors import SourceNotFound
+
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise SourceNotFound(f"{path}: cannot read it ({err.strerror})") from None
+
+
+@app.command()
+def benchmark(
+    model: Path = typer.Argument(..., help="Artifact folder to time."),
+    prompt_tokens: int = typer.Option(512, "--prompt-tokens", min=1, help="Prompt length for TTFT and prefill."),
+    new_tokens: int = typer.Option(128, "--new-tokens", min=2, help="Greedy tokens to time decoding."),
+    runs: int = typer.Option(5, "--runs", min=1, help="Timed repetitions (median reported)."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed repetitions first."),
+    threads: int | None = _THREADS,
+    hint: str = typer.Option("latency", "--hint", help="latency (spinning threads, physical cores) or throughput."),
+    device: str = _DEVICE,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+):
+    """Time an artifact: decode tokens/s, time to first token, prefill tokens/s, peak RSS."""
+    from pressa.errors import BadArgument
+    from pressa.evaluate.latency import benchmark as run_benchmark
+
+    if hint not in ("latency", "throughput"):
+        raise BadArgument("--hint: use latency or throughput")
+    with log.progress_bar("benchmark") as bar:
+        result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, threads, hint, device,
+                               progress=bar)
+    _print_result(result, as_json, f"benchmark {model}")
+
+
 @app.command()
 def info():
     """Versions of pressa and its runtimes, execution providers and devices."""

@@ -1,0 +1,1 @@
+"""Measurements: perplexity, agreement with the original model, latency and throughput."""

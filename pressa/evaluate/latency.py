@@ -1,0 +1,89 @@
+"""Speed of an artifact: decode tokens/s, time to first token, prefill tokens/s, peak memory."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+FILLER = ("The history of the region is long and complex, shaped by trade, migration and the "
+          "rise and fall of several kingdoms over many centuries. ")
+
+
+def spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs),
+            "stdev": statistics.stdev(xs) if len(xs) > 1 else 0.0, "runs": len(xs)}
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
+
+
+def prompt_of(model, tokens: int, text: str | None = None) -> list[int]:
+    """A prompt of exactly `tokens` tokens from `text` (or filler prose)."""
+    base = text or FILLER * (tokens // 8 + 8)
+    ids = model.tokenizer.encode(base, add_special_tokens=False)
+    while len(ids) < tokens:
+        ids = ids + ids
+    return ids[:tokens]
+
+
+def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
+              threads: int | None = None, hint: str = "latency", device: str = "cpu", text: str | None = None,
+              chat_prompt: str | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """Warm-up, then `runs` repetitions of: TTFT of a `prompt_tokens` prompt, and decode speed of
+    `new_tokens` greedy tokens (EOS ignored) after it. Medians and spread."""
+    import pressa
+    from pressa.genai.sampling import SamplingConfig
+
+    t_load = time.perf_counter()
+    m = pressa.load(folder, threads=threads, hint=hint, device=device)
+    load_s = time.perf_counter() - t_load
+    ids = prompt_of(m, prompt_tokens, text)
+    cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
+    chat_ids = m.encode_prompt(chat_prompt) if chat_prompt else None
+
+    def one(prompt: list[int]) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        stamps = []
+        for _ in m.generate_ids([prompt], cfg):
+            stamps.append(time.perf_counter())
+        decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
+        return stamps[0] - t0, decode
+
+    ttfts, decodes, chat_ttfts = [], [], []
+    total = warmup + runs
+    for r in range(total):
+        ttft, dec = one(ids)
+        chat_t = one(chat_ids)[0] if chat_ids else None
+        if r >= warmup:
+            ttfts.append(ttft)
+            decodes.append(dec)
+            if chat_t is not None:
+                chat_ttfts.append(chat_t)
+        if progress:
+            progress(r + 1, total, "warm-up" if r < warmup else f"run {r + 1 - warmup}/{runs}")
+    out = {
+        "artifact": str(folder),
+        "decode_tokens_per_s": statistics.median(decodes),
+        "ttft_s": statistics.median(ttfts),
+        "prefill_tokens_per_s": prompt_tokens / statistics.median(ttfts),
+        "peak_rss_mb": peak_rss_mb(),
+        "load_s": load_s,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "runs": runs,
+        "threads": threads,
+        "hint": hint,
+        "decode_tokens_per_s_spread": spread(decodes),
+        "ttft_s_spread": spread(ttfts),
+        "size_mb": sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file()) / 1e6,
+    }
+    if chat_ttfts:
+        out["ttft_chat_s"] = statistics.median(chat_ttfts)
+        out["chat_prompt_tokens"] = len(chat_ids)
+    return out
