@@ -67,7 +67,7 @@ def test_fp32_greedy_equals_transformers(gguf_path, artifacts):
 def _nll(folder, ids):
     from pressa.genai.decoder_session import DecoderSession
 
-    _, logits = DecoderSession(folder, threads=2).prefill([ids], len(ids))
+    _, logits = DecoderSession(folder, threads=2, all_logits=True).prefill([ids], len(ids))
     lg = logits[0, :-1].astype(np.float64)
     lse = np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1)) + lg.max(-1)
     return float(np.mean(lse - lg[np.arange(len(ids) - 1), ids[1:]]))

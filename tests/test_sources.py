@@ -70,7 +70,7 @@ def write_gguf(hf_dir, path):
 def check_against_hf(hf_dir, artifact):
     rows = rng_rows(4, lengths=(6, 3))
     ref, steps = hf_left_padded(load_hf(hf_dir), rows, [[5, 6]])
-    s = DecoderSession(artifact, threads=1)
+    s = DecoderSession(artifact, threads=1, all_logits=True)
     _, full = s.prefill(rows, capacity=10)
     for b, r in enumerate(rows):
         assert np.abs(full[b, : len(r)] - ref[b]).max() < 1e-4
@@ -124,10 +124,10 @@ def test_hub_id_from_local_cache_and_clear_offline_error(tiny_dir, tmp_path):
 
 def test_quantized_builds_stay_close_to_fp32(tiny_artifact):
     rows = rng_rows(6, lengths=(8,))
-    ref = DecoderSession(tiny_artifact("llama", "fp32"), threads=1).prefill(rows, 9)[1][0]
+    ref = DecoderSession(tiny_artifact("llama", "fp32"), threads=1, all_logits=True).prefill(rows, 9)[1][0]
     spread = ref.std()
     for precision, tol in (("int8", 0.05), ("int4", 0.35), ("fp16", 0.01)):
-        got = DecoderSession(tiny_artifact("llama", precision), threads=1).prefill(rows, 9)[1][0]
+        got = DecoderSession(tiny_artifact("llama", precision), threads=1, all_logits=True).prefill(rows, 9)[1][0]
         assert np.abs(got - ref).mean() / spread < tol, precision
     mixed = tiny_artifact("llama", "int4", ratio=0.5)
     import json

@@ -23,6 +23,7 @@ from pressa.quant.rtn import quantize_rtn
 from pressa.sources.base import WeightReader
 
 MAX_CONTEXT = 32768
+LAST_TOKEN_NODE = "/model/last_token/GatherND"
 
 
 @dataclass
@@ -34,6 +35,7 @@ class BuildOptions:
     embedding_bits: int = 8              # tied embedding / lm_head in quantized precisions
     layer_bits: dict[str, int] = field(default_factory=dict)   # per-weight override (mixed precision)
     context_length: int | None = None
+    last_token_logits: bool = True       # lm_head only on each row's last token (prefill speed)
 
     def validate(self) -> None:
         if self.precision not in ("fp32", "fp16", "int8", "int4"):
@@ -134,7 +136,8 @@ class DecoderBuilder:
         for i in range(cfg.num_layers):
             for kv in ("key", "value"):
                 g.add_input(f"past_key_values.{i}.{kv}", dt, kv_shape)
-        g.add_output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab_size])
+        g.add_output("logits", TensorProto.FLOAT,
+                     ["batch_size", 1 if self.o.last_token_logits else "sequence_length", cfg.vocab_size])
 
         total = cfg.num_layers + 2
         step = (lambda i, d: progress(i, total, d)) if progress else (lambda i, d: None)
@@ -170,9 +173,26 @@ class DecoderBuilder:
             pending = m
         step(cfg.num_layers + 1, "lm_head")
         h, _ = self.skip_rms(g, pending, resid, "model.norm.weight", "/model/norm")
+        if self.o.last_token_logits:
+            h = self._last_token(g, h, ids, ctx)
         self._lm_head(g, h, ids)
         step(total, "done")
         return {}
+
+    def _last_token(self, g: GraphWriter, h: str, ids: str, ctx: dict) -> str:
+        """Each row's last real token: index seqlens_k - (total - S), clamped to [0, S-1] (right
+        padding in a first prompt; 0 in decode). Eval swaps this node for an Identity to get every
+        position (see genai.decoder_session.all_logits_variant)."""
+        lab = "/model/last_token"
+        s = g.op("Cast", [g.op("Gather", [g.op("Shape", [ids], f"{lab}/Shape"), g.const(f"{lab}/idx1", 1)],
+                                f"{lab}/Gather", axis=0)], f"{lab}/Cast_S", to=TensorProto.INT32)
+        past = g.op("Sub", [ctx["total"], s], f"{lab}/Sub_past")
+        idx = g.op("Sub", [ctx["seqlens"], past], f"{lab}/Sub_idx")
+        zero = g.const(f"{lab}/zero", 0, np.int32)
+        hi = g.op("Sub", [s, g.const(f"{lab}/one", 1, np.int32)], f"{lab}/Sub_hi")
+        idx = g.op("Cast", [g.op("Clip", [idx, zero, hi], f"{lab}/Clip")], f"{lab}/Cast_idx", to=TensorProto.INT64)
+        idx = g.op("Unsqueeze", [idx, g.const(f"{lab}/axes", [1, 2])], f"{lab}/Unsqueeze")
+        return g.op("GatherND", [h, idx], LAST_TOKEN_NODE, batch_dims=1)
 
     def _rope(self, g: GraphWriter) -> dict:
         cfg = self.cfg
@@ -296,7 +316,7 @@ class DecoderBuilder:
             # Gemm with transB reads the embedding initializer itself: one copy on disk
             flat = g.op("Reshape", [h, g.const("/lm_head/flat", [-1, cfg.hidden_size])], "/lm_head/Reshape")
             y = g.op("Gemm", [flat, "model.embed_tokens.weight"], "/lm_head/Gemm", transB=1)
-            shape = g.op("Concat", [g.op("Shape", [ids], "/lm_head/Shape"),
+            shape = g.op("Concat", [g.op("Shape", [h], "/lm_head/Shape", end=-1),
                                     g.const("/lm_head/vocab", [cfg.vocab_size])], "/lm_head/Concat", axis=0)
             logits = g.op("Reshape", [y, shape], "/lm_head/Reshape_out")
         else:

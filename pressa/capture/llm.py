@@ -124,7 +124,8 @@ def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: flo
             "settings": {**{k: v for k, v in asdict(opts).items() if k != "layer_bits"},
                          "ratio": ratio, "provider": provider},
             "mixed_precision": opts.layer_bits or None,
-            "graph": {"op_counts": info["op_counts"], "context_length": info["context_length"]},
+            "graph": {"op_counts": info["op_counts"], "context_length": info["context_length"],
+                      "logits": "last" if opts.last_token_logits else "all"},
             "versions": _versions(),
             "build_seconds": round(time.perf_counter() - t0, 2),
         }

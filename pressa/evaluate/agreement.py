@@ -17,7 +17,7 @@ Logits = Callable[[list[int]], np.ndarray]     # token ids -> logits [len, V]
 def artifact_logits(folder: Path, threads: int | None = None) -> Logits:
     from pressa.genai.decoder_session import DecoderSession
 
-    s = DecoderSession(folder, threads=threads, hint="throughput")
+    s = DecoderSession(folder, threads=threads, hint="throughput", all_logits=True)
     return lambda ids: s.prefill([ids], capacity=len(ids))[1][0]
 
 

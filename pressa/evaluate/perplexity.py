@@ -39,7 +39,7 @@ def perplexity(folder: Path, text: str, windows: int = 32, window_size: int = 51
 
     tok = TextTokenizer(folder)
     chunks = make_windows(tok.encode(text, add_special_tokens=False), windows, window_size)
-    session = DecoderSession(folder, threads=threads, hint="throughput")
+    session = DecoderSession(folder, threads=threads, hint="throughput", all_logits=True)
     nlls: list[float] = []
     for i in range(0, len(chunks), batch):
         rows = chunks[i:i + batch]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pressa.capture.decoder import LAST_TOKEN_NODE
 from pressa.errors import BadArgument, CorruptModel
 from pressa.runtime.session import open_session
 
@@ -19,7 +20,10 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 class DecoderSession:
-    def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency"):
+    def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
+                 all_logits: bool = False):
+        """`all_logits`: logits for every prompt position (evaluation); by default graphs built
+        with last-token logits compute the vocabulary projection for each row's last token only."""
         import onnxruntime as ort
 
         self.ort = ort
@@ -33,7 +37,11 @@ class DecoderSession:
         self.head_size = d["head_size"]
         self.context_length = self.config["model"]["context_length"]
         self.vocab_size = self.config["model"]["vocab_size"]
-        self.session = open_session(folder / d.get("filename", "model.onnx"), device, threads, hint)
+        model_path = folder / d.get("filename", "model.onnx")
+        variant = all_logits_variant(model_path) if all_logits else None
+        self.session = open_session(model_path, device, threads, hint, model_bytes=variant)
+        out = {o.name: o.shape for o in self.session.get_outputs()}["logits"]
+        self.last_only = out[1] == 1
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.kv_dtype = _NP.get(types.get("past_key_values.0.key"), np.float32)
         self.lengths: np.ndarray | None = None
@@ -66,14 +74,15 @@ class DecoderSession:
             self.io.bind_ortvalue_output("logits", self._step_logits_ov)
             self.session.run_with_iobinding(self.io)
             return self._step_logits[:, 0, :]
-        full = np.empty((ids.shape[0], ids.shape[1], self.vocab_size), np.float32)
+        full = np.empty((ids.shape[0], 1 if self.last_only else ids.shape[1], self.vocab_size), np.float32)
         self.io.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(full))
         self.session.run_with_iobinding(self.io)
         return full
 
     # -- steps ------------------------------------------------------------------------------
     def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[np.ndarray, np.ndarray]:
-        """Run the prompts; returns (last-token logits [B, V], all logits [B, S, V] right-padded)."""
+        """Run the prompts; returns (last-token logits [B, V], logits [B, S, V] right-padded, where S
+        is 1 for a last-token graph unless the session was opened with all_logits)."""
         self.start(len(prompts), capacity)
         lens = np.array([len(p) for p in prompts], np.int64)
         if lens.min() < 1:
@@ -86,7 +95,7 @@ class DecoderSession:
             mask[b, : len(p)] = 1
         logits = self._run(ids, mask, logits_out=False)
         self.lengths = lens.copy()
-        last = logits[np.arange(len(prompts)), lens - 1]
+        last = logits[:, 0] if self.last_only else logits[np.arange(len(prompts)), lens - 1]
         return last, logits
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
@@ -99,3 +108,21 @@ class DecoderSession:
         out = self._run(np.asarray(tokens, np.int64).reshape(-1, 1), mask, logits_out=True)
         self.lengths = lens + 1
         return out
+
+
+def all_logits_variant(model_path: Path) -> bytes | None:
+    """The graph with the last-token gather replaced by Identity (every position gets logits), as
+    bytes whose external data still lives in the artifact; None when the graph has no such gather."""
+    import onnx
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    node = next((n for n in m.graph.node if n.name == LAST_TOKEN_NODE), None)
+    if node is None:
+        return None
+    node.op_type = "Identity"
+    del node.input[1:]
+    del node.attribute[:]
+    for o in m.graph.output:
+        if o.name == "logits":
+            o.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
+    return m.SerializeToString()

@@ -33,7 +33,9 @@ def session_options(threads: int | None = None, hint: str = "latency"):
     return so
 
 
-def open_session(model_path: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency"):
+def open_session(model_path: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
+                 model_bytes: bytes | None = None):
+    """`model_bytes`: an edited copy of the graph at `model_path`, whose external data stays there."""
     import onnxruntime as ort
 
     model_path = Path(model_path)
@@ -46,8 +48,13 @@ def open_session(model_path: Path, device: str = "cpu", threads: int | None = No
     if provider not in available:
         raise BadArgument(f"{provider} is not available in this onnxruntime ({', '.join(available)}); "
                           "install onnxruntime-gpu for --device gpu")
+    so = session_options(threads, hint)
+    if model_bytes is not None:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                    str(model_path.parent.resolve()))
     try:
-        return ort.InferenceSession(str(model_path), session_options(threads, hint), providers=[provider])
+        return ort.InferenceSession(model_bytes if model_bytes is not None else str(model_path), so,
+                                    providers=[provider])
     except Exception as err:  # ORT raises its own Fail/InvalidGraph/etc.
         msg = str(err).splitlines()[0][:300]
         raise CorruptModel(f"{model_path}: ONNX Runtime cannot load it ({msg})") from None
