@@ -40,6 +40,14 @@ def auto_opt(
                                             "(fastest on CPU)."),
     embedding_bits: int = typer.Option(8, "--embedding-bits",
                                        help="Bits of the tied embedding / lm_head in int4/int8 builds."),
+    algorithm: str = typer.Option("rtn", "--algorithm",
+                                  help="rtn (round to nearest, no data), awq (activation-aware scales) or "
+                                       "gptq (second-order, Hessian from calibration inputs)."),
+    calibration_data: Path | None = typer.Option(None, "--calibration-data",
+                                                 help="Text file for awq/gptq and data-aware --ratio."),
+    calibration_samples: int = typer.Option(64, "--calibration-samples", min=1,
+                                            help="Calibration windows drawn from the text."),
+    calibration_seqlen: int = typer.Option(256, "--calibration-seqlen", min=8, help="Tokens per window."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     log_level: int = typer.Option(1, "--log_level", "--log-level", min=0, max=4,
                                   help="0 debug, 1 info, 2 warnings, 3 errors, 4 critical."),
@@ -60,10 +68,13 @@ def auto_opt(
     if ratio < 1.0 and precision != "int4":
         raise BadArgument("--ratio applies to --precision int4 only")
     opts = BuildOptions(precision=precision, block_size=group_size, symmetric=sym,
-                        accuracy_level=accuracy_level if dev == "cpu" else 0, embedding_bits=embedding_bits)
+                        accuracy_level=accuracy_level if dev == "cpu" else 0, embedding_bits=embedding_bits,
+                        algorithm=algorithm)
+    text = _read_text(calibration_data) if calibration_data else None
     with log.progress_bar("auto-opt") as bar:
         manifest = build_llm(model, output, opts, ratio=ratio, provider=dev, overwrite=overwrite,
-                             progress=bar, log=log.info, status=log.status)
+                             progress=bar, log=log.info, status=log.status, calibration_text=text,
+                             calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen)
     log.info(f"wrote {output} ({manifest['size_bytes'] / 1e6:.1f} MB, {manifest['build_seconds']:.1f} s)")
 
 

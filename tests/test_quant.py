@@ -125,3 +125,40 @@ def test_chunked_quantization_equals_whole(monkeypatch):
     np.testing.assert_array_equal(chunked.q, whole.q)
     np.testing.assert_array_equal(chunked.scales, whole.scales)
     np.testing.assert_array_equal(chunked.zero_points, whole.zero_points)
+
+
+def _outlier_layer(seed=0, n=96, k=256, rows=4096):
+    """Correlated inputs with a few large-magnitude channels, as LLM activations have."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 48)) @ rng.standard_normal((48, k)) + 0.1 * rng.standard_normal((rows, k))
+    x[:, rng.choice(k, 5, replace=False)] *= 20
+    w = rng.standard_normal((n, k)) * 0.05
+    return x.astype(np.float32), w.astype(np.float32)
+
+
+def _out_err(x, w, wq):
+    d = x @ (wq - w).T
+    return float(np.mean(d * d))
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_gptq_and_awq_beat_rtn_on_outliers(sym):
+    from pressa.quant.awq import quantize_awq, search_scales
+    from pressa.quant.gptq import quantize_gptq
+
+    x, w = _outlier_layer()
+    rtn = _out_err(x, w, dequantize(quantize_rtn(w, 4, 32, sym)))
+    gptq = _out_err(x, w, dequantize(quantize_gptq(w, x.T.astype(np.float64) @ x, 4, 32, sym)))
+    s, _ = search_scales(w, np.abs(x).mean(0), x[:512], 4, 32, sym)
+    awq = _out_err(x, w, dequantize(quantize_awq(w, s, 4, 32, sym)) / s[None, :])
+    assert gptq < 0.7 * rtn, (gptq, rtn)
+    assert awq < 0.7 * rtn, (awq, rtn)
+
+
+def test_gptq_layout_is_matmulnbits_compatible():
+    from pressa.quant.gptq import quantize_gptq
+
+    x, w = _outlier_layer(1, n=16, k=80)                      # K not a multiple of the group
+    qw = quantize_gptq(w, x.T @ x, 4, 32, False)
+    assert qw.q.shape == (16, 3, 32) and qw.scales.shape == (16, 3) and qw.zero_points.dtype == np.uint8
+    assert qw.q.max() <= 15 and dequantize(qw).shape == w.shape

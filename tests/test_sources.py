@@ -135,3 +135,44 @@ def test_quantized_builds_stay_close_to_fp32(tiny_artifact):
     bits = json.loads((mixed / "pressa.json").read_text())["mixed_precision"]
     assert sorted(set(bits.values())) == [4, 8]
     assert len(bits) == BASE["num_hidden_layers"] * 4 + 1 and "lm_head" in bits     # untied head counts too
+
+
+CALIB_TEXT = "\n".join(" ".join(f"t{(i * 7 + j * 13) % 150 + 5}" for j in range(40)) for i in range(60))
+
+
+def _calib_build(tiny_dir, out, **opts):
+    build_llm(str(tiny_dir("llama")), out, BuildOptions(**opts), calibration_text=CALIB_TEXT,
+              calibration_samples=16, calibration_seqlen=32)
+    return out
+
+
+def _logits(folder):
+    rows = [[int(w[1:]) for w in line.split()[:24]] for line in CALIB_TEXT.splitlines()[1:5]]
+    s = DecoderSession(folder, threads=1, all_logits=True)
+    return np.concatenate([s.prefill([r], len(r))[1][0] for r in rows])
+
+
+def test_gptq_int4_is_closer_to_fp32_than_rtn(tiny_dir, tiny_artifact, tmp_path):
+    ref = _logits(tiny_artifact("llama", "fp32"))
+    gptq = _calib_build(tiny_dir, tmp_path / "gptq", precision="int4", algorithm="gptq")
+    assert np.mean((_logits(gptq) - ref) ** 2) < 0.9 * np.mean((_logits(tiny_artifact("llama", "int4")) - ref) ** 2)
+
+
+def test_awq_folding_keeps_the_function(tiny_dir, tiny_artifact, tmp_path):
+    """AWQ scales are folded into norm gammas, up rows and a Mul before o_proj: with 8-bit weights
+    the network must stay as close to fp32 as plain 8-bit RTN is."""
+    ref = _logits(tiny_artifact("llama", "fp32"))
+    awq = _calib_build(tiny_dir, tmp_path / "awq8", precision="int8", algorithm="awq", accuracy_level=0)
+    rtn = tiny_artifact("llama", "int8", accuracy_level=0)
+    assert np.mean((_logits(awq) - ref) ** 2) < 1.5 * np.mean((_logits(rtn) - ref) ** 2)
+    import json
+
+    assert json.loads((awq / "pressa.json").read_text())["settings"]["algorithm"] == "awq"
+
+
+def test_calibrated_algorithms_need_data(tiny_dir, tmp_path):
+    from pressa.errors import BadArgument
+
+    with pytest.raises(BadArgument, match="calibration-data"):
+        build_llm(str(tiny_dir("llama")), tmp_path / "x", BuildOptions(precision="int4", algorithm="gptq"))
+    assert not (tmp_path / "x").exists()

@@ -36,6 +36,8 @@ class BuildOptions:
     layer_bits: dict[str, int] = field(default_factory=dict)   # per-weight override (mixed precision)
     context_length: int | None = None
     last_token_logits: bool = True       # lm_head only on each row's last token (prefill speed)
+    algorithm: str = "rtn"               # rtn | awq | gptq (awq/gptq need calibration statistics)
+    capture_inputs: bool = False         # extra outputs "calib.<key>": every linear's input (calibration)
 
     def validate(self) -> None:
         if self.precision not in ("fp32", "fp16", "int8", "int4"):
@@ -46,12 +48,23 @@ class BuildOptions:
             raise BadArgument(f"embedding bits {self.embedding_bits}: use 4 or 8")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise BadArgument(f"accuracy level {self.accuracy_level}: use 0 to 4")
+        if self.algorithm not in ("rtn", "awq", "gptq"):
+            raise BadArgument(f"algorithm {self.algorithm!r}: use rtn, awq or gptq")
+        if self.algorithm != "rtn" and self.precision not in ("int4", "int8"):
+            raise BadArgument(f"--algorithm {self.algorithm} applies to int4/int8 precisions")
 
 
 class DecoderBuilder:
-    def __init__(self, cfg: DecoderConfig, weights: WeightReader, opts: BuildOptions):
+    def __init__(self, cfg: DecoderConfig, weights: WeightReader, opts: BuildOptions, calib: dict | None = None):
         opts.validate()
+        if opts.algorithm != "rtn" and not calib:
+            raise BadArgument(f"--algorithm {opts.algorithm} needs calibration data (--calibration-data FILE)")
         self.cfg, self.w, self.o = cfg, weights, opts
+        self.calib = calib or {}
+        self._awq_w: dict[str, np.ndarray] = {}        # scaled weights by key (AWQ)
+        self._gamma_div: dict[str, np.ndarray] = {}    # norm weight name -> divisor (AWQ scales folded)
+        self._input_scale: dict[str, np.ndarray] = {}  # key -> 1/s applied by a Mul (AWQ, o_proj)
+        self._captured: set[str] = set()
         self.fp16 = opts.precision == "fp16"
         self.np_dtype = np.float16 if self.fp16 else np.float32
         self.onnx_dtype = TensorProto.FLOAT16 if self.fp16 else TensorProto.FLOAT
@@ -78,19 +91,28 @@ class DecoderBuilder:
     def linear(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bias: np.ndarray | None,
                key: str) -> str:
         """y = x @ w.T (+ bias); w is [N, K]. Quantized precisions use MatMulNBits."""
+        if self.o.capture_inputs and key not in self._captured:
+            self._captured.add(key)
+            g.node("Identity", [x], f"/calib/{key}", outputs=[f"calib.{key}"])
+            g.add_output(f"calib.{key}", self.onnx_dtype, None)
         bits = self.bits_for(key)
+        if key in self._awq_w:
+            w = self._awq_w.pop(key)
+        if key in self._input_scale:
+            inv = self.fw(g, f"{name}.input_scale", 1.0 / self._input_scale.pop(key))
+            x = g.op("Mul", [x, inv], f"{name}/awq_Mul")
         if bits is None:
             y = g.op("MatMul", [x, self.fw(g, f"{name}.weight", w.T)], f"{name}/MatMul")
         else:
-            y = self.matmul_nbits(g, x, name, w, bits)
+            y = self.matmul_nbits(g, x, name, w, bits, key=key)
         if bias is not None:
             y = g.op("Add", [y, self.fw(g, f"{name}.bias", bias)], f"{name}/Add")
         return y
 
     def matmul_nbits(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bits: int,
-                     share_key: int | None = None, packed: dict | None = None) -> str:
+                     share_key: int | None = None, packed: dict | None = None, key: str = "") -> str:
         n, k = w.shape
-        t = packed or matmulnbits_tensors(quantize_rtn(w, bits, self.o.block_size, self.o.symmetric))
+        t = packed or matmulnbits_tensors(self.quantize(w, bits, key))
         ins = [x, g.weight(f"{name}.qweight", t["B"], share_key=share_key),
                g.weight(f"{name}.scales", t["scales"].astype(self.np_dtype),
                         share_key=None if share_key is None else share_key + 1)]
@@ -100,8 +122,20 @@ class DecoderBuilder:
         return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS, K=k, N=n, bits=bits,
                     block_size=self.o.block_size, accuracy_level=self.o.accuracy_level)
 
+    def quantize(self, w: np.ndarray, bits: int, key: str):
+        """RTN, or GPTQ with this weight's calibration Hessian."""
+        stats = self.calib.get(key)
+        if self.o.algorithm == "gptq" and stats is not None:
+            from pressa.quant.gptq import quantize_gptq
+
+            return quantize_gptq(w, stats.h, bits, self.o.block_size, self.o.symmetric)
+        return quantize_rtn(w, bits, self.o.block_size, self.o.symmetric)
+
     def norm_weight(self, name: str) -> np.ndarray:
-        return self.read(name) + self.cfg.arch.norm_offset
+        w = self.read(name) + self.cfg.arch.norm_offset
+        if name in self._gamma_div:
+            w = w / self._gamma_div.pop(name)
+        return w
 
     def rms(self, g: GraphWriter, x: str, wname: str, label: str) -> str:
         w = self.fw(g, wname, self.norm_weight(wname))
@@ -156,6 +190,8 @@ class DecoderBuilder:
         resid, pending = None, None
         for i in range(cfg.num_layers):
             step(i + 1, f"layer {i + 1}/{cfg.num_layers}")
+            if self.o.algorithm == "awq":
+                self._prepare_awq(i)
             p = f"model.layers.{i}."
             if resid is None:
                 h, resid = self.rms(g, x, p + "input_layernorm.weight", f"/model/layers.{i}/input_layernorm"), x
@@ -229,6 +265,50 @@ class DecoderBuilder:
             x = g.op("Mul", [x, g.weight("/model/embed_tokens/scale", scale)], "/model/embed_tokens/Mul")
         return x
 
+    def _prepare_awq(self, i: int) -> None:
+        """Search AWQ scales for the layer's four weights and fold them: into the norms before qkv
+        and gate_up, into the up rows before down, and a Mul before o_proj."""
+        from pressa.quant.awq import search_scales
+
+        cfg, p = self.cfg, f"model.layers.{i}."
+        bits = {k: self.bits_for(f"{i}.{k}") for k in ("qkv", "o", "gate_up", "down")}
+
+        def scales(key, w):
+            st = self.calib.get(key)
+            if st is None or bits[key.split(".", 1)[1]] is None:
+                return None
+            return search_scales(w, st.absmean, st.sample(), bits[key.split(".", 1)[1]], self.o.block_size,
+                                 self.o.symmetric)[0]
+
+        w_gu = self._gate_up_weight(i)
+        w_down = self.read(p + "mlp.down_proj.weight")
+        s = scales(f"{i}.down", w_down)
+        if s is not None:                      # down's input is act(gate) * up: scale the up rows
+            w_gu[cfg.intermediate_size:] /= s[:, None]
+            self._awq_w[f"{i}.down"] = w_down * s[None, :]
+            if cfg.mlp_bias:
+                self._up_bias_div = s
+        s = scales(f"{i}.gate_up", w_gu)
+        self._awq_w[f"{i}.gate_up"] = w_gu * s[None, :] if s is not None else w_gu
+        if s is not None:
+            self._gamma_div[p + cfg.arch.mlp_norm + ".weight"] = s
+        w_qkv = self._qkv_weights(i)[0]
+        s = scales(f"{i}.qkv", w_qkv)
+        if s is not None:
+            self._awq_w[f"{i}.qkv"] = w_qkv * s[None, :]
+            self._gamma_div[p + "input_layernorm.weight"] = s
+        w_o = self.read(p + "self_attn.o_proj.weight")
+        s = scales(f"{i}.o", w_o)
+        if s is not None:
+            self._awq_w[f"{i}.o"] = w_o * s[None, :]
+            self._input_scale[f"{i}.o"] = s
+
+    def _gate_up_weight(self, i: int) -> np.ndarray:
+        cfg, p = self.cfg, f"model.layers.{i}.mlp."
+        if cfg.arch.fused_gate_up:
+            return self.read(p + cfg.arch.fused_gate_up + ".weight")
+        return np.concatenate([self.read(p + "gate_proj.weight"), self.read(p + "up_proj.weight")])
+
     def _qkv_weights(self, i: int) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
         cfg, p = self.cfg, f"model.layers.{i}.self_attn."
         sizes = [cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim]
@@ -279,13 +359,13 @@ class DecoderBuilder:
 
     def _mlp(self, g: GraphWriter, h: str, i: int) -> str:
         cfg, p, lab = self.cfg, f"model.layers.{i}.mlp.", f"/model/layers.{i}/mlp"
-        if cfg.arch.fused_gate_up:
-            w = self.read(p + cfg.arch.fused_gate_up + ".weight")
-        else:
-            w = np.concatenate([self.read(p + "gate_proj.weight"), self.read(p + "up_proj.weight")])
+        key = f"{i}.gate_up"
+        w = self._awq_w[key] if key in self._awq_w else self._gate_up_weight(i)
         bias = None
         if cfg.mlp_bias:
-            bias = np.concatenate([self.read(p + "gate_proj.bias"), self.read(p + "up_proj.bias")])
+            bias = np.concatenate([self.read(p + "gate_proj.bias"),
+                                   self.read(p + "up_proj.bias") / getattr(self, "_up_bias_div", 1.0)])
+            self._up_bias_div = 1.0
         gu = self.linear(g, h, f"{p}gate_up_proj", w, bias, f"{i}.gate_up")
         del w
         gate, up = g.node("Split", [gu, g.const(f"{lab}/split_sizes", [cfg.intermediate_size] * 2)],

@@ -14,6 +14,7 @@ from pressa import __version__
 from pressa.artifact import MANIFEST, atomic_folder, folder_size, now_iso, write_json
 from pressa.capture.config import DecoderConfig, decoder_config
 from pressa.capture.decoder import BuildOptions, DecoderBuilder
+from pressa.errors import BadArgument
 from pressa.quant.sensitivity import assign_bits, relative_rtn_error
 from pressa.sources import open_source
 from pressa.sources.base import Source
@@ -80,21 +81,32 @@ def _weight_groups(cfg: DecoderConfig, src: Source) -> dict[str, list[str]]:
 
 
 def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float,
-               progress: Progress | None = None) -> dict[str, int]:
+               progress: Progress | None = None, calib: dict | None = None) -> dict[str, int]:
+    """With calibration statistics the sensitivity is data-aware: the int4 error of the layer's
+    output on calibration inputs, tr(E H E^T) / tr(W H W^T); else the weight's own RTN error."""
+    from pressa.quant.rtn import dequantize, quantize_rtn
+
     groups = _weight_groups(cfg, src)
     errors, sizes = {}, {}
     for j, (key, names) in enumerate(groups.items()):
         if progress:
             progress(j, len(groups), f"sensitivity {key}")
         w = np.concatenate([src.weights(n) for n in names])
-        errors[key] = relative_rtn_error(w, opts.block_size, opts.symmetric)
+        st = (calib or {}).get(key)
+        if st is not None:
+            e = dequantize(quantize_rtn(w, 4, opts.block_size, opts.symmetric)) - w
+            errors[key] = float(np.sum((e @ st.h) * e) / max(float(np.sum((w @ st.h) * w)), 1e-30))
+        else:
+            errors[key] = relative_rtn_error(w, opts.block_size, opts.symmetric)
         sizes[key] = w.size
     return assign_bits(errors, sizes, ratio)
 
 
 def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: float = 1.0,
               provider: str = "cpu", overwrite: bool = False, progress: Progress | None = None,
-              log: Callable[[str], None] = lambda s: None, status=_no_status) -> dict:
+              log: Callable[[str], None] = lambda s: None, status=_no_status,
+              calibration_text: str | None = None, calibration_samples: int = 64,
+              calibration_seqlen: int = 256) -> dict:
     """Build an artifact folder at `output`; returns its manifest."""
     t0 = time.perf_counter()
     from pressa.artifact import check_output
@@ -106,12 +118,22 @@ def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: flo
     cfg = decoder_config(src.config)
     log(f"source: {src.kind} {src.location} ({cfg.arch.model_type}, {cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
+    calib = None
+    if opts.algorithm != "rtn" or (ratio < 1.0 and calibration_text):
+        if not calibration_text:
+            raise BadArgument(f"--algorithm {opts.algorithm} needs --calibration-data FILE (plain text)")
+        from pressa.capture.calibrate import collect
+
+        t1 = time.perf_counter()
+        calib = collect(cfg, src.weights, src.tokenizer_files, calibration_text, calibration_samples,
+                        calibration_seqlen, progress)
+        log(f"calibration: {calibration_samples} x {calibration_seqlen} tokens in {time.perf_counter() - t1:.1f} s")
     if ratio < 1.0 and opts.precision == "int4":
-        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress)
+        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, calib)
         n8 = sum(1 for b in opts.layer_bits.values() if b == 8)
         log(f"mixed precision: {len(opts.layer_bits) - n8} weights int4, {n8} int8 (ratio {ratio})")
     with atomic_folder(Path(output), overwrite) as tmp:
-        info = DecoderBuilder(cfg, src.weights, opts).build(tmp, progress)
+        info = DecoderBuilder(cfg, src.weights, opts, calib).build(tmp, progress)
         for name, data in src.tokenizer_files.items():
             (tmp / name).write_bytes(data)
         write_json(tmp / "config.json", src.config)
@@ -121,8 +143,10 @@ def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: flo
             "created": now_iso(),
             "kind": "decoder-llm",
             "source": {"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type},
-            "settings": {**{k: v for k, v in asdict(opts).items() if k != "layer_bits"},
-                         "ratio": ratio, "provider": provider},
+            "settings": {**{k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs")},
+                         "ratio": ratio, "provider": provider,
+                         "calibration": {"samples": calibration_samples, "seqlen": calibration_seqlen}
+                         if calib else None},
             "mixed_precision": opts.layer_bits or None,
             "graph": {"op_counts": info["op_counts"], "context_length": info["context_length"],
                       "logits": "last" if opts.last_token_logits else "all"},

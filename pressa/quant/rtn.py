@@ -49,26 +49,33 @@ def quantize_rtn(w: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: 
                            bits, block_size, w.shape[1])
 
 
-def _quantize_rows(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> QuantizedWeight:
-    blocks = _blocks(w, block_size)
+def group_params(blocks: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point of each block (last axis). Symmetric maps the block's largest-magnitude
+    value to -2**(b-1), using the full signed range; its zero point is the implicit 2**(b-1)."""
     levels = (1 << bits) - 1
     if symmetric:
         half = 1 << (bits - 1)
         idx = np.abs(blocks).argmax(axis=-1)[..., None]
-        extreme = np.take_along_axis(blocks, idx, axis=-1)[..., 0]
-        scales = extreme / -half
-        inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
-        q = np.clip(np.rint(blocks * inv[..., None]) + half, 0, levels).astype(np.uint8)
-        return QuantizedWeight(q, scales.astype(np.float32), None, bits, block_size, w.shape[1])
-    mn = blocks.min(axis=-1)
-    mx = blocks.max(axis=-1)
-    mn = np.minimum(mn, 0.0)
-    mx = np.maximum(mx, 0.0)
-    scales = (mx - mn) / levels
+        scales = np.take_along_axis(blocks, idx, axis=-1)[..., 0] / -half
+        return scales.astype(np.float32), np.full(scales.shape, half, np.float32)
+    mn = np.minimum(blocks.min(axis=-1), 0.0)
+    mx = np.maximum(blocks.max(axis=-1), 0.0)
+    scales = ((mx - mn) / levels).astype(np.float32)
     inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
-    zp = np.clip(np.rint(-mn * inv), 0, levels)
-    q = np.clip(np.rint(blocks * inv[..., None]) + zp[..., None], 0, levels).astype(np.uint8)
-    return QuantizedWeight(q, scales.astype(np.float32), zp.astype(np.uint8), bits, block_size, w.shape[1])
+    return scales, np.clip(np.rint(-mn * inv), 0, levels).astype(np.float32)
+
+
+def encode(values: np.ndarray, scales: np.ndarray, zp: np.ndarray, bits: int) -> np.ndarray:
+    """Codes of `values` [..., n] for per-row scales/zero points [...] (broadcast on the last axis)."""
+    inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
+    return np.clip(np.rint(values * inv[..., None]) + zp[..., None], 0, (1 << bits) - 1).astype(np.uint8)
+
+
+def _quantize_rows(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> QuantizedWeight:
+    blocks = _blocks(w, block_size)
+    scales, zp = group_params(blocks, bits, symmetric)
+    q = encode(blocks, scales, zp, bits)
+    return QuantizedWeight(q, scales, None if symmetric else zp.astype(np.uint8), bits, block_size, w.shape[1])
 
 
 def dequantize(qw: QuantizedWeight) -> np.ndarray:
