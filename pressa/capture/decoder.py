@@ -64,6 +64,7 @@ class DecoderBuilder:
         self._awq_w: dict[str, np.ndarray] = {}        # scaled weights by key (AWQ)
         self._gamma_div: dict[str, np.ndarray] = {}    # norm weight name -> divisor (AWQ scales folded)
         self._input_scale: dict[str, np.ndarray] = {}  # key -> 1/s applied by a Mul (AWQ, o_proj)
+        self._up_bias_div: dict[int, np.ndarray] = {}  # layer -> down's AWQ scales, for the up bias
         self._captured: set[str] = set()
         self.fp16 = opts.precision == "fp16"
         self.np_dtype = np.float16 if self.fp16 else np.float32
@@ -286,8 +287,7 @@ class DecoderBuilder:
         if s is not None:                      # down's input is act(gate) * up: scale the up rows
             w_gu[cfg.intermediate_size:] /= s[:, None]
             self._awq_w[f"{i}.down"] = w_down * s[None, :]
-            if cfg.mlp_bias:
-                self._up_bias_div = s
+            self._up_bias_div[i] = s
         s = scales(f"{i}.gate_up", w_gu)
         self._awq_w[f"{i}.gate_up"] = w_gu * s[None, :] if s is not None else w_gu
         if s is not None:
@@ -364,8 +364,8 @@ class DecoderBuilder:
         bias = None
         if cfg.mlp_bias:
             bias = np.concatenate([self.read(p + "gate_proj.bias"),
-                                   self.read(p + "up_proj.bias") / getattr(self, "_up_bias_div", 1.0)])
-            self._up_bias_div = 1.0
+                                   self.read(p + "up_proj.bias") / self._up_bias_div.pop(i, 1.0)])
+        self._up_bias_div.pop(i, None)
         gu = self.linear(g, h, f"{p}gate_up_proj", w, bias, f"{i}.gate_up")
         del w
         gate, up = g.node("Split", [gu, g.const(f"{lab}/split_sizes", [cfg.intermediate_size] * 2)],

@@ -49,7 +49,6 @@ class TextTokenizer:
         if not self.chat_template:
             raise BadArgument("this model has no chat template; use --no-chat")
         if self._compiled is None:
-            from jinja2 import StrictUndefined  # noqa: F401  (undefined vars render empty as HF does)
             from jinja2.exceptions import TemplateError
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
