@@ -32,6 +32,9 @@ def auto_opt(
     group_size: int = typer.Option(32, "--group-size", "--block_size",
                                    help="Quantization group size along the input axis: 32, 64 or 128."),
     sym: bool = typer.Option(False, "--sym/--asym", help="Symmetric (no zero point) or asymmetric groups."),
+    scale_search: bool = typer.Option(True, "--scale-search/--no-scale-search",
+                                      help="Pick each group's scale and zero point by least squared error "
+                                           "(else plain min/max)."),
     ratio: float = typer.Option(1.0, "--ratio", min=0.0, max=1.0,
                                 help="int4 only: fraction of MatMul weights (by size) in int4, the rest int8; "
                                      "the most sensitive weights stay int8."),
@@ -69,7 +72,7 @@ def auto_opt(
         raise BadArgument("--ratio applies to --precision int4 only")
     opts = BuildOptions(precision=precision, block_size=group_size, symmetric=sym,
                         accuracy_level=accuracy_level if dev == "cpu" else 0, embedding_bits=embedding_bits,
-                        algorithm=algorithm)
+                        algorithm=algorithm, scale_search=scale_search)
     text = _read_text(calibration_data) if calibration_data else None
     with log.progress_bar("auto-opt") as bar:
         manifest = build_llm(model, output, opts, ratio=ratio, provider=dev, overwrite=overwrite,

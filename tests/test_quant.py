@@ -162,3 +162,26 @@ def test_gptq_layout_is_matmulnbits_compatible():
     qw = quantize_gptq(w, x.T @ x, 4, 32, False)
     assert qw.q.shape == (16, 3, 32) and qw.scales.shape == (16, 3) and qw.zero_points.dtype == np.uint8
     assert qw.q.max() <= 15 and dequantize(qw).shape == w.shape
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_scale_search_never_worse_per_block(sym):
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    w[:, ::37] *= 6                                            # outliers inside blocks
+    plain, searched = quantize_rtn(w, 4, 32, sym), quantize_rtn(w, 4, 32, sym, search=True)
+    err = lambda qw: np.square(dequantize(qw) - w).reshape(64, -1, 32).sum(-1)
+    assert np.all(err(searched) <= err(plain) + 1e-9)
+    assert err(searched).sum() < 0.99 * err(plain).sum()
+
+
+def test_scale_search_reproduces_a_q8_0_grid_exactly():
+    """Values on llama.cpp's Q8_0 grid (d * q, q in [-127, 127], d = amax / 127) come back exactly:
+    the search tries the extreme on +-127 as well as on -128."""
+    rng = np.random.default_rng(6)
+    d = rng.uniform(0.001, 0.01, (8, 4, 1)).astype(np.float32)
+    q = rng.integers(-127, 128, (8, 4, 32)).astype(np.float32)
+    q[:, :, 0] = 127                                           # each block reaches the extreme
+    w = (d * q).reshape(8, 128)
+    np.testing.assert_allclose(dequantize(quantize_rtn(w, 8, 32, True, search=True)), w, rtol=0, atol=1e-7)
+    assert np.abs(dequantize(quantize_rtn(w, 8, 32, True)) - w).max() > 1e-5      # the plain grid is off

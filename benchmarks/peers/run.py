@@ -79,13 +79,29 @@ def size_mb(path: Path) -> float:
 def make_hf_folder(gguf: Path) -> Path:
     """The fp32 reference every tool starts from: the bundled GGUF dequantized by transformers."""
     out = WORK / "SmolLM2-135M-Instruct"
-    if (out / "model.safetensors").exists():
+    if (out / "model.safetensors").exists() and "architectures" in json.loads((out / "config.json").read_text()):
         return out
     py = venv("pytorch") / "bin" / "python"
-    code = (f"import torch; from transformers import AutoModelForCausalLM, AutoTokenizer; "
-            f"m = AutoModelForCausalLM.from_pretrained({str(gguf.parent)!r}, gguf_file={gguf.name!r}, "
-            f"dtype=torch.float32); t = AutoTokenizer.from_pretrained({str(gguf.parent)!r}, gguf_file={gguf.name!r});"
-            f" m.save_pretrained({str(out)!r}); t.save_pretrained({str(out)!r})")
+    # transformers will not save_pretrained a GGUF-loaded model: write its weights and config directly
+    code = f"""
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+m = AutoModelForCausalLM.from_pretrained({str(gguf.parent)!r}, gguf_file={gguf.name!r}, dtype=torch.float32)
+t = AutoTokenizer.from_pretrained({str(gguf.parent)!r}, gguf_file={gguf.name!r})
+sd = {{k: v.contiguous() for k, v in m.state_dict().items()}}
+if m.config.tie_word_embeddings:
+    sd.pop("lm_head.weight", None)
+out = {str(out)!r}
+import os; os.makedirs(out, exist_ok=True)
+save_file(sd, out + "/model.safetensors", metadata={{"format": "pt"}})
+if hasattr(m.config, "quantization_config"):
+    del m.config.quantization_config
+m.config.architectures = [type(m).__name__]          # Olive's model builder reads it
+m.config.save_pretrained(out)
+m.generation_config.save_pretrained(out)
+t.save_pretrained(out)
+"""
     subprocess.run([str(py), "-c", code], check=True)
     return out
 
@@ -102,8 +118,8 @@ def convert(tool: str, hf: Path, gguf: Path) -> tuple[Path, dict]:
                "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai", "--precision", "int4",
                "--use_model_builder", "--log_level", "3"]
     elif tool == "openvino":
-        cmd = [str(bin_ / "optimum-cli"), "export", "openvino", "--model", str(hf), "--weight-format", "int4",
-               "--group-size-fallback", "adjust", str(out)]
+        cmd = [str(bin_ / "optimum-cli"), "export", "openvino", "--model", str(hf), "--task",
+               "text-generation-with-past", "--weight-format", "int4", "--group-size-fallback", "adjust", str(out)]
     elif tool == "llamacpp":
         out = WORK / "llamacpp-q4_0.gguf"
         code = ("import llama_cpp, sys; p = llama_cpp.llama_model_quantize_default_params(); p.ftype = 2; "
@@ -160,6 +176,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tools", default="pressa,olive,openvino,llamacpp,pytorch")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--reuse", action="store_true", help="keep earlier results of tools that succeeded")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from pressa.sources.bundled import bundled_path
@@ -176,6 +193,10 @@ def main() -> None:
     hf = make_hf_folder(gguf)
     rows = []
     for tool in tools:
+        cached = WORK / f"result-{tool}.json"
+        if a.reuse and cached.exists():
+            rows.append(json.loads(cached.read_text()))
+            continue
         row: dict = {"tool": tool}
         try:
             log(f"{tool}: convert")
@@ -184,6 +205,7 @@ def main() -> None:
             row["size_mb"] = size_mb(model)
             log(f"{tool}: measure")
             row.update(measure(tool, model, hf, a.runs))
+            cached.write_text(json.dumps(row))
         except Exception as err:                       # one tool failing must not stop the others
             row["error"] = str(err)
             log(f"{tool}: {err}")

@@ -37,6 +37,7 @@ class BuildOptions:
     context_length: int | None = None
     last_token_logits: bool = True       # lm_head only on each row's last token (prefill speed)
     algorithm: str = "rtn"               # rtn | awq | gptq (awq/gptq need calibration statistics)
+    scale_search: bool = True            # per-group MSE search of scale / zero point
     capture_inputs: bool = False         # extra outputs "calib.<key>": every linear's input (calibration)
 
     def validate(self) -> None:
@@ -129,8 +130,13 @@ class DecoderBuilder:
         if self.o.algorithm == "gptq" and stats is not None:
             from pressa.quant.gptq import quantize_gptq
 
-            return quantize_gptq(w, stats.h, bits, self.o.block_size, self.o.symmetric)
-        return quantize_rtn(w, bits, self.o.block_size, self.o.symmetric)
+            return quantize_gptq(w, stats.h, bits, self.o.block_size, self.o.symmetric,
+                                 search=self.searching(bits))
+        return quantize_rtn(w, bits, self.o.block_size, self.o.symmetric, self.searching(bits))
+
+    def searching(self, bits: int) -> bool:
+        """The MSE search pays at 4 bits; at 8 bits only the symmetric Q8_0-grid candidate does."""
+        return self.o.scale_search and (bits == 4 or self.o.symmetric)
 
     def norm_weight(self, name: str) -> np.ndarray:
         w = self.read(name) + self.cfg.arch.norm_offset
@@ -246,7 +252,7 @@ class DecoderBuilder:
         if self.o.precision in ("int4", "int8") and cfg.tie_embeddings:
             # one quantized copy on disk, read by GatherBlockQuantized here and MatMulNBits in lm_head
             bits = self.o.embedding_bits
-            qw = quantize_rtn(e, bits, self.o.block_size, self.o.symmetric)
+            qw = quantize_rtn(e, bits, self.o.block_size, self.o.symmetric, self.searching(bits))
             t = matmulnbits_tensors(qw)
             v, nb = qw.scales.shape
             self._tied = (e, t)          # lm_head reuses these bytes

@@ -31,6 +31,6 @@ def search_scales(w: np.ndarray, x_absmean: np.ndarray, x_sample: np.ndarray, bi
 
 
 def quantize_awq(w: np.ndarray, scales: np.ndarray, bits: int = 4, block_size: int = 32,
-                 symmetric: bool = False) -> QuantizedWeight:
+                 symmetric: bool = False, search: bool = False) -> QuantizedWeight:
     """RTN of the scaled weight; the caller divides the layer's input by `scales`."""
-    return quantize_rtn(w * scales[None, :], bits, block_size, symmetric)
+    return quantize_rtn(w * scales[None, :], bits, block_size, symmetric, search)

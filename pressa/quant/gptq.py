@@ -26,7 +26,7 @@ def _inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
 
 
 def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = False,
-                  damp: float = 0.01, lazy: int = 128) -> QuantizedWeight:
+                  damp: float = 0.01, lazy: int = 128, search: bool = False) -> QuantizedWeight:
     n, k = w.shape
     pad = (-k) % block_size
     w = np.pad(np.asarray(w, np.float64), ((0, 0), (0, pad)))
@@ -49,7 +49,8 @@ def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int =
             col = i1 + j
             if col % block_size == 0:
                 g = col // block_size
-                s, z = group_params(w1[:, j:j + block_size][:, None, :].astype(np.float32), bits, symmetric)
+                s, z = group_params(w1[:, j:j + block_size][:, None, :].astype(np.float32), bits, symmetric,
+                                    search)
                 scales[:, g], zps[:, g] = s[:, 0], z[:, 0]
             g = col // block_size
             q = encode(w1[:, j:j + 1].astype(np.float32), scales[:, g], zps[:, g], bits)[:, 0]

@@ -36,22 +36,34 @@ def _blocks(w: np.ndarray, block_size: int) -> np.ndarray:
 CHUNK_ELEMENTS = 1 << 22     # rows are quantized in chunks of ~4M values to bound temporary memory
 
 
-def quantize_rtn(w: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = False) -> QuantizedWeight:
+# range shrink factors tried by the MSE search (besides plain min/max); on SmolLM2's weights the
+# winners are plain (63% of blocks), 0.9 (27%) and 0.95 (10%); smaller factors almost never win
+SEARCH = (0.95, 0.9)
+
+
+def quantize_rtn(w: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = False,
+                 search: bool = False) -> QuantizedWeight:
     """Round-to-nearest per block. Symmetric uses the full signed range [-2**(b-1), 2**(b-1)-1]
-    by mapping the block's largest-magnitude value to -2**(b-1) (so no code is wasted)."""
+    by mapping the block's largest-magnitude value to -2**(b-1) (so no code is wasted).
+    `search`: per block, the scale / zero point with the least squared error among shrunk ranges
+    and zero points anchored at the block's min, max or centre (plain min/max is one candidate)."""
     w = np.asarray(w, dtype=np.float32)
     rows = max(1, CHUNK_ELEMENTS // max(1, w.shape[1]))
     if w.shape[0] <= rows:
-        return _quantize_rows(w, bits, block_size, symmetric)
-    parts = [_quantize_rows(w[i:i + rows], bits, block_size, symmetric) for i in range(0, w.shape[0], rows)]
+        return _quantize_rows(w, bits, block_size, symmetric, search)
+    parts = [_quantize_rows(w[i:i + rows], bits, block_size, symmetric, search)
+             for i in range(0, w.shape[0], rows)]
     zps = None if symmetric else np.concatenate([p.zero_points for p in parts])
     return QuantizedWeight(np.concatenate([p.q for p in parts]), np.concatenate([p.scales for p in parts]), zps,
                            bits, block_size, w.shape[1])
 
 
-def group_params(blocks: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+def group_params(blocks: np.ndarray, bits: int, symmetric: bool, search: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Scale and zero point of each block (last axis). Symmetric maps the block's largest-magnitude
     value to -2**(b-1), using the full signed range; its zero point is the implicit 2**(b-1)."""
+    if search:
+        return _searched_params(blocks, bits, symmetric)
     levels = (1 << bits) - 1
     if symmetric:
         half = 1 << (bits - 1)
@@ -65,15 +77,47 @@ def group_params(blocks: np.ndarray, bits: int, symmetric: bool) -> tuple[np.nda
     return scales, np.clip(np.rint(-mn * inv), 0, levels).astype(np.float32)
 
 
+def _searched_params(blocks: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    levels = (1 << bits) - 1
+    half = 1 << (bits - 1)
+    base_s, base_z = group_params(blocks, bits, symmetric)
+    best_s, best_z = base_s, base_z                 # plain min/max first: the search is never worse
+    best = _block_error(blocks, base_s, base_z, bits)
+    mn, mx = blocks.min(axis=-1), blocks.max(axis=-1)
+    # symmetric also tries the extreme on +-(2**(b-1) - 1), the grid of llama.cpp's Q8_0/Q4_0
+    for f in SEARCH + ((half / (half - 1),) if symmetric else ()):
+        s = (base_s * f).astype(np.float32)
+        inv = np.divide(1.0, s, out=np.zeros_like(s), where=s != 0)
+        if symmetric:
+            zs = [np.full(s.shape, half, np.float32)]
+        else:
+            zs = [np.clip(np.rint(z), 0, levels) for z in (-mn * inv, levels - mx * inv,
+                                                              (levels - (mx + mn) * inv) / 2)]
+        for z in zs:
+            z = z.astype(np.float32)
+            err = _block_error(blocks, s, z, bits)
+            better = err < best
+            best = np.where(better, err, best)
+            best_s = np.where(better, s, best_s)
+            best_z = np.where(better, z, best_z)
+    return best_s, best_z
+
+
+def _block_error(blocks: np.ndarray, s: np.ndarray, z: np.ndarray, bits: int) -> np.ndarray:
+    q = encode(blocks, s, z, bits).astype(np.float32)
+    return np.square((q - z[..., None]) * s[..., None] - blocks).sum(axis=-1)
+
+
 def encode(values: np.ndarray, scales: np.ndarray, zp: np.ndarray, bits: int) -> np.ndarray:
     """Codes of `values` [..., n] for per-row scales/zero points [...] (broadcast on the last axis)."""
     inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
     return np.clip(np.rint(values * inv[..., None]) + zp[..., None], 0, (1 << bits) - 1).astype(np.uint8)
 
 
-def _quantize_rows(w: np.ndarray, bits: int, block_size: int, symmetric: bool) -> QuantizedWeight:
+def _quantize_rows(w: np.ndarray, bits: int, block_size: int, symmetric: bool, search: bool = False
+                   ) -> QuantizedWeight:
     blocks = _blocks(w, block_size)
-    scales, zp = group_params(blocks, bits, symmetric)
+    scales, zp = group_params(blocks, bits, symmetric, search)
     q = encode(blocks, scales, zp, bits)
     return QuantizedWeight(q, scales, None if symmetric else zp.astype(np.uint8), bits, block_size, w.shape[1])
 
