@@ -42,7 +42,7 @@ def log(msg: str) -> None:
 
 
 def venv(tool: str) -> Path:
-    if tool == "pressa":
+    if tool.startswith("pressa"):
         return Path(sys.executable).parent.parent
     d = VENVS / tool
     stamp = d / ".installed"
@@ -110,9 +110,11 @@ def convert(tool: str, hf: Path, gguf: Path) -> tuple[Path, dict]:
     out = WORK / f"{tool}-int4"
     shutil.rmtree(out, ignore_errors=True)
     bin_ = venv(tool) / "bin"
-    if tool == "pressa":
+    if tool.startswith("pressa"):
         cmd = [str(bin_ / "pressa"), "auto-opt", "-m", str(hf), "-o", str(out), "--precision", "int4",
                "--log_level", "3"]
+        if tool == "pressa-gptq":         # the calibrated path: 64 x 256 tokens of the same text
+            cmd += ["--algorithm", "gptq", "--calibration-data", str(DATA)]
     elif tool == "olive":
         cmd = [str(bin_ / "olive"), "auto-opt", "--model_name_or_path", str(hf), "--output_path", str(out),
                "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai", "--precision", "int4",
@@ -140,7 +142,9 @@ def convert(tool: str, hf: Path, gguf: Path) -> tuple[Path, dict]:
 def measure(tool: str, model: Path, hf: Path, runs: int) -> dict:
     py = venv(tool) / "bin" / "python"
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "2"}
-    res = subprocess.run([str(py), str(HERE / "measure.py"), tool, str(model), str(hf), str(DATA), "--runs", str(runs)],
+    kind = "pressa" if tool.startswith("pressa") else tool
+    res = subprocess.run([str(py), str(HERE / "measure.py"), kind, str(model), str(hf), str(DATA), "--runs",
+                          str(runs)],
                          capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise RuntimeError(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}")
@@ -174,7 +178,7 @@ def chart(rows: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tools", default="pressa,olive,openvino,llamacpp,pytorch")
+    ap.add_argument("--tools", default="pressa,pressa-gptq,olive,openvino,llamacpp,pytorch")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--reuse", action="store_true", help="keep earlier results of tools that succeeded")
     a = ap.parse_args()
@@ -185,7 +189,7 @@ def main() -> None:
     tools = a.tools.split(",")
     for tool in tools:                 # installs first, so that the measurements run back to back
         try:
-            venv(tool if tool in INSTALL or tool == "pressa" else "pytorch")
+            venv(tool if tool in INSTALL or tool.startswith("pressa") else "pytorch")
         except subprocess.CalledProcessError as err:
             log(f"{tool}: install failed ({err})")
     venv("pytorch")
