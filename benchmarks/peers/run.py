@@ -130,6 +130,8 @@ def convert(tool: str, hf: Path, gguf: Path) -> tuple[Path, dict]:
         cmd = [str(bin_ / "python"), "-c", code, str(gguf), str(out)]
     else:                       # pytorch: no conversion, the fp32 folder itself
         return hf, {"convert_wall_s": None, "convert_peak_rss_mb": None}
+    for cache in (Path.cwd() / ".olive-cache", WORK / ".olive-cache"):     # no reuse of an earlier run's output
+        shutil.rmtree(cache, ignore_errors=True)
     wall, rss, rc = timed(cmd, {"CI": "1"})
     if rc != 0:
         raise RuntimeError(f"{tool} conversion failed (exit {rc})")
@@ -208,7 +210,7 @@ def main() -> None:
             row.update(conv)
             row["size_mb"] = size_mb(model)
             log(f"{tool}: measure")
-            row.update(measure(tool, model, hf, a.runs))
+            row.update({k: v for k, v in measure(tool, model, hf, a.runs).items() if k != "tool"})
             cached.write_text(json.dumps(row))
         except Exception as err:                       # one tool failing must not stop the others
             row["error"] = str(err)

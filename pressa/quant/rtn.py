@@ -34,6 +34,17 @@ def _blocks(w: np.ndarray, block_size: int) -> np.ndarray:
 
 
 CHUNK_ELEMENTS = 1 << 22     # rows are quantized in chunks of ~4M values to bound temporary memory
+_POOL: list = []
+
+
+def _pool():
+    if not _POOL:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, 8)),
+                                        thread_name_prefix="pressa-quant"))
+    return _POOL[0]
 
 
 # range shrink factors tried by the MSE search (besides plain min/max); on SmolLM2's weights the
@@ -48,11 +59,13 @@ def quantize_rtn(w: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: 
     `search`: per block, the scale / zero point with the least squared error among shrunk ranges
     and zero points anchored at the block's min, max or centre (plain min/max is one candidate)."""
     w = np.asarray(w, dtype=np.float32)
-    rows = max(1, CHUNK_ELEMENTS // max(1, w.shape[1]))
-    if w.shape[0] <= rows:
+    workers = _pool()._max_workers
+    rows = max(1, min(CHUNK_ELEMENTS // max(1, w.shape[1]), -(-w.shape[0] // workers)))
+    if w.shape[0] <= rows or w.size < 1 << 16:
         return _quantize_rows(w, bits, block_size, symmetric, search)
-    parts = [_quantize_rows(w[i:i + rows], bits, block_size, symmetric, search)
-             for i in range(0, w.shape[0], rows)]
+    # numpy's elementwise work releases the GIL: row chunks quantize in parallel, results identical
+    parts = list(_pool().map(lambda i: _quantize_rows(w[i:i + rows], bits, block_size, symmetric, search),
+                             range(0, w.shape[0], rows)))
     zps = None if symmetric else np.concatenate([p.zero_points for p in parts])
     return QuantizedWeight(np.concatenate([p.q for p in parts]), np.concatenate([p.scales for p in parts]), zps,
                            bits, block_size, w.shape[1])

@@ -1,4 +1,7 @@
-"""A memory-mapped safetensors reader: header parsing, bf16/fp16/fp32 to float32, one tensor at a time."""
+"""A safetensors reader: header parsing, bf16/fp16/fp32 to float32, one tensor at a time.
+
+Tensors are read with plain file reads rather than a memory map: mapped pages would count in the
+process's resident memory until unmapped, so a 2 GB checkpoint would look like 2 GB of RSS."""
 
 from __future__ import annotations
 
@@ -46,7 +49,6 @@ class SafetensorsFile:
             start, end = info.get("data_offsets", (0, -1))
             if info.get("dtype") not in _DTYPES or end > size - self._base or start > end:
                 raise CorruptModel(f"{self.path}: tensor {name!r} has a bad dtype or offsets; re-download the file")
-        self._mm = None
 
     def keys(self):
         return self.header.keys()
@@ -57,17 +59,17 @@ class SafetensorsFile:
     def read(self, name: str) -> np.ndarray:
         """The tensor as float32 (floats) or its own integer dtype, a copy detached from the map."""
         info = self.header[name]
-        if self._mm is None:
-            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
         start, end = info["data_offsets"]
         dt = np.dtype(_DTYPES[info["dtype"]])
-        raw = self._mm[self._base + start: self._base + end]
         count = int(np.prod(info["shape"], dtype=np.int64))
-        if raw.size != count * dt.itemsize:
+        if end - start != count * dt.itemsize:
             raise CorruptModel(f"{self.path}: tensor {name!r} is truncated; re-download the file")
-        arr = raw.view(dt).reshape(info["shape"])
+        raw = np.empty(count, dt)
+        with open(self.path, "rb") as f:
+            f.seek(self._base + start)
+            if f.readinto(memoryview(raw).cast("B")) != end - start:
+                raise CorruptModel(f"{self.path}: tensor {name!r} is truncated; re-download the file")
+        arr = raw.reshape(info["shape"])
         if info["dtype"] == "BF16":
             return bf16_to_f32(arr)
-        if arr.dtype.kind == "f":
-            return arr.astype(np.float32)
-        return np.array(arr)
+        return arr.astype(np.float32, copy=False) if arr.dtype.kind == "f" else arr
