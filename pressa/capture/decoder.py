@@ -98,8 +98,6 @@ class DecoderBuilder:
             g.node("Identity", [x], f"/calib/{key}", outputs=[f"calib.{key}"])
             g.add_output(f"calib.{key}", self.onnx_dtype, None)
         bits = self.bits_for(key)
-        if key in self._awq_w:
-            w = self._awq_w.pop(key)
         if key in self._input_scale:
             inv = self.fw(g, f"{name}.input_scale", 1.0 / self._input_scale.pop(key))
             x = g.op("Mul", [x, inv], f"{name}/awq_Mul")
@@ -300,7 +298,7 @@ class DecoderBuilder:
         self._awq_w[f"{i}.gate_up"] = w_gu * s[None, :] if s is not None else w_gu
         if s is not None:
             self._gamma_div[p + cfg.arch.mlp_norm + ".weight"] = s
-        w_qkv = self._qkv_weights(i)[0]
+        w_qkv = self._qkv_weight(i)
         s = scales(f"{i}.qkv", w_qkv)
         if s is not None:
             self._awq_w[f"{i}.qkv"] = w_qkv * s[None, :]
@@ -317,22 +315,28 @@ class DecoderBuilder:
             return self.read(p + cfg.arch.fused_gate_up + ".weight")
         return np.concatenate([self.read(p + "gate_proj.weight"), self.read(p + "up_proj.weight")])
 
-    def _qkv_weights(self, i: int) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    def weight(self, key: str, load: Callable[[], np.ndarray]) -> np.ndarray:
+        """The weight for `key`: AWQ's scaled copy when the layer prepared one, else read it."""
+        return self._awq_w.pop(key) if key in self._awq_w else load()
+
+    def _qkv_weight(self, i: int) -> np.ndarray:
         cfg, p = self.cfg, f"model.layers.{i}.self_attn."
-        sizes = [cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim]
         if cfg.arch.fused_qkv:
-            w = self.read(p + cfg.arch.fused_qkv + ".weight")
-            b = self.opt(p + cfg.arch.fused_qkv + ".bias")
-            return w, b, sizes
-        ws = [self.read(p + f"{n}_proj.weight") for n in "qkv"]
+            return self.read(p + cfg.arch.fused_qkv + ".weight")
+        return np.concatenate([self.read(p + f"{n}_proj.weight") for n in "qkv"])
+
+    def _qkv_bias(self, i: int) -> np.ndarray | None:
+        cfg, p = self.cfg, f"model.layers.{i}.self_attn."
+        if cfg.arch.fused_qkv:
+            return self.opt(p + cfg.arch.fused_qkv + ".bias")
         bs = [self.opt(p + f"{n}_proj.bias") for n in "qkv"]
-        b = np.concatenate(bs) if all(x is not None for x in bs) else None
-        return np.concatenate(ws), b, sizes
+        return np.concatenate(bs) if all(x is not None for x in bs) else None
 
     def _attention(self, g: GraphWriter, h: str, i: int, ctx: dict) -> str:
         cfg, p, lab = self.cfg, f"model.layers.{i}.self_attn.", f"/model/layers.{i}/attn"
-        w, b, sizes = self._qkv_weights(i)
-        qkv = self.linear(g, h, f"{p}qkv_proj", w, b, f"{i}.qkv")
+        sizes = [cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim]
+        w = self.weight(f"{i}.qkv", lambda: self._qkv_weight(i))
+        qkv = self.linear(g, h, f"{p}qkv_proj", w, self._qkv_bias(i), f"{i}.qkv")
         del w
         if cfg.arch.qk_norm:
             q, k, v = g.node("Split", [qkv, g.const(f"{lab}/split_sizes", sizes)], f"{lab}/Split", 3, axis=-1)
@@ -354,7 +358,7 @@ class DecoderBuilder:
         for kv in ("key", "value"):
             g.add_output(f"present.{i}.{kv}", self.onnx_dtype,
                          ["batch_size", cfg.num_kv_heads, "total_sequence_length", cfg.head_dim])
-        wo = self.read(p + "o_proj.weight")
+        wo = self.weight(f"{i}.o", lambda: self.read(p + "o_proj.weight"))
         return self.linear(g, outs[0], f"{p}o_proj", wo, self.opt(p + "o_proj.bias"), f"{i}.o")
 
     def _head_norm(self, g: GraphWriter, x: str, wname: str, lab: str) -> str:
@@ -367,8 +371,7 @@ class DecoderBuilder:
 
     def _mlp(self, g: GraphWriter, h: str, i: int) -> str:
         cfg, p, lab = self.cfg, f"model.layers.{i}.mlp.", f"/model/layers.{i}/mlp"
-        key = f"{i}.gate_up"
-        w = self._awq_w[key] if key in self._awq_w else self._gate_up_weight(i)
+        w = self.weight(f"{i}.gate_up", lambda: self._gate_up_weight(i))
         bias = None
         if cfg.mlp_bias:
             bias = np.concatenate([self.read(p + "gate_proj.bias"),
@@ -380,8 +383,8 @@ class DecoderBuilder:
                           f"{lab}/Split", 2, axis=-1)
         act = self._act(g, gate, lab)
         y = g.op("Mul", [act, up], f"{lab}/Mul")
-        return self.linear(g, y, f"{p}down_proj", self.read(p + "down_proj.weight"),
-                           self.opt(p + "down_proj.bias"), f"{i}.down")
+        w = self.weight(f"{i}.down", lambda: self.read(p + "down_proj.weight"))
+        return self.linear(g, y, f"{p}down_proj", w, self.opt(p + "down_proj.bias"), f"{i}.down")
 
     def _act(self, g: GraphWriter, x: str, lab: str) -> str:
         act = self.cfg.hidden_act
