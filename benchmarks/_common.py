@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import sys
 from pathlib import Path
 
@@ -13,24 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from pressa.runtime.session import cpu_name
+
     mem = 0
     try:
         mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
     except (OSError, ValueError, IndexError):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mb": mem, "python": platform.python_version()}
-
-
-def median_spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs)}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_mb": mem, "python": platform.python_version()}
 
 
 def emit(result: dict, rows: list[tuple], headers: tuple, as_json_only: bool = False) -> None:

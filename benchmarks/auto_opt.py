@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, median_spread  # noqa: E402
+from pressa.evaluate.latency import spread  # noqa: E402
+
+from _common import emit, machine  # noqa: E402
 
 
 def one_run(precision: str, out: Path, extra: list[str]) -> tuple[float, float]:
@@ -52,7 +54,7 @@ def main() -> None:
         size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
         shutil.rmtree(out, ignore_errors=True)
     res = {"benchmark": "auto_opt", "model": "SmolLM2-135M-Instruct (bundled)", "precision": a.precision,
-           "wall_s": median_spread(walls), "peak_rss_mb": median_spread(rss), "size_mb": round(size, 1),
+           "wall_s": spread(walls), "peak_rss_mb": spread(rss), "size_mb": round(size, 1),
            "machine": machine(), "command": " ".join(["pressa auto-opt --precision", a.precision, *a.extra])}
     emit(res, [(a.precision, f"{res['wall_s']['median']:.2f}", f"{res['peak_rss_mb']['median']:.0f}",
                 f"{size:.1f}")], ("precision", "wall s (median)", "peak RSS MB", "size MB"), a.json)

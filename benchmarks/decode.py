@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, emit, machine, median_spread  # noqa: E402
+from pressa.evaluate.latency import spread  # noqa: E402
+
+from _common import ROOT, emit, machine  # noqa: E402
 
 CHAT_QUESTION = "What is machine learning? Explain it in simple terms for a beginner."
 WIKI = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
@@ -54,7 +56,7 @@ def measure_genai(folder: str, runs: int, new_tokens: int = 128) -> dict:
 
     once()
     return {"artifact": folder + " (onnxruntime-genai)",
-            "decode_tokens_per_s": median_spread([once() for _ in range(runs)])}
+            "decode_tokens_per_s": spread([once() for _ in range(runs)])}
 
 
 def main() -> None:

@@ -275,7 +275,7 @@ def info():
     import onnxruntime as ort
 
     import pressa
-    from pressa.runtime.session import physical_cores
+    from pressa.runtime.session import cpu_name, physical_cores
 
     rows = [("pressa", pressa.__version__), ("python", platform.python_version()),
             ("onnxruntime", ort.__version__), ("execution providers", ", ".join(ort.get_available_providers())),
@@ -287,7 +287,7 @@ def info():
         except ImportError:
             ver = "not installed"
         rows.append((mod.replace("_", "-"), ver))
-    cpu = _cpu_name()
+    cpu = cpu_name()
     rows.append(("cpu", f"{cpu}, {physical_cores()} physical cores"))
     for k, v in rows:
         typer.echo(f"{k:20} {v}")
@@ -300,18 +300,6 @@ def _dist_version(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "not installed"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

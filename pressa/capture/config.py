@@ -71,7 +71,8 @@ def _layer_sliding(cfg: dict, model_type: str, n: int) -> list[bool]:
     return [True] * n
 
 
-def _ids(v) -> list[int]:
+def token_ids(v) -> list[int]:
+    """A token id field of a config (None, one id, or a list) as a list."""
     if v is None:
         return []
     return [int(x) for x in v] if isinstance(v, list) else [int(v)]
@@ -131,7 +132,7 @@ def decoder_config(cfg: dict) -> DecoderConfig:
             final_softcap=float(cfg.get("final_logit_softcapping") or 0.0),
             attn_scale=float(qpas) ** -0.5 if qpas else None,
             bos_token_id=cfg.get("bos_token_id"),
-            eos_token_id=_ids(cfg.get("eos_token_id")),
+            eos_token_id=token_ids(cfg.get("eos_token_id")),
             pad_token_id=cfg.get("pad_token_id"),
             raw=cfg,
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pressa.capture.config import token_ids
 from pressa.errors import BadArgument
 from pressa.genai.decoder_session import DecoderSession
 from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose
@@ -62,13 +63,10 @@ class Model:
         self.folder = Path(folder)
         self.session = DecoderSession(self.folder, device, threads, hint)
         self.tokenizer = TextTokenizer(self.folder)
-        m = self.session.config["model"]
-        eos = m.get("eos_token_id")
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.eos_ids = set(token_ids(self.session.config["model"].get("eos_token_id")))
         gen = self.folder / "generation_config.json"
         if gen.is_file():
-            e = json.loads(gen.read_text()).get("eos_token_id")
-            self.eos_ids |= set(e if isinstance(e, list) else [e] if e is not None else [])
+            self.eos_ids |= set(token_ids(json.loads(gen.read_text()).get("eos_token_id")))
         eos_tok = self.tokenizer.token_id(self.tokenizer.eos_token)
         if eos_tok is not None:
             self.eos_ids.add(eos_tok)

@@ -19,6 +19,19 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def session_options(threads: int | None = None, hint: str = "latency"):
     import onnxruntime as ort
 
