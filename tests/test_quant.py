@@ -11,6 +11,11 @@ from pressa.quant.rtn import dequantize, quantize_rtn
 from pressa.quant.sensitivity import assign_bits
 
 
+def half(s):
+    """A scale as float16 stores it, where float16 is at full precision (2**-14 <= |s| <= 65504)."""
+    return float(np.float16(s)) if 2.0 ** -14 <= abs(s) <= 65504 else s
+
+
 def reference_rtn(w, bits, bs, sym):
     """Element-by-block loop written plainly, independent of the vectorized code."""
     n, k = w.shape
@@ -24,12 +29,12 @@ def reference_rtn(w, bits, bs, sym):
             blk[: seg.size] = seg
             if sym:
                 m = blk[np.argmax(np.abs(blk))]
-                s = m / -(2 ** (bits - 1))
+                s = half(m / -(2 ** (bits - 1)))
                 q = np.clip(np.round(blk / s) + 2 ** (bits - 1), 0, levels) if s != 0 else np.full(bs, 2 ** (bits - 1))
                 out[r, j * bs:(j + 1) * bs] = (q - 2 ** (bits - 1)) * s
             else:
                 lo, hi = min(blk.min(), 0.0), max(blk.max(), 0.0)
-                s = (hi - lo) / levels
+                s = half((hi - lo) / levels)
                 zp = np.clip(np.round(-lo / s), 0, levels) if s else 0
                 q = np.clip(np.round(blk / s) + zp, 0, levels) if s else np.zeros(bs)
                 out[r, j * bs:(j + 1) * bs] = (q - zp) * s
@@ -176,12 +181,15 @@ def test_scale_search_never_worse_per_block(sym):
 
 
 def test_scale_search_reproduces_a_q8_0_grid_exactly():
-    """Values on llama.cpp's Q8_0 grid (d * q, q in [-127, 127], d = amax / 127) come back exactly:
-    the search tries the extreme on +-127 as well as on -128."""
+    """Values on llama.cpp's Q8_0 grid (d * q, q in [-127, 127], d = amax / 127 stored as float16)
+    come back exactly: the search tries the extreme on +-127 as well as on -128. This is how a
+    Q8_0 GGUF embedding is carried over without loss."""
     rng = np.random.default_rng(6)
-    d = rng.uniform(0.001, 0.01, (8, 4, 1)).astype(np.float32)
+    d = rng.uniform(0.001, 0.01, (8, 4, 1)).astype(np.float16).astype(np.float32)
     q = rng.integers(-127, 128, (8, 4, 32)).astype(np.float32)
     q[:, :, 0] = 127                                           # each block reaches the extreme
     w = (d * q).reshape(8, 128)
-    np.testing.assert_allclose(dequantize(quantize_rtn(w, 8, 32, True, search=True)), w, rtol=0, atol=1e-7)
+    qw = quantize_rtn(w, 8, 32, True, search=True)
+    np.testing.assert_array_equal(dequantize(qw), w)
+    np.testing.assert_array_equal(np.abs(qw.scales), d[..., 0])
     assert np.abs(dequantize(quantize_rtn(w, 8, 32, True)) - w).max() > 1e-5      # the plain grid is off

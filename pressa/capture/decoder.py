@@ -19,7 +19,7 @@ from pressa.capture.onnx_writer import MS, GraphWriter
 from pressa.capture.rope import rope_cache
 from pressa.errors import BadArgument, CorruptModel
 from pressa.quant.packing import matmulnbits_tensors
-from pressa.quant.rtn import quantize_rtn
+from pressa.quant.rtn import fp16_exact, quantize_rtn
 from pressa.sources.base import WeightReader
 
 MAX_CONTEXT = 32768
@@ -114,13 +114,22 @@ class DecoderBuilder:
         n, k = w.shape
         t = packed or matmulnbits_tensors(self.quantize(w, bits, key))
         ins = [x, g.weight(f"{name}.qweight", t["B"], share_key=share_key),
-               g.weight(f"{name}.scales", t["scales"].astype(self.np_dtype),
-                        share_key=None if share_key is None else share_key + 1)]
+               self.scales(g, f"{name}.scales", t["scales"], None if share_key is None else share_key + 1)]
         if "zero_points" in t:
             ins.append(g.weight(f"{name}.zero_points", t["zero_points"],
                                 share_key=None if share_key is None else share_key + 2))
         return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS, K=k, N=n, bits=bits,
                     block_size=self.o.block_size, accuracy_level=self.o.accuracy_level)
+
+    def scales(self, g: GraphWriter, name: str, scales: np.ndarray, share_key: int | None = None,
+               dims: tuple[int, ...] | None = None) -> str:
+        """Quantization scales as the graph's float type. An fp32 graph stores them as float16 on
+        disk when that is lossless (the quantizers round scales to float16 first) and casts them
+        back; ONNX Runtime folds the Cast before MatMulNBits prepacks, so only the file shrinks."""
+        if self.fp16 or not fp16_exact(scales):
+            return g.weight(name, scales.astype(self.np_dtype), share_key=share_key, dims=dims)
+        half = g.weight(name + "_fp16", scales.astype(np.float16), share_key=share_key, dims=dims)
+        return g.op("Cast", [half], name + "/Cast", to=TensorProto.FLOAT)
 
     def quantize(self, w: np.ndarray, bits: int, key: str):
         """RTN, or GPTQ with this weight's calibration Hessian."""
@@ -252,14 +261,15 @@ class DecoderBuilder:
         if self.o.precision in ("int4", "int8") and cfg.tie_embeddings:
             # one quantized copy on disk, read by GatherBlockQuantized here and MatMulNBits in lm_head
             bits = self.o.embedding_bits
-            qw = quantize_rtn(e, bits, self.o.block_size, self.o.symmetric, self.searching(bits))
+            # 8 bits: symmetric, searched (one candidate is llama.cpp's Q8_0 grid, exact on such sources)
+            sym = self.o.symmetric or bits == 8
+            qw = quantize_rtn(e, bits, self.o.block_size, sym, self.o.scale_search and (bits == 4 or sym))
             t = matmulnbits_tensors(qw)
             v, nb = qw.scales.shape
             self._tied = (e, t)          # lm_head reuses these bytes
             ins = [g.weight("model.embed_tokens.qweight", t["B"], share_key=1, dims=(v, t["B"].size // v)),
                    ids,
-                   g.weight("model.embed_tokens.scales", t["scales"].astype(self.np_dtype), share_key=2,
-                            dims=(v, nb))]
+                   self.scales(g, "model.embed_tokens.scales", t["scales"], share_key=2, dims=(v, nb))]
             if "zero_points" in t:
                 ins.append(g.weight("model.embed_tokens.zero_points", t["zero_points"], share_key=3,
                                     dims=(v, t["zero_points"].size // v)))

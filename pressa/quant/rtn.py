@@ -71,35 +71,65 @@ def quantize_rtn(w: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: 
                            bits, block_size, w.shape[1])
 
 
+FP16_NORMAL = (2.0 ** -14, 65504.0)
+
+
+def fp16_round(scales: np.ndarray) -> np.ndarray:
+    """Scales rounded to the nearest float16 where float16 holds them at full precision (its normal
+    range); others unchanged. Codes are chosen against the rounded scale, so an artifact can store
+    its scales as float16 with no further loss (see `fp16_exact`); GGUF's own scales are float16."""
+    s = np.asarray(scales, np.float32)
+    a = np.abs(s)
+    normal = (a >= FP16_NORMAL[0]) & (a <= FP16_NORMAL[1])
+    return np.where(normal, s.astype(np.float16).astype(np.float32), s)
+
+
+def fp16_exact(scales: np.ndarray) -> bool:
+    """True when every scale survives a float16 round trip unchanged."""
+    s = np.asarray(scales, np.float32)
+    return bool(np.array_equal(s.astype(np.float16).astype(np.float32), s))
+
+
 def group_params(blocks: np.ndarray, bits: int, symmetric: bool, search: bool = False
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Scale and zero point of each block (last axis). Symmetric maps the block's largest-magnitude
-    value to -2**(b-1), using the full signed range; its zero point is the implicit 2**(b-1)."""
+    value to -2**(b-1), using the full signed range; its zero point is the implicit 2**(b-1).
+    Scales are float16-rounded (`fp16_round`) before the zero points are chosen."""
+    raw = _raw_scales(blocks, bits, symmetric)
     if search:
-        return _searched_params(blocks, bits, symmetric)
-    levels = (1 << bits) - 1
+        return _searched_params(blocks, raw, bits, symmetric)
+    return _with_zero_points(blocks, fp16_round(raw), bits, symmetric)
+
+
+def _raw_scales(blocks: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
+    """Plain min/max scales before rounding (symmetric: the largest-magnitude value over -2**(b-1))."""
     if symmetric:
-        half = 1 << (bits - 1)
         idx = np.abs(blocks).argmax(axis=-1)[..., None]
-        scales = np.take_along_axis(blocks, idx, axis=-1)[..., 0] / -half
-        return scales.astype(np.float32), np.full(scales.shape, half, np.float32)
+        return (np.take_along_axis(blocks, idx, axis=-1)[..., 0] / -(1 << (bits - 1))).astype(np.float32)
     mn = np.minimum(blocks.min(axis=-1), 0.0)
     mx = np.maximum(blocks.max(axis=-1), 0.0)
-    scales = ((mx - mn) / levels).astype(np.float32)
+    return ((mx - mn) / ((1 << bits) - 1)).astype(np.float32)
+
+
+def _with_zero_points(blocks: np.ndarray, scales: np.ndarray, bits: int, symmetric: bool
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    if symmetric:
+        return scales, np.full(scales.shape, 1 << (bits - 1), np.float32)
     inv = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
-    return scales, np.clip(np.rint(-mn * inv), 0, levels).astype(np.float32)
+    mn = np.minimum(blocks.min(axis=-1), 0.0)
+    return scales, np.clip(np.rint(-mn * inv), 0, (1 << bits) - 1).astype(np.float32)
 
 
-def _searched_params(blocks: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+def _searched_params(blocks: np.ndarray, raw: np.ndarray, bits: int, symmetric: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
     levels = (1 << bits) - 1
     half = 1 << (bits - 1)
-    base_s, base_z = group_params(blocks, bits, symmetric)
-    best_s, best_z = base_s, base_z                 # plain min/max first: the search is never worse
-    best = _block_error(blocks, base_s, base_z, bits)
+    best_s, best_z = _with_zero_points(blocks, fp16_round(raw), bits, symmetric)
+    best = _block_error(blocks, best_s, best_z, bits)   # plain min/max first: the search is never worse
     mn, mx = blocks.min(axis=-1), blocks.max(axis=-1)
     # symmetric also tries the extreme on +-(2**(b-1) - 1), the grid of llama.cpp's Q8_0/Q4_0
     for f in SEARCH + ((half / (half - 1),) if symmetric else ()):
-        s = (base_s * f).astype(np.float32)
+        s = fp16_round(raw * f)
         inv = np.divide(1.0, s, out=np.zeros_like(s), where=s != 0)
         if symmetric:
             zs = [np.full(s.shape, half, np.float32)]
