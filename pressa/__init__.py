@@ -4,7 +4,23 @@ __version__ = "0.1.0"
 
 
 def load(path, **kwargs):
-    """Open an artifact folder for generation: `pressa.load("models/smol-int4").generate("Hi")`."""
-    from pressa.genai.model import Model
+    """Open an artifact: an LLM folder gives a Model (`.generate("Hi")`, `.chat`, `.stream`); any other
+    ONNX artifact or .onnx file gives an EncoderModel (`.embed(texts)`, `.classify`, `.run`)."""
+    from pathlib import Path
 
-    return Model.load(path, **kwargs)
+    if (Path(path) / "genai_config.json").is_file():
+        from pressa.genai.model import Model
+
+        return Model.load(path, **kwargs)
+    from pressa.runtime.encoder import EncoderModel
+
+    return EncoderModel.load(path, **kwargs)
+
+
+def export(module, inputs: dict, output, output_names: list[str] | None = None,
+            dynamic: dict[str, dict[int, str]] | None = None, overwrite: bool = False) -> dict:
+    """Export any torch.nn.Module called as module(**inputs) to an artifact folder (checked against
+    torch on the same inputs); returns its manifest."""
+    from pressa.capture.export import module_artifact
+
+    return module_artifact(module, inputs, output, output_names, dynamic, overwrite)

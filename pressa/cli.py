@@ -302,6 +302,9 @@ def _dist_version(name: str) -> str:
         return "not installed"
 
 
+from pressa import cli_onnx  # noqa: E402,F401  (registers capture, optimize, quantize, compare, embed, ...)
+
+
 def main() -> None:
     import click
 

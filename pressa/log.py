@@ -69,3 +69,11 @@ def progress_bar(title: str) -> Iterator:
     finally:
         if "bar" in state:
             state["bar"].stop()
+
+
+def message(msg: str) -> None:
+    """A pass's message: 'warning: ...' as a warning, anything else as info."""
+    if msg.startswith("warning: "):
+        warn(msg[len("warning: "):])
+    else:
+        info(msg)

@@ -19,6 +19,11 @@ def looks_like_hub_id(spec: str) -> bool:
 
 
 def open_hub(repo_id: str, revision: str | None = None) -> Source:
+    return open_hf_folder(hub_folder(repo_id, revision), kind="hub")
+
+
+def hub_folder(repo_id: str, revision: str | None = None, patterns: list[str] | None = None) -> Path:
+    """The local snapshot of a Hub repository (downloaded unless HF_HUB_OFFLINE), with clear errors."""
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
@@ -27,7 +32,8 @@ def open_hub(repo_id: str, revision: str | None = None) -> Source:
                              "pip install huggingface_hub, or pass a local folder") from None
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=PATTERNS, local_files_only=offline)
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns or PATTERNS,
+                                 local_files_only=offline)
     except LocalEntryNotFoundError:
         raise SourceNotFound(f"{repo_id}: not in the local Hugging Face cache and the Hub cannot be reached "
                              "(offline); download it once with network access or pass a local folder") from None
@@ -35,4 +41,4 @@ def open_hub(repo_id: str, revision: str | None = None) -> Source:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SourceNotFound(f"{repo_id}: could not download from the Hugging Face Hub ({msg}); "
                              "check the id, your network and HF_TOKEN, or pass a local folder") from None
-    return open_hf_folder(Path(path), kind="hub")
+    return Path(path)

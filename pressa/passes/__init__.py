@@ -1,0 +1,3 @@
+"""Every pass module, imported so that their classes register themselves (see passes.base.Pass)."""
+
+from pressa.passes import capture, fp16, optimize, quantize  # noqa: F401

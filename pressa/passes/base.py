@@ -1,0 +1,166 @@
+"""Passes: each takes a model and writes a new artifact folder. A pass declares its options once, as a
+pydantic model (defaults, docs, validation); its name and Olive's names for the same work go into one
+registry, filled by subclassing."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pressa.errors import BadArgument, PressaError
+
+
+class BadConfig(PressaError):
+    """A pass option or workflow key is unknown or has a wrong value."""
+
+
+class PassConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IgnoredScope(PassConfig):
+    """Nodes kept in float: by exact node name, by op type, or by a regular expression on the name."""
+    names: list[str] = Field(default_factory=list, description="node names")
+    types: list[str] = Field(default_factory=list, description="op types, e.g. Softmax")
+    patterns: list[str] = Field(default_factory=list, description="regular expressions matched on node names")
+
+    def resolve(self, model) -> list[str]:
+        nodes = [n.name for n in model.graph.node]
+        by_type = {}
+        for n in model.graph.node:
+            by_type.setdefault(n.op_type, []).append(n.name)
+        missing = [n for n in self.names if n not in set(nodes)]
+        if missing:
+            close = difflib.get_close_matches(missing[0], nodes, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise BadConfig(f"ignored scope: no node named {missing[0]!r}{hint}")
+        out = set(self.names)
+        for t in self.types:
+            out.update(by_type.get(t, []))
+        for p in self.patterns:
+            try:
+                rx = re.compile(p)
+            except re.error as err:
+                raise BadConfig(f"ignored scope: bad regular expression {p!r} ({err})") from None
+            hits = [n for n in nodes if rx.search(n)]
+            if not hits:
+                raise BadConfig(f"ignored scope: the pattern {p!r} matches no node")
+            out.update(hits)
+        return sorted(out)
+
+
+@dataclass
+class PassContext:
+    """What a pass may need besides the graph: the source folder (tokenizer, config.json), where to
+    report progress and messages."""
+    source_folder: Path
+    progress: Callable[[int, int, str], None] = lambda done, total, desc: None
+    log: Callable[[str], None] = lambda msg: None
+    extra: dict = field(default_factory=dict)
+
+
+class Pass:
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type[PassConfig]] = PassConfig
+    registry: ClassVar[dict[str, type[Pass]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            for n in (cls.name, *cls.aliases):
+                Pass.registry[n.lower()] = cls
+
+    def run(self, model_path: Path, config: PassConfig, out_dir: Path, ctx: PassContext) -> dict:
+        """Write model.onnx (+ data) into `out_dir`; return a report for the manifest."""
+        raise NotImplementedError
+
+
+def get_pass(name: str) -> type[Pass]:
+    import pressa.passes  # noqa: F401  (fills the registry)
+
+    cls = Pass.registry.get(name.lower())
+    if cls is None:
+        names = sorted({c.name for c in Pass.registry.values()} | {a for c in Pass.registry.values()
+                                                                   for a in c.aliases})
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; known passes: {', '.join(names)}"
+        raise BadConfig(f"unknown pass {name!r}{hint}")
+    return cls
+
+
+def make_config(cls: type[Pass], options: dict, where: str = "") -> PassConfig:
+    """Validate options, naming the key path and the nearest known key in errors."""
+    try:
+        return cls.Config(**options)
+    except ValidationError as err:
+        e = err.errors()[0]
+        path = ".".join(str(p) for p in e["loc"])
+        full = f"{where}.{path}" if where else path
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(e["loc"][-1]), list(cls.Config.model_fields), n=1)
+            hint = f", did you mean {close[0]}?" if close else f" (options: {', '.join(cls.Config.model_fields)})"
+            raise BadConfig(f"{full}: unknown key{hint}") from None
+        raise BadConfig(f"{full}: {e['msg']}") from None
+
+
+def all_passes() -> list[type[Pass]]:
+    import pressa.passes  # noqa: F401
+
+    return sorted({c for c in Pass.registry.values()}, key=lambda c: c.name)
+
+
+def apply_pass(name: str, source: str | Path, output: Path, options: dict | None = None, overwrite: bool = False,
+               progress: Callable[[int, int, str], None] | None = None, log: Callable[[str], None] | None = None
+               ) -> dict:
+    """Run one pass from a model (an .onnx file or an artifact folder) into a new artifact folder."""
+    from pressa.artifact import atomic_folder, check_output
+    from pressa.graph.onnx_io import find_model, model_folder
+
+    cls = get_pass(name)
+    cfg = make_config(cls, options or {}, name)
+    model_path = find_model(source)
+    check_output(Path(output), overwrite)
+    if Path(output).resolve() == model_folder(source).resolve():
+        raise BadArgument("the output folder is the input's folder; choose another --output")
+    t0 = time.perf_counter()
+    ctx = PassContext(model_folder(source), progress or (lambda *a: None), log or (lambda m: None))
+    with atomic_folder(Path(output), overwrite) as tmp:
+        report = cls().run(model_path, cfg, tmp, ctx)
+        manifest = write_onnx_manifest(tmp, source, cls.name, cfg, report, time.perf_counter() - t0)
+    return manifest
+
+
+def write_onnx_manifest(folder: Path, source, pass_name: str, cfg: PassConfig, report: dict, seconds: float,
+                        base: dict | None = None) -> dict:
+    """Copy the source's companion files, and write pressa.json: the source's history plus this pass."""
+    from pressa import __version__
+    from pressa.artifact import MANIFEST, folder_size, now_iso, read_manifest, write_json
+    from pressa.graph.onnx_io import copy_companions, graph_io, load_model, model_folder
+
+    src_folder = model_folder(source)
+    copy_companions(src_folder, folder)
+    prev = base if base is not None else (read_manifest(src_folder) if Path(source).is_dir() else {})
+    history = list(prev.get("passes", [])) or [{"pass": "source", "location": str(source)}]
+    history.append({"pass": pass_name, "config": cfg.model_dump(mode="json"), "seconds": round(seconds, 2),
+                    **{k: v for k, v in report.items() if k not in ("inputs", "outputs")}})
+    io = graph_io(load_model(folder / "model.onnx", load_data=False))
+    manifest = {
+        "pressa_version": __version__, "created": now_iso(), "kind": "onnx",
+        "task": report.get("task", prev.get("task")),
+        "source": prev.get("source", {"location": str(source)}),
+        "passes": history, **io,
+        "num_heads": report.get("num_heads", prev.get("num_heads")),
+        "model_type": report.get("model_type", prev.get("model_type")),
+    }
+    manifest["size_bytes"] = folder_size(folder) + sum(f.stat().st_size for f in folder.glob("*/*") if f.is_file())
+    write_json(folder / MANIFEST, manifest)
+    return manifest

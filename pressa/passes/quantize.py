@@ -1,0 +1,250 @@
+"""INT8 and weight-only quantization of any ONNX model.
+
+- dynamic: int8 weights, activations quantized at run time (ONNX Runtime's quantizer as the engine).
+- static: QDQ int8 with calibrated activation ranges (min-max, entropy, percentile), per-channel
+  weights. With `max_drop`, the nodes whose quantization hurts agreement with the original most are
+  kept in float, most harmful first, until the drop holds (calibrated once, re-quantized per try).
+- weight-only: MatMul weights to MatMulNBits (int4/int8 per group), pressa's RTN and packing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from pressa.passes.base import BadConfig, IgnoredScope, Pass, PassConfig, PassContext
+
+QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
+
+
+class DynamicConfig(PassConfig):
+    per_channel: bool = Field(False, description="one scale per output channel of each weight")
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="weight integer type")
+    op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm", "Attention"],
+                                description="op types to quantize")
+    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="nodes kept in float")
+
+
+class StaticConfig(PassConfig):
+    calibration_data: str | None = Field(None, description="text file, image folder, .npy or .npz")
+    samples: int = Field(300, ge=1, description="calibration samples")
+    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="activation range method")
+    percentile: float = Field(99.999, gt=0, le=100, description="for method=percentile")
+    per_channel: bool = Field(True, description="one scale per output channel of each weight")
+    activation_type: Literal["uint8", "int8"] = Field("uint8", description="uint8 suits x86 VNNI kernels")
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="weight integer type")
+    op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm"], description="op types to quantize")
+    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="nodes kept in float")
+    max_drop: float | None = Field(None, ge=0, le=1, description="largest accepted drop of agreement with the "
+                                                                 "original (1 - cosine or 1 - top-1)")
+    validation_samples: int = Field(64, ge=1, description="samples for the max_drop check")
+    max_length: int = Field(128, ge=2, description="tokens per text sample")
+
+
+class WeightOnlyConfig(PassConfig):
+    bits: Literal[4, 8] = Field(4, description="weight bits")
+    group_size: Literal[16, 32, 64, 128, 256] = Field(32, description="weights per scale along the input axis")
+    symmetric: bool = Field(False, description="no zero points")
+    accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute: 4 = int8 activations on CPU")
+    scale_search: bool = Field(True, description="per-group least-squares choice of scale / zero point")
+    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="nodes kept in float")
+
+
+def _quant_types():
+    from onnxruntime.quantization import QuantType
+
+    return QuantType
+
+
+class DynamicQuantization(Pass):
+    name = "quantize-dynamic"
+    aliases = ("OnnxDynamicQuantization", "DynamicQuantization")
+    summary = "int8 weights, activations quantized at run time"
+    Config = DynamicConfig
+
+    def run(self, model_path: Path, config: DynamicConfig, out_dir: Path, ctx: PassContext) -> dict:
+        from onnxruntime.quantization import quantize_dynamic
+
+        from pressa.graph.onnx_io import load_model, save_model
+
+        model = load_model(model_path)
+        exclude = config.ignored_scope.resolve(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "model.onnx"
+            wtype = getattr(_quant_types(), QTYPES[config.weight_type])
+            quantize_dynamic(str(model_path), str(out), op_types_to_quantize=config.op_types,
+                             per_channel=config.per_channel, weight_type=wtype,
+                             nodes_to_exclude=exclude, use_external_data_format=True,
+                             extra_options={"MatMulConstBOnly": True})
+            q = load_model(out)
+        save_model(q, out_dir)
+        return {"excluded": exclude, "quantized_ops": _count(q, ("MatMulInteger", "DynamicQuantizeMatMul",
+                                                                  "QAttention", "ConvInteger"))}
+
+
+class StaticQuantization(Pass):
+    name = "quantize-static"
+    aliases = ("OnnxStaticQuantization", "OnnxQuantization", "StaticQuantization", "QuantizationAwareCalibration")
+    summary = "QDQ int8 with calibrated activation ranges; optional accuracy-drop limit"
+    Config = StaticConfig
+
+    def run(self, model_path: Path, config: StaticConfig, out_dir: Path, ctx: PassContext) -> dict:
+        from pressa.graph.onnx_io import load_model, save_model
+        from pressa.quant.calib_data import batches
+
+        model = load_model(model_path)
+        source = ctx.extra.get("calibration_data", config.calibration_data)
+        if source is None:
+            raise BadConfig("static quantization needs calibration data (--calibration-data FILE)")
+        exclude = config.ignored_scope.resolve(model)
+
+        def calib():
+            return batches(source, model, ctx.source_folder, config.samples, 1, config.max_length,
+                           same_length=config.method != "minmax")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            cache = tmp / "ranges.json"
+            ctx.progress(0, 1, f"calibrating on {config.samples} samples ({config.method})")
+            q_path = self._quantize(model_path, tmp / "q", config, calib, exclude, cache)
+            report = {"excluded": exclude}
+            if config.max_drop is not None:
+                val = list(batches(source, model, ctx.source_folder, config.validation_samples, 8, config.max_length))
+                q_path, report = self._search(model, model_path, q_path, val, config, calib, exclude, cache, tmp, ctx)
+            q = load_model(q_path)
+        save_model(q, out_dir)
+        report["quantized_ops"] = _count(q, ("QuantizeLinear", "DequantizeLinear"))
+        return report
+
+    def _quantize(self, model_path: Path, out: Path, config: StaticConfig, calib, exclude: list[str], cache: Path,
+                  only: list[str] | None = None) -> Path:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+        from pressa.quant.calib_data import reader
+
+        out.mkdir(parents=True, exist_ok=True)
+        qt = _quant_types()
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[config.method]
+        quantize_static(str(model_path), str(out / "model.onnx"),
+                        calibration_data_reader=None if cache.is_file() else reader(calib),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=config.op_types,
+                        per_channel=config.per_channel,
+                        activation_type=getattr(qt, QTYPES[config.activation_type]),
+                        weight_type=getattr(qt, QTYPES[config.weight_type]), nodes_to_exclude=exclude,
+                        nodes_to_quantize=only, use_external_data_format=True, calibrate_method=method,
+                        extra_options={"CalibPercentile": config.percentile, "WeightSymmetric": True},
+                        calibration_cache_path=str(cache))
+        return out / "model.onnx"
+
+    def _search(self, model, model_path, q_path, val, config, calib, exclude, cache, tmp, ctx):
+        """Keep nodes in float, most harmful first, until agreement drops by at most max_drop."""
+        ref = [_run(str(model_path), b) for b in val]
+        drop = 1.0 - _agreement(q_path, val, ref)
+        report = {"excluded": list(exclude), "drop_all_quantized": drop, "search": []}
+        if drop <= config.max_drop:
+            report["drop"] = drop
+            return q_path, report
+        candidates = [n.name for n in model.graph.node if n.op_type in config.op_types and n.name not in exclude]
+        harm = {}
+        for i, name in enumerate(candidates):                  # each node quantized alone
+            ctx.progress(i, len(candidates) * 2, f"sensitivity {name}")
+            p = self._quantize(model_path, tmp / f"s{i}", config, calib, exclude, cache, only=[name])
+            harm[name] = 1.0 - _agreement(p, val, ref)
+        ranked = sorted(candidates, key=lambda n: -harm[n])
+        kept = list(exclude)
+        for j, name in enumerate(ranked):
+            kept.append(name)
+            ctx.progress(len(candidates) + j, len(candidates) * 2, f"{len(kept)} nodes in float")
+            q_path = self._quantize(model_path, tmp / f"k{j}", config, calib, kept, cache)
+            drop = 1.0 - _agreement(q_path, val, ref)
+            report["search"].append({"float_node": name, "sensitivity": harm[name], "drop": drop})
+            if drop <= config.max_drop:
+                break
+        report.update(excluded=kept, drop=drop, met=drop <= config.max_drop)
+        if drop > config.max_drop:
+            ctx.log(f"warning: even with every quantizable node in float the drop is {drop:.4f}")
+        return q_path, report
+
+
+def _run(path: str, feeds: dict) -> list[np.ndarray]:
+    from pressa.graph.inputs import run_model
+
+    return run_model(path, feeds, threads=0)
+
+
+def _agreement(q_path: Path, val: list[dict], ref: list[list[np.ndarray]]) -> float:
+    import onnxruntime as ort
+
+    from pressa.evaluate.outputs import Agreement
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(str(q_path), so, providers=["CPUExecutionProvider"])
+    acc = Agreement([o.name for o in s.get_outputs()])
+    for feeds, r in zip(val, ref):
+        acc.add(r, s.run(None, feeds), feeds.get("attention_mask"))
+    return acc.score()
+
+
+def _count(model, ops: tuple[str, ...]) -> int:
+    return sum(1 for n in model.graph.node if n.op_type in ops)
+
+
+class WeightOnlyQuantization(Pass):
+    name = "quantize-weight-only"
+    aliases = ("OnnxMatMul4Quantizer", "OnnxBlockWiseRtnQuantization", "MatMulNBitsQuantization",
+               "WeightOnlyQuantization")
+    summary = "MatMul weights to int4/int8 groups (MatMulNBits)"
+    Config = WeightOnlyConfig
+
+    def run(self, model_path: Path, config: WeightOnlyConfig, out_dir: Path, ctx: PassContext) -> dict:
+        from pressa.graph.onnx_io import load_model, save_model
+
+        model = load_model(model_path)
+        exclude = set(config.ignored_scope.resolve(model))
+        n = to_matmulnbits(model, config, exclude, ctx.progress)
+        save_model(model, out_dir)
+        return {"excluded": sorted(exclude), "quantized_ops": n}
+
+
+def to_matmulnbits(model, config: WeightOnlyConfig, exclude: set[str], progress=lambda *a: None) -> int:
+    """Replace each MatMul whose second input is a constant 2-D float weight with MatMulNBits."""
+    from onnx import helper, numpy_helper
+
+    from pressa.graph.view import GraphView
+    from pressa.quant.packing import matmulnbits_tensors
+    from pressa.quant.rtn import quantize_rtn
+
+    v = GraphView(model)
+    todo = []
+    for node in model.graph.node:
+        w = v.const(node.input[1]) if node.op_type == "MatMul" and node.name not in exclude else None
+        if w is not None and w.ndim == 2 and w.dtype in (np.float32, np.float16) and node.input[1] in v.inits:
+            todo.append((node, w))
+    if todo and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    for i, (node, w) in enumerate(todo):
+        progress(i, len(todo), node.name or node.output[0])
+        k, n = w.shape
+        qw = quantize_rtn(w.T.astype(np.float32), config.bits, config.group_size, config.symmetric,
+                          config.scale_search)
+        t = matmulnbits_tensors(qw)
+        base = f"{node.name or node.output[0]}/nbits"
+        inits = [numpy_helper.from_array(t["B"], f"{base}/B"),
+                 numpy_helper.from_array(t["scales"].astype(w.dtype), f"{base}/scales")]
+        ins = [node.input[0], f"{base}/B", f"{base}/scales"]
+        if "zero_points" in t:
+            inits.append(numpy_helper.from_array(t["zero_points"], f"{base}/zero_points"))
+            ins.append(f"{base}/zero_points")
+        model.graph.initializer.extend(inits)
+        new = helper.make_node("MatMulNBits", ins, list(node.output), name=node.name, domain="com.microsoft",
+                               K=k, N=n, bits=config.bits, block_size=config.group_size,
+                               accuracy_level=config.accuracy_level)
+        node.CopyFrom(new)
+    GraphView(model).prune()
+    return len(todo)
