@@ -47,7 +47,7 @@ def capture(
     with log.status(f"reading {model}"):
         folder = resolve_hf_folder(model)
     t0 = time.perf_counter()
-    with log.status("capturing"), atomic_folder(output, overwrite) as tmp:
+    with log.status("capturing"), atomic_folder(output, overwrite) as tmp, log.quiet_tools():
         report = cls().run(folder, cfg, tmp, PassContext(folder))
         manifest = write_onnx_manifest(tmp, folder, cls.name, cfg, report, time.perf_counter() - t0,
                                        base={"source": {"location": model, "folder": str(folder)}})
@@ -94,6 +94,8 @@ def quantize(
     max_drop: float | None = typer.Option(None, "--max-drop", min=0.0, max=1.0,
                                           help="Static: keep the most harmful nodes in float until agreement with "
                                                "the original drops by at most this (e.g. 0.01)."),
+    fallback: str = typer.Option("dynamic", "--fallback", help="With --max-drop: dynamic (int8, per-batch "
+                                 "ranges) or float for the nodes taken out of static quantization."),
     overwrite: bool = _OVER,
 ):
     """Quantize any ONNX model: static QDQ int8, dynamic int8, or weight-only int4/int8."""
@@ -103,7 +105,8 @@ def quantize(
     scope = {"ignored_scope": _scope(ignore_node, ignore_type, ignore_regex)}
     if mode == "static":
         opts = {**scope, "calibration_data": str(calibration_data) if calibration_data else None, "samples": samples,
-                "method": method, "max_drop": max_drop, "per_channel": True if per_channel is None else per_channel}
+                "method": method, "max_drop": max_drop, "per_channel": True if per_channel is None else per_channel,
+                "fallback": fallback}
     elif mode == "dynamic":
         opts = {**scope, "per_channel": bool(per_channel)}
     elif mode in ("weight-only", "weight_only", "int4"):
@@ -115,8 +118,10 @@ def quantize(
     with log.progress_bar(f"quantize ({mode})") as bar:
         m = apply_pass(f"quantize-{mode}", model, output, opts, overwrite, bar, log.message)
     rep = m["passes"][-1]
-    if "drop" in rep:
-        log.info(f"agreement drop {rep['drop']:.4f} with {len(rep['excluded'])} nodes in float")
+    if rep.get("fallback_nodes"):
+        log.info(f"agreement drop {rep['drop']:.4f} with {len(rep['fallback_nodes'])} nodes {rep['fallback']}")
+    elif "drop" in rep:
+        log.info(f"agreement drop {rep['drop']:.4f} (1 - {'top-1' if rep.get('metric') == 'top1' else 'cosine'})")
     _done(output, m)
 
 

@@ -77,3 +77,28 @@ def message(msg: str) -> None:
         warn(msg[len("warning: "):])
     else:
         info(msg)
+
+
+@contextmanager
+def quiet_tools() -> Iterator[None]:
+    """Silence the Python warnings and root-logger chatter of the tools pressa drives (torch's
+    exporter, ONNX Runtime's quantizer), which otherwise reach the user as noise."""
+    import logging
+    import warnings
+
+    root = logging.getLogger()
+    old = root.level
+    names = ("torch", "torch.onnx", "torch.export", "torch.onnx._internal.exporter._registration", "onnxscript",
+             "onnx_ir")
+    olds = {n: logging.getLogger(n).level for n in names}
+    root.setLevel(logging.ERROR)
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(old)
+        for n, lv in olds.items():
+            logging.getLogger(n).setLevel(lv)

@@ -252,19 +252,33 @@ def test_ignored_scope_keeps_nodes_in_float(captured, calib_file, tmp_path):
     no_leftovers(tmp_path, "d")
 
 
-def test_max_drop_keeps_harmful_nodes_in_float(captured, calib_file, tmp_path):
+def test_max_drop_keeps_harmful_nodes_out_of_static(captured, calib_file, tmp_path):
     base = tmp_path / "plain"
     assert run_cli("quantize", captured, "-o", base, "--calibration-data", calib_file, "--samples", "20",
                    "--per-tensor").returncode == 0
     plain_drop = 1 - _cosines(captured, base, SENTENCES[:40]).mean()
     limit = plain_drop / 4
-    res = run_cli("quantize", captured, "-o", tmp_path / "auto", "--calibration-data", calib_file, "--samples", "20",
-                  "--per-tensor", "--max-drop", f"{limit:.6f}")
+    res = run_cli("quantize", captured, "-o", tmp_path / "float", "--calibration-data", calib_file, "--samples",
+                  "20", "--per-tensor", "--max-drop", f"{limit:.9f}", "--fallback", "float")
     assert res.returncode == 0, res.stderr
-    rep = json.loads((tmp_path / "auto" / "pressa.json").read_text())["passes"][-1]
-    assert rep["excluded"] and rep["drop"] <= limit
-    assert rep["search"][0]["sensitivity"] >= rep["search"][-1]["sensitivity"]      # most harmful first
-    assert 1 - _cosines(captured, tmp_path / "auto", SENTENCES[:40]).mean() <= limit * 1.5
+    rep = json.loads((tmp_path / "float" / "pressa.json").read_text())["passes"][-1]
+    assert rep["fallback_nodes"] and rep["met"] and rep["drop"] <= limit
+    sens = [s["sensitivity"] for s in rep["search"]]
+    assert sens == sorted(sens, reverse=True)                                  # most harmful first
+    assert sorted(_float_nodes(tmp_path / "float", rep["fallback_nodes"])) == sorted(rep["fallback_nodes"])
+    assert 1 - _cosines(captured, tmp_path / "float", SENTENCES[:40]).mean() <= limit * 1.5
+    res = run_cli("quantize", captured, "-o", tmp_path / "dyn", "--calibration-data", calib_file, "--samples", "20",
+                  "--per-tensor", "--max-drop", f"{limit:.9f}")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((tmp_path / "dyn" / "pressa.json").read_text())["passes"][-1]
+    assert rep["fallback"] == "dynamic" and rep["met"] == (rep["drop"] <= limit)
+    g = onnx.load(str(tmp_path / "dyn" / "model.onnx"), load_external_data=False)
+    ops = [n.op_type for n in g.graph.node]
+    assert "DynamicQuantizeLinear" in ops                                      # the moved nodes: dynamic int8
+    src = onnx.load(str(captured / "model.onnx"), load_external_data=False)
+    weights = {t.name for t in src.graph.initializer}
+    candidates = sum(1 for n in src.graph.node if n.op_type == "MatMul" and n.input[1] in weights)
+    assert ("QuantizeLinear" in ops) == (len(rep["fallback_nodes"]) < candidates)   # the rest stays static
 
 
 def test_fp16(captured, tmp_path):

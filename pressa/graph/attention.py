@@ -224,6 +224,9 @@ def fuse_attention(model, num_heads: int | None = None) -> int:
                                       name=f"{p}/MultiHeadAttention", domain=MS, num_heads=int(heads),
                                       scale=float(m.scale)))
         model.graph.node.extend(nodes)
+        elem = helper.np_dtype_to_tensor_dtype(w.dtype)       # typed, so that quantizers see them
+        model.graph.value_info.extend(helper.make_tensor_value_info(t, elem, None)
+                                      for t in [f"{p}/qkv", *outs, out])
         _replace_uses(v, m.context, out)
         done += 1
     from pressa.graph.view import topological_sort

@@ -133,7 +133,9 @@ def apply_pass(name: str, source: str | Path, output: Path, options: dict | None
         raise BadArgument("the output folder is the input's folder; choose another --output")
     t0 = time.perf_counter()
     ctx = PassContext(model_folder(source), progress or (lambda *a: None), log or (lambda m: None))
-    with atomic_folder(Path(output), overwrite) as tmp:
+    from pressa.log import quiet_tools
+
+    with atomic_folder(Path(output), overwrite) as tmp, quiet_tools():
         report = cls().run(model_path, cfg, tmp, ctx)
         manifest = write_onnx_manifest(tmp, source, cls.name, cfg, report, time.perf_counter() - t0)
     return manifest

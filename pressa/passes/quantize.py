@@ -42,6 +42,9 @@ class StaticConfig(PassConfig):
     max_drop: float | None = Field(None, ge=0, le=1, description="largest accepted drop of agreement with the "
                                                                  "original (1 - cosine or 1 - top-1)")
     validation_samples: int = Field(64, ge=1, description="samples for the max_drop check")
+    fallback: Literal["dynamic", "float"] = Field("dynamic", description="what max_drop does with the nodes it "
+                                                  "takes out of static quantization: dynamic int8 (per-batch "
+                                                  "activation ranges, per-channel weights) or float")
     max_length: int = Field(128, ge=2, description="tokens per text sample")
 
 
@@ -112,9 +115,14 @@ class StaticQuantization(Pass):
             ctx.progress(0, 1, f"calibrating on {config.samples} samples ({config.method})")
             q_path = self._quantize(model_path, tmp / "q", config, calib, exclude, cache)
             report = {"excluded": exclude}
+            val = list(batches(source, model, ctx.source_folder, config.validation_samples, 8, config.max_length))
             if config.max_drop is not None:
-                val = list(batches(source, model, ctx.source_folder, config.validation_samples, 8, config.max_length))
                 q_path, report = self._search(model, model_path, q_path, val, config, calib, exclude, cache, tmp, ctx)
+            else:                           # say how much was lost, and what to do when it is a lot
+                report["drop"] = 1.0 - _agreement(q_path, val, [_run(str(model_path), b) for b in val])
+                if report["drop"] > 0.01:
+                    ctx.log(f"warning: agreement with the original dropped by {report['drop']:.3f}; "
+                            "--max-drop 0.01 moves the most harmful nodes to dynamic int8")
             q = load_model(q_path)
         save_model(q, out_dir)
         report["quantized_ops"] = _count(q, ("QuantizeLinear", "DequantizeLinear"))
@@ -157,18 +165,33 @@ class StaticQuantization(Pass):
             harm[name] = 1.0 - _agreement(p, val, ref)
         ranked = sorted(candidates, key=lambda n: -harm[n])
         kept = list(exclude)
+        moved: list[str] = []
         for j, name in enumerate(ranked):
             kept.append(name)
-            ctx.progress(len(candidates) + j, len(candidates) * 2, f"{len(kept)} nodes in float")
+            moved.append(name)
+            ctx.progress(len(candidates) + j, len(candidates) * 2, f"{len(moved)} nodes {config.fallback}")
             q_path = self._quantize(model_path, tmp / f"k{j}", config, calib, kept, cache)
+            if config.fallback == "dynamic":
+                q_path = _dynamic_nodes(q_path, tmp / f"d{j}", moved)
             drop = 1.0 - _agreement(q_path, val, ref)
-            report["search"].append({"float_node": name, "sensitivity": harm[name], "drop": drop})
+            report["search"].append({"node": name, "sensitivity": harm[name], "drop": drop})
             if drop <= config.max_drop:
                 break
-        report.update(excluded=kept, drop=drop, met=drop <= config.max_drop)
+        report.update(excluded=kept, fallback=config.fallback, fallback_nodes=moved, drop=drop,
+                      met=drop <= config.max_drop)
         if drop > config.max_drop:
-            ctx.log(f"warning: even with every quantizable node in float the drop is {drop:.4f}")
+            ctx.log(f"warning: with every quantizable node out of static quantization the drop is {drop:.4f}")
         return q_path, report
+
+
+def _dynamic_nodes(q_path: Path, out: Path, nodes: list[str]) -> Path:
+    """Dynamic int8 (per-channel weights) for `nodes` of an otherwise statically quantized graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out.mkdir(parents=True, exist_ok=True)
+    quantize_dynamic(str(q_path), str(out / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8,
+                     nodes_to_quantize=nodes, use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
+    return out / "model.onnx"
 
 
 def _run(path: str, feeds: dict) -> list[np.ndarray]:
