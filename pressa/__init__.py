@@ -8,13 +8,15 @@ def load(path, **kwargs):
     ONNX artifact or .onnx file gives an EncoderModel (`.embed(texts)`, `.classify`, `.run`)."""
     from pathlib import Path
 
-    if (Path(path) / "genai_config.json").is_file():
-        from pressa.genai.model import Model
+    p = Path(path)
+    onnx_model = (p.is_file() and p.suffix == ".onnx") or (p.is_dir() and any(p.glob("*.onnx")))
+    if onnx_model and not (p / "genai_config.json").is_file():
+        from pressa.runtime.encoder import EncoderModel
 
-        return Model.load(path, **kwargs)
-    from pressa.runtime.encoder import EncoderModel
+        return EncoderModel.load(path, **kwargs)
+    from pressa.genai.model import Model
 
-    return EncoderModel.load(path, **kwargs)
+    return Model.load(path, **kwargs)
 
 
 def export(module, inputs: dict, output, output_names: list[str] | None = None,

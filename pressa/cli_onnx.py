@@ -85,7 +85,7 @@ def quantize(
     samples: int = typer.Option(300, "--samples", min=1, help="Calibration samples (static)."),
     method: str = typer.Option("minmax", "--method", help="minmax, entropy or percentile (static)."),
     per_channel: bool | None = typer.Option(None, "--per-channel/--per-tensor",
-                                            help="Weight scales per output channel (default: static yes, dynamic no)."),
+                                            help="Weight scales per output channel (default) or one per tensor."),
     bits: int = typer.Option(4, "--bits", help="4 or 8 (weight-only)."),
     group_size: int = typer.Option(32, "--group-size", "--block_size", help="Group size (weight-only)."),
     ignore_node: list[str] | None = typer.Option(None, "--ignore-node", help="Keep this node in float (repeatable)."),
@@ -108,7 +108,7 @@ def quantize(
                 "method": method, "max_drop": max_drop, "per_channel": True if per_channel is None else per_channel,
                 "fallback": fallback}
     elif mode == "dynamic":
-        opts = {**scope, "per_channel": bool(per_channel)}
+        opts = {**scope, "per_channel": True if per_channel is None else per_channel}
     elif mode in ("weight-only", "weight_only", "int4"):
         mode, opts = "weight-only", {**scope, "bits": bits, "group_size": group_size}
     else:

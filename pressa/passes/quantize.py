@@ -22,7 +22,8 @@ QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 
 
 class DynamicConfig(PassConfig):
-    per_channel: bool = Field(False, description="one scale per output channel of each weight")
+    per_channel: bool = Field(True, description="one scale per output channel of each weight (all-MiniLM-L6-v2: "
+                                                "cosine 0.994 vs 0.952 per tensor, same speed)")
     weight_type: Literal["int8", "uint8"] = Field("int8", description="weight integer type")
     op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm", "Attention"],
                                 description="op types to quantize")
