@@ -60,6 +60,9 @@ class DecoderBuilder:
         opts.validate()
         if opts.algorithm != "rtn" and not calib:
             raise BadArgument(f"--algorithm {opts.algorithm} needs calibration data (--calibration-data FILE)")
+        if opts.precision in ("int4", "int8") and opts.block_size > cfg.hidden_size:
+            raise BadArgument(f"group size {opts.block_size} is larger than the model's hidden size "
+                              f"{cfg.hidden_size}; use {cfg.hidden_size} or less")
         self.cfg, self.w, self.o = cfg, weights, opts
         self.calib = calib or {}
         self._awq_w: dict[str, np.ndarray] = {}        # scaled weights by key (AWQ)

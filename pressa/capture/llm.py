@@ -107,12 +107,26 @@ def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: flo
               log: Callable[[str], None] = lambda s: None, status=_no_status,
               calibration_text: str | None = None, calibration_samples: int = 64,
               calibration_seqlen: int = 256) -> dict:
-    """Build an artifact folder at `output`; returns its manifest."""
-    t0 = time.perf_counter()
+    """Build an artifact folder at `output` (written to a temporary sibling, renamed when complete);
+    returns its manifest."""
     from pressa.artifact import check_output
 
     opts.validate()                                 # fail before the slow work
     check_output(Path(output), overwrite)
+    with atomic_folder(Path(output), overwrite) as tmp:
+        return build_llm_into(model, tmp, opts, ratio=ratio, provider=provider, progress=progress, log=log,
+                              status=status, calibration_text=calibration_text,
+                              calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen)
+
+
+def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, ratio: float = 1.0,
+                   provider: str = "cpu", progress: Progress | None = None,
+                   log: Callable[[str], None] = lambda s: None, status=_no_status,
+                   calibration_text: str | None = None, calibration_samples: int = 64,
+                   calibration_seqlen: int = 256) -> dict:
+    """The artifact's files into the existing (temporary) folder `out_dir`; returns the manifest."""
+    t0 = time.perf_counter()
+    opts.validate()
     with status(f"reading {model or 'the bundled model'}"):
         src = open_source(model)
     cfg = decoder_config(src.config)
@@ -132,29 +146,28 @@ def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: flo
         opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, calib)
         n8 = sum(1 for b in opts.layer_bits.values() if b == 8)
         log(f"mixed precision: {len(opts.layer_bits) - n8} weights int4, {n8} int8 (ratio {ratio})")
-    with atomic_folder(Path(output), overwrite) as tmp:
-        info = DecoderBuilder(cfg, src.weights, opts, calib).build(tmp, progress)
-        for name, data in src.tokenizer_files.items():
-            (tmp / name).write_bytes(data)
-        write_json(tmp / "config.json", src.config)
-        write_json(tmp / "genai_config.json", genai_config(cfg, info["context_length"], provider, {}))
-        manifest = {
-            "pressa_version": __version__,
-            "created": now_iso(),
-            "kind": "decoder-llm",
-            "source": {"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type},
-            "settings": {**{k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs")},
-                         "ratio": ratio, "provider": provider,
-                         "calibration": {"samples": calibration_samples, "seqlen": calibration_seqlen}
-                         if calib else None},
-            "mixed_precision": opts.layer_bits or None,
-            "graph": {"op_counts": info["op_counts"], "context_length": info["context_length"],
-                      "logits": "last" if opts.last_token_logits else "all"},
-            "versions": _versions(),
-            "build_seconds": round(time.perf_counter() - t0, 2),
-        }
-        manifest["size_bytes"] = folder_size(tmp) + 0
-        write_json(tmp / MANIFEST, manifest)
+    info = DecoderBuilder(cfg, src.weights, opts, calib).build(out_dir, progress)
+    for name, data in src.tokenizer_files.items():
+        (out_dir / name).write_bytes(data)
+    write_json(out_dir / "config.json", src.config)
+    write_json(out_dir / "genai_config.json", genai_config(cfg, info["context_length"], provider, {}))
+    manifest = {
+        "pressa_version": __version__,
+        "created": now_iso(),
+        "kind": "decoder-llm",
+        "source": {"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type},
+        "settings": {**{k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs")},
+                     "ratio": ratio, "provider": provider,
+                     "calibration": {"samples": calibration_samples, "seqlen": calibration_seqlen}
+                     if calib else None},
+        "mixed_precision": opts.layer_bits or None,
+        "graph": {"op_counts": info["op_counts"], "context_length": info["context_length"],
+                  "logits": "last" if opts.last_token_logits else "all"},
+        "versions": _versions(),
+        "build_seconds": round(time.perf_counter() - t0, 2),
+    }
+    manifest["size_bytes"] = folder_size(out_dir)
+    write_json(out_dir / MANIFEST, manifest)
     return manifest
 
 

@@ -21,6 +21,11 @@ class BadConfig(PressaError):
     """A pass option or workflow key is unknown or has a wrong value."""
 
 
+class NotApplicable(PressaError):
+    """The pass does not fit this model (e.g. a transformer fusion on a graph already fused); the
+    workflow engine reports it and goes on without it."""
+
+
 class PassConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -69,6 +74,7 @@ class PassContext:
 class Pass:
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
+    input_kind: ClassVar[str] = "onnx"         # what it reads: onnx | hf (capture) | llm (model builder)
     summary: ClassVar[str] = ""
     Config: ClassVar[type[PassConfig]] = PassConfig
     registry: ClassVar[dict[str, type[Pass]]] = {}

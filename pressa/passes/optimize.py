@@ -42,6 +42,12 @@ class TransformerOptimization(Pass):
 
         hf = _hf_config(ctx.source_folder)
         model = load_model(model_path)
+        fused = {"GroupQueryAttention", "MatMulNBits"} & {n.op_type for n in model.graph.node}
+        if fused:
+            from pressa.passes.base import NotApplicable
+
+            raise NotApplicable(f"the graph is already built with fused LLM operators ({', '.join(sorted(fused))}); "
+                                "transformer fusions have nothing to add")
         feeds = sample_inputs(model)
         mask = next((a for k, a in feeds.items() if "mask" in k.lower() and a.ndim == 2), None)
         ref = run_model(model, feeds) if config.check else None

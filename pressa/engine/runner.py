@@ -1,0 +1,187 @@
+"""Running one candidate of a workflow: its passes in order, each output cached under the hash of its
+input and its config (a re-run reuses it; a changed option recomputes from that pass on), then its
+metrics. A cache entry is a folder renamed into place only when complete, so a crash or Ctrl-C
+mid-pass leaves no corrupt entry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pressa import __version__
+from pressa.engine.config import PassSpec, Workflow
+from pressa.errors import PressaError
+from pressa.passes.base import BadConfig, NotApplicable, PassContext, get_pass, make_config, write_onnx_manifest
+
+COMPLETE = ".complete"
+
+
+def model_key(spec: str) -> str:
+    """Identity of the input model: its path with every file's size and mtime (or the spec itself)."""
+    p = Path(spec)
+    parts = [str(p.resolve()) if p.exists() else spec]
+    if p.is_file():
+        parts.append(f"{p.stat().st_size}:{p.stat().st_mtime_ns}")
+    elif p.is_dir():
+        for f in sorted(p.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                parts.append(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class StepCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def key(self, input_key: str, pass_type: str, options: dict) -> str:
+        blob = json.dumps([input_key, pass_type, options, __version__], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def get(self, key: str) -> Path | None:
+        d = self.root / key
+        return d if (d / COMPLETE).is_file() else None
+
+    def put(self, key: str, build: Callable[[Path], dict]) -> tuple[Path, dict]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            report = build(tmp)
+            (tmp / COMPLETE).write_text(json.dumps(report, default=str))
+            final = self.root / key
+            if final.exists():                       # another run finished it first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.rename(final)
+            return final, report
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def report(path: Path) -> dict:
+        return json.loads((path / COMPLETE).read_text())
+
+
+@dataclass
+class Trial:
+    id: int
+    options: dict
+    steps: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    artifact: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def run_chain(wf: Workflow, passes: list[PassSpec], options: dict, cache: StepCache,
+              log: Callable[[str], None], progress=None) -> tuple[Path | str, list[dict]]:
+    """Apply the passes with these options; returns (final artifact, step records)."""
+    current: Path | str = wf.model
+    key = model_key(wf.model)
+    steps = []
+    for spec in passes:
+        cls = get_pass(spec.type)
+        opts = options.get(spec.key, spec.fixed)
+        cfg = make_config(cls, opts, f"passes.{spec.key}")
+        k = cache.key(key, cls.name, cfg.model_dump(mode="json"))
+        hit = cache.get(k)
+        if hit is not None:
+            rep = StepCache.report(hit)
+            if rep.get("not_applicable"):
+                log(f"  {spec.key} ({cls.name}): cache hit, not applicable: {rep['not_applicable']}")
+                steps.append({"pass": spec.key, "cached": True, "skipped": rep["not_applicable"]})
+                continue
+            log(f"  {spec.key} ({cls.name}): cache hit")
+            steps.append({"pass": spec.key, "cached": True, "cache_key": k})
+            current, key = hit, k
+            continue
+        _check_input(cls, current, wf, spec)
+        log(f"  {spec.key} ({cls.name}): running")
+        t0 = time.perf_counter()
+        src = current
+
+        try:
+            from pressa.log import quiet_tools
+
+            with quiet_tools():
+                out, rep = cache.put(k, lambda tmp, c=cls, o=cfg, i=src, t=t0: _build_step(c, o, i, tmp, t, log,
+                                                                                           progress))
+        except NotApplicable as err:
+            cache.put(k, lambda tmp, e=str(err): {"not_applicable": e})
+            log(f"  {spec.key} ({cls.name}): not applicable, skipped: {err}")
+            steps.append({"pass": spec.key, "cached": False, "skipped": str(err)})
+            continue
+        steps.append({"pass": spec.key, "cached": False, "cache_key": k,
+                      "seconds": round(time.perf_counter() - t0, 2)})
+        current, key = out, k
+    return current, steps
+
+
+def _build_step(cls, cfg, src, tmp: Path, t0: float, log, progress) -> dict:
+    """Run one pass from `src` into the cache's temporary folder; returns its JSON-able report."""
+    from pressa.graph.onnx_io import find_model, model_folder
+
+    prog = progress or (lambda *a: None)
+    if cls.input_kind == "hf":
+        from pressa.capture.export import resolve_hf_folder
+
+        src = resolve_hf_folder(str(src))
+    if cls.input_kind == "onnx":
+        rep = cls().run(find_model(src), cfg, tmp, PassContext(model_folder(src), prog, log))
+        write_onnx_manifest(tmp, src, cls.name, cfg, rep, time.perf_counter() - t0)
+    else:
+        rep = cls().run(Path(src) if Path(str(src)).exists() else src, cfg, tmp, PassContext(Path(str(src)), prog, log))
+        if cls.input_kind == "hf":
+            write_onnx_manifest(tmp, src, cls.name, cfg, rep, time.perf_counter() - t0,
+                                base={"source": {"location": str(src)}})
+    plain = (str, int, float, bool, dict, list, type(None))
+    return {k: v for k, v in rep.items() if isinstance(v, plain)}
+
+
+def _check_input(cls, current, wf: Workflow, spec: PassSpec) -> None:
+    is_source = isinstance(current, str) or Path(current) == Path(wf.model)
+    if is_source and wf.model_kind in ("llm", "hf") and cls.input_kind == "onnx":
+        raise BadConfig(f"passes.{spec.key}: the input model is not ONNX yet; start with a conversion pass "
+                        "(ModelBuilder for LLMs, OnnxConversion for other Hugging Face models)")
+    if cls.input_kind in ("llm", "hf") and not is_source:
+        raise BadConfig(f"passes.{spec.key}: {cls.name} converts the input model and must come first")
+
+
+def is_llm(path: Path) -> bool:
+    return (Path(path) / "genai_config.json").is_file()
+
+
+def precision_changing(wf: Workflow, options: dict) -> bool:
+    for spec in wf.passes:
+        opts = options.get(spec.key, spec.fixed)
+        if spec.type.startswith("quantize") or spec.type == "convert-fp16":
+            return True
+        if spec.type == "model-builder" and opts.get("precision", "int4") != "fp32":
+            return True
+    return False
+
+
+def run_trial(trial: Trial, wf: Workflow, cache: StepCache, evaluate: Callable[[Path], dict],
+              log: Callable[[str], None]) -> Trial:
+    t0 = time.perf_counter()
+    try:
+        art, trial.steps = run_chain(wf, wf.passes, trial.options, cache, log)
+        if isinstance(art, str) or Path(art) == Path(wf.model) and wf.model_kind != "onnx":
+            raise PressaError("no pass produced a model")
+        trial.artifact = str(art)
+        trial.metrics = evaluate(Path(art))
+    except BadConfig:
+        raise
+    except (PressaError, Exception) as err:      # a failed trial is recorded; the search goes on
+        trial.error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+        log(f"  trial {trial.id} failed: {trial.error}")
+    trial.seconds = round(time.perf_counter() - t0, 2)
+    return trial
