@@ -10,7 +10,8 @@ from test_cli import assert_user_error, run_cli
 from conftest import make_tiny
 
 TUTORIAL = {
-    "input_model": {"type": "PyTorchModel", "config": {"hf_config": {"model_name": "MODEL", "task": "text-generation"}}},
+    "input_model": {"type": "PyTorchModel",
+                    "config": {"hf_config": {"model_name": "MODEL", "task": "text-generation"}}},
     "systems": {"local_system": {"type": "LocalSystem", "config": {"accelerators": [
         {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}}},
     "evaluators": {"common_evaluator": {"metrics": [{"name": "latency", "type": "latency",
@@ -96,7 +97,8 @@ def test_search_evaluates_every_candidate_and_picks_by_goals(qwen, tmp_path):
      "passes.conversion.config.precison: unknown key, did you mean precision?"),
     (lambda c: c["passes"]["conversion"].update(type="ModelBuildr"), "did you mean ModelBuilder"),
     (lambda c: c["passes"]["conversion"]["config"].update(precision="int3"), "passes.conversion.config.precision"),
-    (lambda c: c["engine"].update(serch_strategy={}), "engine.serch_strategy: unknown key, did you mean search_strategy?"),
+    (lambda c: c["engine"].update(serch_strategy={}),
+     "engine.serch_strategy: unknown key, did you mean search_strategy?"),
     (lambda c: c["evaluators"]["common_evaluator"]["metrics"][0].update(type="speed"), "evaluators.metrics[0].type"),
     (lambda c: c["engine"]["search_strategy"].update(search_algorithm="annealing"), "search_algorithm"),
 ])
