@@ -105,8 +105,10 @@ def _bundled_available() -> bool:
 def test_interrupt_during_build_leaves_nothing(tmp_path, sig, code):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # a job started in the background (nohup ... &) inherits SIGINT ignored; give the child the default
     proc = subprocess.Popen([sys.executable, "-m", "pressa", "auto-opt", "-o", str(out), "--precision", "fp32",
-                             "--log_level", "0"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--log_level", "0"], stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait until the build is writing layers, then interrupt
     deadline = time.time() + 120
     tmp_seen = False
