@@ -131,3 +131,25 @@ def test_nncf_yaml_maps_to_static_quantization(tmp_path):
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx"), load_external_data=False).graph.node}
     assert "QuantizeLinear" in ops
+
+
+def test_changed_option_recomputes_from_that_pass_on(tmp_path):
+    from test_onnx_models import write_bert
+
+    hf = write_bert(tmp_path / "hf")
+    cfg = {"input_model": {"type": "HfModel", "model_path": str(hf), "task": "feature-extraction"},
+           "passes": {"capture": {"type": "OnnxConversion"}, "fuse": {"type": "OrtTransformersOptimization"},
+                      "int8": {"type": "OnnxDynamicQuantization", "per_channel": True}},
+           "evaluators": {"e": {"metrics": [{"name": "size", "type": "size"}]}}, "output_dir": "out"}
+    res = run_cli("run", "--config", write(tmp_path / "a.json", cfg))
+    assert res.returncode == 0, res.stderr
+    # the original's capture runs once; the trial's capture (same input, same config) is its cache hit
+    assert res.stderr.count(": running") == 3 and "capture (capture): cache hit" in res.stderr
+    cfg["passes"]["int8"]["per_channel"] = False
+    res = run_cli("run", "--config", write(tmp_path / "b.json", cfg), "--overwrite")
+    assert res.returncode == 0, res.stderr
+    assert "capture (capture): cache hit" in res.stderr and "fuse (optimize): cache hit" in res.stderr
+    assert "int8 (quantize-dynamic): running" in res.stderr
+    assert not list((tmp_path / "cache").glob(".tmp-*"))       # no half-written entries
+    foot = json.loads((tmp_path / "out" / "footprints.json").read_text())
+    assert foot["trials"][0]["metrics"]["accuracy guard"]["cosine"] > 0.99

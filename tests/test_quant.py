@@ -193,3 +193,34 @@ def test_scale_search_reproduces_a_q8_0_grid_exactly():
     np.testing.assert_array_equal(dequantize(qw), w)
     np.testing.assert_array_equal(np.abs(qw.scales), d[..., 0])
     assert np.abs(dequantize(quantize_rtn(w, 8, 32, True)) - w).max() > 1e-5      # the plain grid is off
+
+
+def test_group_larger_than_a_divisor_of_the_hidden_size(tmp_path):
+    """hidden 96 with --group-size 64: the tied embedding's GatherBlockQuantized must not return padded
+    rows (96 -> 128), so it and the lm_head use group 32; the int4 model stays close to fp32."""
+    import onnx
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.llm import build_llm
+    from pressa.genai.decoder_session import DecoderSession
+
+    from conftest import write_tiny_tokenizer
+
+    cfg = LlamaConfig(vocab_size=160, hidden_size=96, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=3, num_key_value_heads=1, tie_word_embeddings=True)   # head size 32
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    write_tiny_tokenizer(tmp_path / "hf")
+    outs = {}
+    for precision in ("fp32", "int4"):
+        build_llm(str(tmp_path / "hf"), tmp_path / precision, BuildOptions(precision=precision, block_size=64))
+        s = DecoderSession(tmp_path / precision, all_logits=True)
+        outs[precision] = s.prefill([[5, 9, 17, 33, 4, 70]], capacity=8)[1][0]
+    g = onnx.load(str(tmp_path / "int4" / "model.onnx"), load_external_data=False)
+    blocks = {n.op_type: helper.get_attribute_value(next(a for a in n.attribute if a.name == "block_size"))
+              for n in g.graph.node if n.name in ("/model/embed_tokens/GatherBlockQuantized", "lm_head/MatMulNBits")}
+    assert blocks == {"GatherBlockQuantized": 32, "MatMulNBits": 32}
+    a, b = outs["fp32"].ravel(), outs["int4"].ravel()
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.98

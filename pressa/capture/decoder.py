@@ -113,7 +113,8 @@ class DecoderBuilder:
         return y
 
     def matmul_nbits(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bits: int,
-                     share_key: int | None = None, packed: dict | None = None, key: str = "") -> str:
+                     share_key: int | None = None, packed: dict | None = None, key: str = "",
+                     block_size: int | None = None) -> str:
         n, k = w.shape
         t = packed or matmulnbits_tensors(self.quantize(w, bits, key))
         ins = [x, g.weight(f"{name}.qweight", t["B"], share_key=share_key),
@@ -122,7 +123,7 @@ class DecoderBuilder:
             ins.append(g.weight(f"{name}.zero_points", t["zero_points"],
                                 share_key=None if share_key is None else share_key + 2))
         return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS, K=k, N=n, bits=bits,
-                    block_size=self.o.block_size, accuracy_level=self.o.accuracy_level)
+                    block_size=block_size or self.o.block_size, accuracy_level=self.o.accuracy_level)
 
     def scales(self, g: GraphWriter, name: str, scales: np.ndarray, share_key: int | None = None,
                dims: tuple[int, ...] | None = None) -> str:
@@ -266,7 +267,8 @@ class DecoderBuilder:
             bits = self.o.embedding_bits
             # 8 bits: symmetric, searched (one candidate is llama.cpp's Q8_0 grid, exact on such sources)
             sym = self.o.symmetric or bits == 8
-            qw = quantize_rtn(e, bits, self.o.block_size, sym, self.o.scale_search and (bits == 4 or sym))
+            block = self.embedding_block()
+            qw = quantize_rtn(e, bits, block, sym, self.o.scale_search and (bits == 4 or sym))
             t = matmulnbits_tensors(qw)
             v, nb = qw.scales.shape
             self._tied = (e, t)          # lm_head reuses these bytes
@@ -277,13 +279,21 @@ class DecoderBuilder:
                 ins.append(g.weight("model.embed_tokens.zero_points", t["zero_points"], share_key=3,
                                     dims=(v, t["zero_points"].size // v)))
             x = g.op("GatherBlockQuantized", ins, "/model/embed_tokens/GatherBlockQuantized", domain=MS,
-                     gather_axis=0, quantize_axis=1, block_size=self.o.block_size, bits=bits)
+                     gather_axis=0, quantize_axis=1, block_size=block, bits=bits)
         else:
             x = g.op("Gather", [self.fw(g, "model.embed_tokens.weight", e), ids], "/model/embed_tokens/Gather")
         if cfg.arch.embed_scale:
             scale = np.asarray(np.float32(cfg.hidden_size ** 0.5), dtype=self.np_dtype)
             x = g.op("Mul", [x, g.weight("/model/embed_tokens/scale", scale)], "/model/embed_tokens/Mul")
         return x
+
+    def embedding_block(self) -> int:
+        """Group size of the tied embedding: GatherBlockQuantized returns rows as wide as its padded
+        blocks, so the group must divide the hidden size (576 with --group-size 128 takes 64); the
+        lm_head reads the same bytes with the same group."""
+        h = self.cfg.hidden_size
+        return next((b for b in (self.o.block_size, 128, 64, 32, 16) if b <= self.o.block_size and h % b == 0),
+                    self.o.block_size)
 
     def _prepare_awq(self, i: int) -> None:
         """Search AWQ scales for the layer's four weights and fold them: into the norms before qkv
@@ -414,7 +424,8 @@ class DecoderBuilder:
         name = "lm_head"
         if cfg.tie_embeddings and self.o.precision in ("int4", "int8"):
             w, packed = self._tied
-            logits = self.matmul_nbits(g, h, name, w, self.o.embedding_bits, share_key=1, packed=packed)
+            logits = self.matmul_nbits(g, h, name, w, self.o.embedding_bits, share_key=1, packed=packed,
+                                       block_size=self.embedding_block())
             self._tied = None
         elif cfg.tie_embeddings:
             # Gemm with transB reads the embedding initializer itself: one copy on disk
