@@ -35,24 +35,12 @@ def capture(
     overwrite: bool = _OVER,
 ):
     """Export a Hugging Face model to ONNX (dynamic batch and sequence axes), checked against torch."""
-    import time
+    from pressa.passes.base import apply_pass
 
-    from pressa.artifact import atomic_folder, check_output
-    from pressa.capture.export import resolve_hf_folder
-    from pressa.passes.base import PassContext, get_pass, make_config, write_onnx_manifest
-
-    cls = get_pass("capture")
-    cfg = make_config(cls, {"task": task, "opset": opset}, "capture")
-    check_output(output, overwrite)
-    with log.status(f"reading {model}"):
-        folder = resolve_hf_folder(model)
-    t0 = time.perf_counter()
-    with log.status("capturing"), atomic_folder(output, overwrite) as tmp, log.quiet_tools():
-        report = cls().run(folder, cfg, tmp, PassContext(folder))
-        manifest = write_onnx_manifest(tmp, folder, cls.name, cfg, report, time.perf_counter() - t0,
-                                       base={"source": {"location": model, "folder": str(folder)}})
-    log.info(f"parity with torch: max |diff| {report['parity_max_abs_diff']:.1e}")
-    _done(output, manifest)
+    with log.status(f"capturing {model}"):
+        m = apply_pass("capture", model, output, {"task": task, "opset": opset}, overwrite)
+    log.info(f"parity with torch: max |diff| {m['passes'][-1]['parity_max_abs_diff']:.1e}")
+    _done(output, m)
 
 
 @app.command()

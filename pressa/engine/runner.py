@@ -17,7 +17,7 @@ from pathlib import Path
 from pressa import __version__
 from pressa.engine.config import PassSpec, Workflow
 from pressa.errors import PressaError
-from pressa.passes.base import BadConfig, NotApplicable, PassContext, get_pass, make_config, write_onnx_manifest
+from pressa.passes.base import BadConfig, NotApplicable, get_pass, make_config, run_into
 
 COMPLETE = ".complete"
 
@@ -36,12 +36,25 @@ def model_key(spec: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+_FINGERPRINT: list[str] = []
+
+
+def code_fingerprint() -> str:
+    """pressa's own source files (names, sizes, mtimes): a changed pass recomputes its cached steps."""
+    if not _FINGERPRINT:
+        root = Path(__file__).resolve().parents[1]
+        parts = [f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(root.rglob("*.py"))]
+        _FINGERPRINT.append(hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12])
+    return _FINGERPRINT[0]
+
+
 class StepCache:
     def __init__(self, root: Path):
         self.root = Path(root)
 
     def key(self, input_key: str, pass_type: str, options: dict) -> str:
-        blob = json.dumps([input_key, pass_type, options, __version__], sort_keys=True, default=str)
+        blob = json.dumps([input_key, pass_type, options, __version__, code_fingerprint()], sort_keys=True,
+                          default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def get(self, key: str) -> Path | None:
@@ -112,8 +125,7 @@ def run_chain(wf: Workflow, passes: list[PassSpec], options: dict, cache: StepCa
             from pressa.log import quiet_tools
 
             with quiet_tools():
-                out, rep = cache.put(k, lambda tmp, c=cls, o=cfg, i=src, t=t0: _build_step(c, o, i, tmp, t, log,
-                                                                                           progress))
+                out, rep = cache.put(k, lambda tmp, c=cls, o=cfg, i=src: _build_step(c, o, i, tmp, log, progress))
         except NotApplicable as err:
             cache.put(k, lambda tmp, e=str(err): {"not_applicable": e})
             log(f"  {spec.key} ({cls.name}): not applicable, skipped: {err}")
@@ -125,23 +137,9 @@ def run_chain(wf: Workflow, passes: list[PassSpec], options: dict, cache: StepCa
     return current, steps
 
 
-def _build_step(cls, cfg, src, tmp: Path, t0: float, log, progress) -> dict:
+def _build_step(cls, cfg, src, tmp: Path, log, progress) -> dict:
     """Run one pass from `src` into the cache's temporary folder; returns its JSON-able report."""
-    from pressa.graph.onnx_io import find_model, model_folder
-
-    prog = progress or (lambda *a: None)
-    if cls.input_kind == "hf":
-        from pressa.capture.export import resolve_hf_folder
-
-        src = resolve_hf_folder(str(src))
-    if cls.input_kind == "onnx":
-        rep = cls().run(find_model(src), cfg, tmp, PassContext(model_folder(src), prog, log))
-        write_onnx_manifest(tmp, src, cls.name, cfg, rep, time.perf_counter() - t0)
-    else:
-        rep = cls().run(Path(src) if Path(str(src)).exists() else src, cfg, tmp, PassContext(Path(str(src)), prog, log))
-        if cls.input_kind == "hf":
-            write_onnx_manifest(tmp, src, cls.name, cfg, rep, time.perf_counter() - t0,
-                                base={"source": {"location": str(src)}})
+    rep, _ = run_into(cls, cfg, src, tmp, progress, log)
     plain = (str, int, float, bool, dict, list, type(None))
     return {k: v for k, v in rep.items() if isinstance(v, plain)}
 

@@ -124,27 +124,48 @@ def all_passes() -> list[type[Pass]]:
     return sorted({c for c in Pass.registry.values()}, key=lambda c: c.name)
 
 
+def run_into(cls: type[Pass], cfg: PassConfig, source, out_dir: Path,
+             progress: Callable[[int, int, str], None] | None = None,
+             log: Callable[[str], None] | None = None) -> tuple[dict, dict | None]:
+    """Run a pass from `source` into the existing folder `out_dir` (a temporary one: the caller
+    renames it into place); returns (report, manifest). ONNX passes read an .onnx file or artifact
+    folder; capture reads a Hugging Face folder, bundled name or Hub id; the model builder writes its
+    own manifest."""
+    from pressa.graph.onnx_io import find_model, model_folder
+
+    t0 = time.perf_counter()
+    prog, say = progress or (lambda *a: None), log or (lambda m: None)
+    if cls.input_kind == "onnx":
+        rep = cls().run(find_model(source), cfg, out_dir, PassContext(model_folder(source), prog, say))
+        return rep, write_onnx_manifest(out_dir, source, cls.name, cfg, rep, time.perf_counter() - t0)
+    if cls.input_kind == "hf":
+        from pressa.capture.export import resolve_hf_folder
+
+        folder = resolve_hf_folder(str(source))
+        rep = cls().run(folder, cfg, out_dir, PassContext(folder, prog, say))
+        return rep, write_onnx_manifest(out_dir, folder, cls.name, cfg, rep, time.perf_counter() - t0,
+                                        base={"source": {"location": str(source), "folder": str(folder)}})
+    return cls().run(source, cfg, out_dir, PassContext(Path(str(source)), prog, say)), None
+
+
 def apply_pass(name: str, source: str | Path, output: Path, options: dict | None = None, overwrite: bool = False,
                progress: Callable[[int, int, str], None] | None = None, log: Callable[[str], None] | None = None
                ) -> dict:
-    """Run one pass from a model (an .onnx file or an artifact folder) into a new artifact folder."""
+    """Run one pass into a new artifact folder, written to a temporary sibling and renamed when done."""
     from pressa.artifact import atomic_folder, check_output
     from pressa.graph.onnx_io import find_model, model_folder
+    from pressa.log import quiet_tools
 
     cls = get_pass(name)
     cfg = make_config(cls, options or {}, name)
-    model_path = find_model(source)
+    if cls.input_kind == "onnx":
+        find_model(source)                                   # a bad path fails before anything is written
+        if Path(output).resolve() == model_folder(source).resolve():
+            raise BadArgument("the output folder is the input's folder; choose another --output")
     check_output(Path(output), overwrite)
-    if Path(output).resolve() == model_folder(source).resolve():
-        raise BadArgument("the output folder is the input's folder; choose another --output")
-    t0 = time.perf_counter()
-    ctx = PassContext(model_folder(source), progress or (lambda *a: None), log or (lambda m: None))
-    from pressa.log import quiet_tools
-
     with atomic_folder(Path(output), overwrite) as tmp, quiet_tools():
-        report = cls().run(model_path, cfg, tmp, ctx)
-        manifest = write_onnx_manifest(tmp, source, cls.name, cfg, report, time.perf_counter() - t0)
-    return manifest
+        _, manifest = run_into(cls, cfg, source, tmp, progress, log)
+    return manifest or {}
 
 
 def write_onnx_manifest(folder: Path, source, pass_name: str, cfg: PassConfig, report: dict, seconds: float,
