@@ -230,3 +230,47 @@ def run_cmd(
     else:
         log.info(f"chosen: trial {summary['chosen']} of {summary['trials']} ({summary['failed']} failed); "
                  f"wrote {summary['output_dir']} with footprints.json and report.md")
+
+
+@app.command()
+def serve(
+    model_name: str | None = typer.Option(None, "--model_name", "--model-name", help="Name clients use."),
+    model_path: Path | None = typer.Option(None, "--model_path", "--model-path", help="Artifact folder to serve."),
+    config: Path | None = typer.Option(None, "--config", help="YAML/JSON: models: [{name, path, max_concurrency, "
+                                       "max_queue}] to serve several."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(9000, "--port", min=1, max=65535, help="Port (OpenVINO Model Server's REST default)."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="PRESSA_API_KEY",
+                                       help="Require this key (Authorization: Bearer) on every route but health."),
+    max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="Largest max_tokens a request may ask."),
+    max_body: int = typer.Option(16 << 20, "--max-body", min=1024, help="Largest request body in bytes."),
+    max_concurrency: int = typer.Option(4, "--max-concurrency", min=1, help="Requests run at once per model."),
+    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting per model before 503."),
+    threads: int | None = _THREADS,
+):
+    """Serve artifacts over HTTP: TensorFlow-Serving REST, KServe v2, OpenAI-compatible chat/completions/embeddings."""
+    from pressa.errors import BadArgument
+    from pressa.serve.app import create_app
+    from pressa.serve.models import load_models
+
+    if config is not None:
+        from pressa.engine.config import read_config
+
+        entries = read_config(config).get("models") or []
+        for e in entries:
+            if isinstance(e, dict) and e.get("path") and not Path(e["path"]).is_absolute():
+                e["path"] = str(config.parent / e["path"])
+    elif model_name and model_path:
+        entries = [{"name": model_name, "path": str(model_path)}]
+    else:
+        raise BadArgument("give --model_name and --model_path, or --config models.yaml")
+    for e in entries:
+        e.setdefault("max_concurrency", max_concurrency)
+        e.setdefault("max_queue", max_queue)
+    with log.status("loading models"):
+        models = load_models(entries, threads)
+    import uvicorn
+
+    log.info(f"serving {', '.join(models)} on http://{host}:{port}")
+    uvicorn.run(create_app(models, api_key, max_body, max_tokens), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=30)

@@ -22,6 +22,7 @@ class Event:
     row: int
     text: str
     finish: str | None = None       # "stop" (EOS or stop string) | "length"
+    generated: int = 0              # on a row's last event: the tokens it generated
 
 
 class _Row:
@@ -127,11 +128,11 @@ class Model:
                     continue
                 if not cfg.ignore_eos and int(tokens[b]) in self.eos_ids:
                     row.done = "stop"
-                    yield Event(b, row.flush(), "stop")
+                    yield Event(b, row.flush(), "stop", len(row.ids) + 1)
                     continue
                 piece = row.push(int(tokens[b]))
                 if row.done:
-                    yield Event(b, piece, row.done)
+                    yield Event(b, piece, row.done, len(row.ids))
                 elif piece:
                     yield Event(b, piece)
             if all(r.done for r in rows):
@@ -140,7 +141,7 @@ class Model:
         for b, row in enumerate(rows):
             if not row.done:
                 row.done = "length"
-                yield Event(b, row.flush(), "length")
+                yield Event(b, row.flush(), "length", len(row.ids))
 
     def stream(self, prompt, chat: bool | None = None, **kw) -> Iterator[str]:
         """Text pieces of one prompt as they are produced."""

@@ -1,0 +1,255 @@
+"""The HTTP server: TensorFlow-Serving REST (`/v1/models/{name}:predict`), the KServe v2 / Open
+Inference Protocol (`/v2/...`), OpenAI-compatible chat, completions and embeddings (also under `/v3`),
+Prometheus `/metrics`. Every error is JSON with a 4xx/5xx status; an optional API key guards all
+routes but health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pressa import __version__
+from pressa.serve.models import V2_TYPES, Busy, RequestError, ServedModel
+
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/health", "/metrics")
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Stats:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.hist = [0] * (len(BUCKETS) + 1)
+        self.total, self.count, self.tokens = 0.0, 0, 0
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
+            self.hist[next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))] += 1
+            self.total += seconds
+            self.count += 1
+
+    def text(self, models: dict[str, ServedModel]) -> str:
+        out = ["# TYPE pressa_requests_total counter"]
+        out += [f'pressa_requests_total{{route="{r}",code="{c}"}} {n}' for (r, c), n in sorted(self.requests.items())]
+        out.append("# TYPE pressa_request_seconds histogram")
+        acc = 0
+        for b, n in zip((*BUCKETS, "+Inf"), self.hist):
+            acc += n
+            out.append(f'pressa_request_seconds_bucket{{le="{b}"}} {acc}')
+        out += [f"pressa_request_seconds_sum {self.total:.6f}", f"pressa_request_seconds_count {self.count}",
+                "# TYPE pressa_queue_depth gauge"]
+        out += [f'pressa_queue_depth{{model="{m.name}"}} {m.waiting}' for m in models.values()]
+        out += ["# TYPE pressa_generated_tokens_total counter", f"pressa_generated_tokens_total {self.tokens}"]
+        return "\n".join(out) + "\n"
+
+
+def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_body: int = 16 << 20,
+               max_tokens: int = 2048):
+    app = FastAPI(title="pressa", version=__version__, description="pressa model server")
+    stats = Stats()
+    app.state.models, app.state.stats, app.state.max_tokens = models, stats, max_tokens
+
+    def error(status: int, message: str, headers: dict | None = None):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        t0 = time.perf_counter()
+        path = request.url.path
+        if api_key and not path.startswith(OPEN_PATHS):
+            auth = request.headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
+            if given != api_key:
+                stats.observe(path, 401, time.perf_counter() - t0)
+                return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body:
+            return error(413, f"request body over {max_body} bytes")
+        try:
+            response = await call_next(request)
+        except Busy as err:
+            response = error(503, str(err), {"Retry-After": "1"})
+        except RequestError as err:
+            response = error(err.status, str(err))
+        stats.observe(_route(path), response.status_code, time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+        return error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body")
+
+    @app.exception_handler(RequestError)
+    async def bad_request(request, exc):
+        return error(exc.status, str(exc))
+
+    @app.exception_handler(Busy)
+    async def busy(request, exc):
+        return error(503, str(exc), {"Retry-After": "1"})
+
+    def get_model(name: str) -> ServedModel:
+        if name not in models:
+            raise RequestError(f"no model named {name!r}; served: {', '.join(models)}", 404)
+        return models[name]
+
+    async def body(request: Request) -> dict:
+        try:
+            data = json.loads(await request.body() or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError("the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise RequestError("the body must be a JSON object")
+        return data
+
+    @app.get("/health")
+    @app.get("/v2/health/live")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        return {"ready": True}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(stats.text(models), media_type="text/plain; version=0.0.4")
+
+    # -- TensorFlow-Serving REST -------------------------------------------------------------
+    @app.get("/v1/models/{name}")
+    async def tf_status(name: str):
+        get_model(name)
+        return {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+
+    @app.get("/v1/models/{name}/metadata")
+    async def tf_metadata(name: str):
+        m = get_model(name)
+
+        def sig(ts):
+            return {t.name: {"name": t.name, "dtype": "DT_" + t.datatype.replace("FP", "FLOAT").replace(
+                "FLOAT32", "FLOAT"), "tensor_shape": {"dim": [{"size": str(d)} for d in t.shape]}} for t in ts}
+        return {"model_spec": {"name": name, "signature_name": "", "version": "1"},
+                "metadata": {"signature_def": {"signature_def": {"serving_default": {
+                    "inputs": sig(m.inputs), "outputs": sig(m.outputs),
+                    "method_name": "tensorflow/serving/predict"}}}}}
+
+    @app.post("/v1/models/{spec}")
+    async def tf_predict(spec: str, request: Request):
+        name, _, verb = spec.partition(":")
+        if verb != "predict":
+            raise RequestError(f"unknown verb {verb!r}: use /v1/models/{name}:predict", 404)
+        m = get_model(name)
+        data = await body(request)
+        if "instances" in data:
+            rows = data["instances"]
+            if not isinstance(rows, list) or not rows:
+                raise RequestError("instances must be a non-empty list")
+            if all(isinstance(r, str) for r in rows):
+                feeds = m.text_feeds(rows)
+            elif all(isinstance(r, dict) for r in rows):
+                feeds = {k: _array([r.get(k) for r in rows], k) for k in rows[0]}
+            elif len(m.inputs) == 1:
+                feeds = {m.inputs[0].name: _array(rows, m.inputs[0].name)}
+            else:
+                raise RequestError("instances must be objects naming each input (the model has several)")
+            out = await asyncio.to_thread(m.predict, feeds)
+            if len(out) == 1:
+                return {"predictions": next(iter(out.values())).tolist()}
+            n = len(next(iter(out.values())))
+            return {"predictions": [{k: v[i].tolist() for k, v in out.items()} for i in range(n)]}
+        if "inputs" in data:
+            cols = data["inputs"]
+            if isinstance(cols, list) and all(isinstance(t, str) for t in cols):
+                feeds = m.text_feeds(cols)
+            elif isinstance(cols, dict):
+                feeds = {k: _array(v, k) for k, v in cols.items()}
+            elif len(m.inputs) == 1:
+                feeds = {m.inputs[0].name: _array(cols, m.inputs[0].name)}
+            else:
+                raise RequestError("inputs must be an object naming each input")
+            out = await asyncio.to_thread(m.predict, feeds)
+            return {"outputs": next(iter(out.values())).tolist() if len(out) == 1 else
+                    {k: v.tolist() for k, v in out.items()}}
+        raise RequestError("give 'instances' (row format) or 'inputs' (columnar format)")
+
+    # -- KServe v2 / Open Inference Protocol -----------------------------------------------------
+    @app.get("/v2")
+    async def v2_server():
+        return {"name": "pressa", "version": __version__, "extensions": []}
+
+    @app.get("/v2/models/{name}")
+    async def v2_model(name: str):
+        m = get_model(name)
+        return {"name": name, "versions": ["1"], "platform": "onnxruntime",
+                "inputs": [t.__dict__ for t in m.inputs], "outputs": [t.__dict__ for t in m.outputs]}
+
+    @app.get("/v2/models/{name}/ready")
+    async def v2_ready(name: str):
+        get_model(name)
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    async def v2_infer(name: str, request: Request):
+        m = get_model(name)
+        data = await body(request)
+        inputs = data.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise RequestError("inputs must be a non-empty list of tensors {name, shape, datatype, data}")
+        feeds = {}
+        for t in inputs:
+            if not isinstance(t, dict) or not {"name", "shape", "datatype", "data"} <= set(t):
+                raise RequestError("each input needs name, shape, datatype and data")
+            if t["datatype"] == "BYTES":
+                texts = list(np.ravel(np.asarray(t["data"], dtype=object)))
+                feeds.update(m.text_feeds([x if isinstance(x, str) else str(x) for x in texts]))
+                continue
+            if t["datatype"] not in V2_TYPES:
+                raise RequestError(f"input {t['name']!r}: datatype {t['datatype']!r} is not one of "
+                                   f"{', '.join(V2_TYPES)}, BYTES")
+            arr = _array(t["data"], t["name"], V2_TYPES[t["datatype"]])
+            shape = t["shape"]
+            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or \
+                    int(np.prod(shape)) != arr.size:
+                raise RequestError(f"input {t['name']!r}: shape {shape} does not hold {arr.size} values")
+            feeds[t["name"]] = arr.reshape(shape)
+        out = await asyncio.to_thread(m.predict, feeds)
+        wanted = [o.get("name") for o in data.get("outputs", []) if isinstance(o, dict)] or list(out)
+        rev = {np.dtype(v): k for k, v in V2_TYPES.items()}
+        return {"model_name": name, "model_version": "1", "id": str(data.get("id", uuid.uuid4())),
+                "outputs": [{"name": k, "shape": list(out[k].shape), "datatype": rev.get(out[k].dtype, "FP32"),
+                             "data": out[k].ravel().tolist()} for k in wanted if k in out]}
+
+    from pressa.serve.openai_routes import add_openai_routes
+
+    add_openai_routes(app, models, get_model, body, stats)
+    return app
+
+
+def _route(path: str) -> str:
+    parts = path.strip("/").split("/")
+    return "/" + "/".join(parts[:2]) if parts and parts[0] in ("v1", "v2", "v3") else path
+
+
+def _array(value, name: str, dtype=None) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError):
+        raise RequestError(f"input {name!r}: not a rectangular array of numbers") from None
+    if arr.dtype == object or arr.dtype.kind in "USO":
+        raise RequestError(f"input {name!r}: not a rectangular array of numbers")
+    return arr

@@ -1,0 +1,138 @@
+"""Models behind the server: each loaded once; generation requests get their own KV-cache state over
+the shared ONNX Runtime session (so concurrent streams interleave instead of waiting for each other),
+within a concurrency limit and a bounded queue."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pressa.errors import BadArgument, PressaError
+
+V2_TYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+            "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+ORT_TO_V2 = {"tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(int16)": "INT16",
+             "tensor(int32)": "INT32", "tensor(int64)": "INT64", "tensor(float16)": "FP16",
+             "tensor(float)": "FP32", "tensor(double)": "FP64"}
+
+
+class Busy(PressaError):
+    """The model's queue is full; the client should retry later (503 with Retry-After)."""
+
+
+class RequestError(PressaError):
+    """A request the server cannot serve as sent (4xx)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list
+
+
+class ServedModel:
+    def __init__(self, name: str, path: Path, threads: int | None = None, max_concurrency: int = 4,
+                 max_queue: int = 64):
+        import pressa
+
+        self.name, self.path = name, Path(path)
+        self.model = pressa.load(path, threads=threads)
+        self.kind = "llm" if hasattr(self.model, "generate_ids") else "onnx"
+        self.slots = threading.BoundedSemaphore(max_concurrency)
+        self.max_queue = max_queue
+        self.waiting = 0
+        self._lock = threading.Lock()
+        sess = self.model.session.session if self.kind == "llm" else self.model.session
+        self.inputs = [TensorSpec(i.name, ORT_TO_V2.get(i.type, i.type), _dims(i.shape)) for i in sess.get_inputs()]
+        self.outputs = [TensorSpec(o.name, ORT_TO_V2.get(o.type, o.type), _dims(o.shape)) for o in sess.get_outputs()]
+
+    # -- admission ---------------------------------------------------------------------------
+    def acquire(self, timeout: float = 120.0) -> None:
+        with self._lock:
+            if self.waiting >= self.max_queue:
+                raise Busy(f"model {self.name} has {self.waiting} requests waiting; retry shortly")
+            self.waiting += 1
+        try:
+            if not self.slots.acquire(timeout=timeout):
+                raise Busy(f"model {self.name} is busy; retry shortly")
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+    def release(self) -> None:
+        self.slots.release()
+
+    def generator(self):
+        """A Model sharing this one's ONNX Runtime session, with its own KV-cache state."""
+        if self.kind != "llm":
+            raise RequestError(f"model {self.name} does not generate text; use :predict, /infer or /v1/embeddings")
+        m = copy.copy(self.model)
+        m.session = copy.copy(self.model.session)
+        return m
+
+    # -- tensors -----------------------------------------------------------------------------
+    def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.kind != "onnx":
+            raise RequestError(f"model {self.name} is a text generator; use /v1/chat/completions or /v1/completions")
+        want = {t.name: t for t in self.inputs}
+        unknown = [k for k in feeds if k not in want]
+        if unknown:
+            raise RequestError(f"unknown input {unknown[0]!r}; the model's inputs: {', '.join(want)}")
+        missing = [k for k in want if k not in feeds]
+        if missing:
+            raise RequestError(f"missing input {missing[0]!r}")
+        for k, arr in feeds.items():
+            spec = want[k]
+            if len(spec.shape) != arr.ndim:
+                raise RequestError(f"input {k!r}: {arr.ndim} dimensions given, the model takes {len(spec.shape)}")
+            if any(d > 0 and d != a for d, a in zip(spec.shape, arr.shape)):
+                raise RequestError(f"input {k!r}: shape {list(arr.shape)} does not fit {spec.shape}")
+            feeds[k] = arr.astype(V2_TYPES.get(spec.datatype, arr.dtype), copy=False)
+        self.acquire()
+        try:
+            return self.model.run(feeds)
+        except Exception as err:              # ORT's own shape/type complaints: the client's fault
+            raise RequestError(f"the model could not run these inputs ({str(err).splitlines()[0][:200]})") from None
+        finally:
+            self.release()
+
+    def text_feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if self.kind != "onnx" or not (self.model.folder / "tokenizer.json").is_file():
+            raise RequestError(f"model {self.name} takes no text (no tokenizer beside it)")
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise RequestError("text inputs must be a non-empty list of strings")
+        return self.model.encode_text(texts)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.text_feeds(texts[:1])
+        self.acquire()
+        try:
+            return self.model.embed(texts)
+        finally:
+            self.release()
+
+
+def _dims(shape) -> list:
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def load_models(entries: list[dict], threads: int | None = None) -> dict[str, ServedModel]:
+    out = {}
+    for e in entries:
+        name, path = e.get("name"), e.get("path")
+        if not name or not path:
+            raise BadArgument("each model needs a name and a path")
+        if not Path(path).exists():
+            raise BadArgument(f"model {name}: {path} does not exist")
+        out[name] = ServedModel(name, Path(path), threads, int(e.get("max_concurrency", 4)),
+                                int(e.get("max_queue", 64)))
+    return out

@@ -1,0 +1,201 @@
+"""The real server (uvicorn on 127.0.0.1, a free port) over HTTP: each protocol's success and error
+shapes, the API key, predict equal to running the artifact directly, streamed chat equal to the
+non-streamed text for the same seed, and a client that disconnects mid-stream."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from test_cli import run_cli
+from test_onnx_models import SENTENCES, write_bert
+
+KEY = "s3cret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_artifact, tmp_path_factory):
+    import uvicorn
+
+    from pressa.serve.app import create_app
+    from pressa.serve.models import load_models
+
+    d = tmp_path_factory.mktemp("serve")
+    assert run_cli("capture", "--model", write_bert(d / "hf"), "-o", d / "enc").returncode == 0
+    models = load_models([{"name": "llm", "path": str(tiny_artifact("llama", "int4"))},
+                          {"name": "enc", "path": str(d / "enc")}])
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(models, KEY, max_tokens=64), host="127.0.0.1", port=port,
+                                        log_level="error"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "enc": d / "enc", "models": models}
+    srv.should_exit = True
+    t.join(10)
+
+
+def call(server, path, body=None, key=KEY, raw: bytes | None = None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(server["url"] + path, data=data, method="POST" if data is not None else "GET")
+    req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            text = r.read().decode()
+            return r.status, (json.loads(text) if r.headers.get("content-type", "").startswith("application/json")
+                              else text)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode())
+
+
+def test_health_metadata_and_key(server):
+    assert call(server, "/v2/health/live", key=None) == (200, {"live": True})
+    assert call(server, "/v2/health/ready", key=None)[0] == 200
+    status, body = call(server, "/v1/models", key=None)
+    assert status == 401 and "API key" in body["error"]
+    assert call(server, "/v1/models", key="wrong")[0] == 401
+    status, body = call(server, "/v1/models")
+    assert status == 200 and {m["id"] for m in body["data"]} == {"llm", "enc"}
+    status, meta = call(server, "/v2/models/enc")
+    assert status == 200 and {t["name"] for t in meta["inputs"]} >= {"input_ids", "attention_mask"}
+    assert meta["inputs"][0]["datatype"] == "INT64" and meta["outputs"][0]["datatype"] == "FP32"
+    assert call(server, "/v2/models/enc/ready") == (200, {"name": "enc", "ready": True})
+    status, body = call(server, "/v2/models/nope")
+    assert status == 404 and "nope" in body["error"]
+    status, body = call(server, "/v1/models/enc")
+    assert body["model_version_status"][0]["state"] == "AVAILABLE"
+    status, body = call(server, "/v1/models/enc/metadata")
+    assert "serving_default" in body["metadata"]["signature_def"]["signature_def"]
+    assert call(server, "/openapi.json")[0] == 200
+
+
+def test_predict_and_infer_equal_direct_run(server):
+    from pressa.runtime.encoder import EncoderModel
+
+    enc = EncoderModel(server["enc"])
+    feeds = enc.encode_text(SENTENCES[:2])
+    want = enc.run(dict(feeds))["last_hidden_state"]
+    status, body = call(server, "/v1/models/enc:predict", {"inputs": {k: v.tolist() for k, v in feeds.items()}})
+    assert status == 200
+    np.testing.assert_allclose(np.array(body["outputs"]), want, atol=1e-5)
+    rows = [{k: v[i].tolist() for k, v in feeds.items()} for i in range(2)]
+    status, body = call(server, "/v1/models/enc:predict", {"instances": rows})
+    np.testing.assert_allclose(np.array(body["predictions"]), want, atol=1e-5)
+    status, body = call(server, "/v1/models/enc:predict", {"instances": SENTENCES[:2]})     # text in the server
+    np.testing.assert_allclose(np.array(body["predictions"]), want, atol=1e-5)
+    tensors = [{"name": k, "shape": list(v.shape), "datatype": "INT64", "data": v.ravel().tolist()}
+               for k, v in feeds.items()]
+    status, body = call(server, "/v2/models/enc/infer", {"id": "r1", "inputs": tensors})
+    assert status == 200 and body["id"] == "r1"
+    out = body["outputs"][0]
+    assert out["datatype"] == "FP32" and out["shape"] == list(want.shape)
+    np.testing.assert_allclose(np.array(out["data"]).reshape(out["shape"]), want, atol=1e-5)
+    status, body = call(server, "/v2/models/enc/infer", {"inputs": [
+        {"name": "text", "shape": [2], "datatype": "BYTES", "data": SENTENCES[:2]}]})
+    np.testing.assert_allclose(np.array(body["outputs"][0]["data"]).reshape(want.shape), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("path,body,fragment", [
+    ("/v2/models/enc/infer", {"inputs": [{"name": "input_ids", "shape": [1, 3], "datatype": "FP99",
+                                          "data": [1, 2, 3]}]}, "datatype"),
+    ("/v2/models/enc/infer", {"inputs": [{"name": "input_ids", "shape": [2, 3], "datatype": "INT64",
+                                          "data": [1, 2, 3]}]}, "shape"),
+    ("/v2/models/enc/infer", {"inputs": "nope"}, "inputs"),
+    ("/v1/models/enc:predict", {"inputs": {"input_ids": [[1, 2]], "bogus": [[1]]}}, "bogus"),
+    ("/v1/models/enc:predict", {"inputs": {"input_ids": [1, 2], "attention_mask": [1, 1],
+                                           "token_type_ids": [0, 0]}}, "dimensions"),
+    ("/v1/models/enc:predict", {"instances": [[1, "a"]]}, "instances"),
+    ("/v1/models/enc:explain", {"instances": [1]}, "verb"),
+    ("/v1/chat/completions", {"model": "llm", "messages": "hi"}, "messages"),
+    ("/v1/chat/completions", {"model": "llm", "messages": [{"role": "user", "content": "t5"}], "max_tokens": 9999},
+     "limit"),
+    ("/v1/chat/completions", {"model": "enc", "messages": [{"role": "user", "content": "t5"}]}, "generate"),
+    ("/v1/embeddings", {"model": "enc", "input": [1, 2]}, "input"),
+])
+def test_bad_requests_get_4xx_json(server, path, body, fragment):
+    status, answer = call(server, path, body)
+    assert 400 <= status < 500 and fragment in answer["error"], answer
+
+
+def test_malformed_json(server):
+    status, body = call(server, "/v2/models/enc/infer", raw=b"{not json")
+    assert status == 400 and "JSON" in body["error"]
+
+
+def sse_events(server, body):
+    req = urllib.request.Request(server["url"] + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Authorization": f"Bearer {KEY}",
+                                                         "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln[6:] for ln in r.read().decode().splitlines() if ln.startswith("data: ")]
+    return lines
+
+
+def test_chat_stream_equals_non_streamed(server):
+    req = {"model": "llm", "messages": [{"role": "user", "content": "t5 t6 t7"}], "max_tokens": 12,
+           "temperature": 0.9, "top_p": 0.95, "seed": 7}
+    status, full = call(server, "/v1/chat/completions", req)
+    assert status == 200 and full["object"] == "chat.completion"
+    text = full["choices"][0]["message"]["content"]
+    assert full["usage"]["completion_tokens"] >= 1
+    assert full["usage"]["total_tokens"] == full["usage"]["prompt_tokens"] + full["usage"]["completion_tokens"]
+    lines = sse_events(server, {**req, "stream": True, "stream_options": {"include_usage": True}})
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(x) for x in lines[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    deltas = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert deltas == text
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish == [full["choices"][0]["finish_reason"]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == full["usage"]
+
+
+def test_completions_and_embeddings(server):
+    from pressa.runtime.encoder import EncoderModel
+
+    status, body = call(server, "/v3/completions", {"model": "llm", "prompt": "t5 t6", "max_tokens": 5,
+                                                    "temperature": 0, "n": 2})
+    assert status == 200 and len(body["choices"]) == 2
+    assert body["choices"][0]["text"] == body["choices"][1]["text"]          # greedy: the same
+    status, body = call(server, "/v1/embeddings", {"model": "enc", "input": SENTENCES[:3]})
+    got = np.array([d["embedding"] for d in body["data"]])
+    np.testing.assert_allclose(got, EncoderModel(server["enc"]).embed(SENTENCES[:3]), atol=1e-5)
+
+
+def test_disconnect_mid_stream_leaves_server_serving(server):
+    body = json.dumps({"model": "llm", "messages": [{"role": "user", "content": "t5"}], "max_tokens": 60,
+                       "stream": True}).encode()
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", server["port"]), timeout=30)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert b"200" in s.recv(64)
+        s.close()                                                    # gone after the first bytes
+    time.sleep(1.0)
+    llm = server["models"]["llm"]
+    assert llm.waiting == 0
+    status, out = call(server, "/v1/chat/completions", {"model": "llm", "messages": [{"role": "user",
+                                                                                     "content": "t5"}],
+                                                         "max_tokens": 3})
+    assert status == 200 and out["choices"][0]["message"]["role"] == "assistant"
+    status, text = call(server, "/metrics", key=None)
+    assert "pressa_requests_total" in text and "pressa_request_seconds_bucket" in text
