@@ -199,3 +199,10 @@ def test_disconnect_mid_stream_leaves_server_serving(server):
     assert status == 200 and out["choices"][0]["message"]["role"] == "assistant"
     status, text = call(server, "/metrics", key=None)
     assert "pressa_requests_total" in text and "pressa_request_seconds_bucket" in text
+
+
+def test_serve_bad_arguments(tmp_path):
+    from test_cli import assert_user_error
+
+    assert_user_error(run_cli("serve"), "--model_name")
+    assert_user_error(run_cli("serve", "--model_name", "x", "--model_path", tmp_path / "nope"), "does not exist")
