@@ -128,6 +128,34 @@ def test_capture_image_classification(tmp_path):
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
 
 
+def test_static_quantization_from_an_image_folder(tmp_path):
+    import torch
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=64, num_labels=5)
+    torch.manual_seed(0)
+    ViTForImageClassification(cfg).eval().save_pretrained(tmp_path / "vit")
+    (tmp_path / "vit" / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
+         "rescale_factor": 1 / 255, "do_normalize": True}))
+    assert run_cli("capture", "--model", tmp_path / "vit", "--task", "image-classification",
+                   "-o", tmp_path / "art").returncode == 0
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    res = run_cli("quantize", tmp_path / "art", "-o", tmp_path / "q", "--calibration-data", tmp_path / "images")
+    assert res.returncode == 0, res.stderr
+    g = onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False)
+    assert "QuantizeLinear" in {n.op_type for n in g.graph.node}
+    r = json.loads(run_cli("compare", tmp_path / "art", tmp_path / "q", "--data", tmp_path / "images", "--json",
+                           "--runs", "2").stdout)
+    out = r["outputs"]["logits"]
+    assert r["samples"] == 6 and out["top1_agreement"] == 1.0 and out["max_abs_error"] < 0.05
+
+
 def test_capture_any_torch_module(tmp_path):
     import torch
 
