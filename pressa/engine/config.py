@@ -134,9 +134,8 @@ def _model(cfg: dict, base: Path) -> tuple[str, str, str | None]:
         spec = str(base / p)
     if str(spec).endswith(".onnx") or mtype == "onnxmodel" or (Path(spec).is_dir() and any(Path(spec).glob("*.onnx"))):
         return spec, "onnx", task
-    if task in (None, "text-generation", "text-generation-with-past") and mtype not in ("hfmodel-encoder",):
-        return spec, ("llm" if task and task.startswith("text-generation") or _is_llm(spec) else "hf"), task
-    return spec, "hf", task
+    generative = task.startswith("text-generation") if task else _is_llm(spec)
+    return spec, ("llm" if generative else "hf"), task
 
 
 def _is_llm(spec: str) -> bool:
@@ -240,7 +239,7 @@ def _olive_option_names(pass_name: str, opts: dict) -> dict:
                 out.setdefault("ignored_scope", {})[target.split(".", 1)[1]] = v
                 continue
             if target == "method" and isinstance(v, str):
-                v = v.lower().replace("minmax", "minmax")
+                v = v.lower()                       # Olive's MinMax / Entropy / Percentile
             k = target
         out[k] = v
     return out
