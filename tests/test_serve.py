@@ -206,3 +206,34 @@ def test_serve_bad_arguments(tmp_path):
 
     assert_user_error(run_cli("serve"), "--model_name")
     assert_user_error(run_cli("serve", "--model_name", "x", "--model_path", tmp_path / "nope"), "does not exist")
+
+
+def test_tritonclient_works_unchanged(server):
+    """The official KServe v2 client, binary tensors both ways (its default) and plain JSON."""
+    http = pytest.importorskip("tritonclient.http")
+    from pressa.runtime.encoder import EncoderModel
+
+    enc = EncoderModel(server["enc"])
+    feeds = enc.encode_text(SENTENCES[:3])
+    want = enc.run(dict(feeds))["last_hidden_state"]
+    client = http.InferenceServerClient(f"127.0.0.1:{server['port']}")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("enc", headers=auth)
+    assert {i["name"] for i in client.get_model_metadata("enc", headers=auth)["inputs"]} == set(feeds)
+    for binary in (True, False):
+        inputs = []
+        for k, v in feeds.items():
+            x = http.InferInput(k, list(v.shape), "INT64")
+            x.set_data_from_numpy(v, binary_data=binary)
+            inputs.append(x)
+        outputs = [http.InferRequestedOutput("last_hidden_state", binary_data=binary)]
+        # a fresh headers dict per call: the client writes Inference-Header-Content-Length into it
+        got = client.infer("enc", inputs, outputs=outputs, headers=dict(auth)).as_numpy("last_hidden_state")
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    text = http.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array(SENTENCES[:2], dtype=object))
+    got = client.infer("enc", [text], headers=dict(auth)).as_numpy("last_hidden_state")
+    np.testing.assert_allclose(got, enc.run(SENTENCES[:2])["last_hidden_state"], atol=1e-5)
+    with pytest.raises(Exception, match="API key"):
+        client.infer("enc", inputs)

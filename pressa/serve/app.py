@@ -14,7 +14,7 @@ import uuid
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pressa import __version__
@@ -206,33 +206,53 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
     @app.post("/v2/models/{name}/infer")
     async def v2_infer(name: str, request: Request):
         m = get_model(name)
-        data = await body(request)
+        data, blob = _v2_body(await request.body(), request.headers.get("inference-header-content-length"))
         inputs = data.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise RequestError("inputs must be a non-empty list of tensors {name, shape, datatype, data}")
-        feeds = {}
+        feeds, offset = {}, 0
         for t in inputs:
-            if not isinstance(t, dict) or not {"name", "shape", "datatype", "data"} <= set(t):
-                raise RequestError("each input needs name, shape, datatype and data")
+            if not isinstance(t, dict) or not {"name", "shape", "datatype"} <= set(t):
+                raise RequestError("each input needs name, shape, datatype and data (or binary data)")
+            size = (t.get("parameters") or {}).get("binary_data_size")
+            if size is not None:
+                if not isinstance(size, int) or size < 0 or offset + size > len(blob):
+                    raise RequestError(f"input {t['name']!r}: binary_data_size runs past the request body")
+                value, offset = blob[offset:offset + size], offset + size
+            elif "data" in t:
+                value = t["data"]
+            else:
+                raise RequestError(f"input {t['name']!r}: no data")
             if t["datatype"] == "BYTES":
-                texts = list(np.ravel(np.asarray(t["data"], dtype=object)))
+                texts = _v2_strings(value) if size is not None else list(np.ravel(np.asarray(value, dtype=object)))
                 feeds.update(m.text_feeds([x if isinstance(x, str) else str(x) for x in texts]))
                 continue
-            if t["datatype"] not in V2_TYPES:
-                raise RequestError(f"input {t['name']!r}: datatype {t['datatype']!r} is not one of "
-                                   f"{', '.join(V2_TYPES)}, BYTES")
-            arr = _array(t["data"], t["name"], V2_TYPES[t["datatype"]])
-            shape = t["shape"]
-            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) or \
-                    int(np.prod(shape)) != arr.size:
-                raise RequestError(f"input {t['name']!r}: shape {shape} does not hold {arr.size} values")
-            feeds[t["name"]] = arr.reshape(shape)
+            feeds[t["name"]] = _v2_tensor(t, value, size is not None)
         out = await asyncio.to_thread(m.predict, feeds)
-        wanted = [o.get("name") for o in data.get("outputs", []) if isinstance(o, dict)] or list(out)
+        requested = [o for o in data.get("outputs", []) if isinstance(o, dict) and o.get("name") in out]
+        names = [o["name"] for o in requested] or list(out)
+        binary = {o["name"] for o in requested if (o.get("parameters") or {}).get("binary_data")}
+        if not requested and (data.get("parameters") or {}).get("binary_data_output"):
+            binary = set(names)
         rev = {np.dtype(v): k for k, v in V2_TYPES.items()}
-        return {"model_name": name, "model_version": "1", "id": str(data.get("id", uuid.uuid4())),
-                "outputs": [{"name": k, "shape": list(out[k].shape), "datatype": rev.get(out[k].dtype, "FP32"),
-                             "data": out[k].ravel().tolist()} for k in wanted if k in out]}
+        outputs, chunks = [], []
+        for k in names:
+            arr = np.ascontiguousarray(out[k])
+            o = {"name": k, "shape": list(arr.shape), "datatype": rev.get(arr.dtype, "FP32")}
+            if k in binary:
+                raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+                o["parameters"] = {"binary_data_size": len(raw)}
+                chunks.append(raw)
+            else:
+                o["data"] = arr.ravel().tolist()
+            outputs.append(o)
+        reply = {"model_name": name, "model_version": "1", "id": str(data.get("id", uuid.uuid4())),
+                 "outputs": outputs}
+        if not chunks:
+            return reply
+        head = json.dumps(reply).encode()
+        return Response(head + b"".join(chunks), media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(head))})
 
     from pressa.serve.openai_routes import add_openai_routes
 
@@ -253,3 +273,49 @@ def _array(value, name: str, dtype=None) -> np.ndarray:
     if arr.dtype == object or arr.dtype.kind in "USO":
         raise RequestError(f"input {name!r}: not a rectangular array of numbers")
     return arr
+
+
+def _v2_body(raw: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The JSON part of a v2 request and the binary tensors after it (the binary data extension)."""
+    cut = len(raw)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(raw):
+            raise RequestError("Inference-Header-Content-Length is not a length within the body")
+        cut = int(header_length)
+    try:
+        data = json.loads(raw[:cut] or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError("the body must be a JSON object")
+    return data, raw[cut:]
+
+
+def _v2_strings(raw: bytes) -> list[str]:
+    """BYTES elements as the binary extension lays them out: a 4-byte little-endian length, then bytes."""
+    out, i = [], 0
+    while i < len(raw):
+        if i + 4 > len(raw):
+            raise RequestError("BYTES tensor: truncated length prefix")
+        n = int.from_bytes(raw[i:i + 4], "little")
+        out.append(raw[i + 4:i + 4 + n].decode("utf-8", errors="replace"))
+        i += 4 + n
+    return out
+
+
+def _v2_tensor(t: dict, value, binary: bool) -> np.ndarray:
+    if t["datatype"] not in V2_TYPES:
+        raise RequestError(f"input {t['name']!r}: datatype {t['datatype']!r} is not one of "
+                           f"{', '.join(V2_TYPES)}, BYTES")
+    dtype = np.dtype(V2_TYPES[t["datatype"]]).newbyteorder("<")
+    shape = t["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise RequestError(f"input {t['name']!r}: shape must be a list of non-negative integers")
+    if binary:
+        if len(value) != int(np.prod(shape)) * dtype.itemsize:
+            raise RequestError(f"input {t['name']!r}: {len(value)} bytes do not hold shape {shape} of {t['datatype']}")
+        return np.frombuffer(value, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    arr = _array(value, t["name"], V2_TYPES[t["datatype"]])
+    if int(np.prod(shape)) != arr.size:
+        raise RequestError(f"input {t['name']!r}: shape {shape} does not hold {arr.size} values")
+    return arr.reshape(shape)
