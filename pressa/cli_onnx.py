@@ -246,6 +246,10 @@ def serve(
     max_body: int = typer.Option(16 << 20, "--max-body", min=1024, help="Largest request body in bytes."),
     max_concurrency: int = typer.Option(4, "--max-concurrency", min=1, help="Requests run at once per model."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting per model before 503."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Rows per dynamic batch of predict/infer "
+                                  "requests (1 = no batching)."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, help="How long a batch waits for more "
+                                      "requests after its first."),
     threads: int | None = _THREADS,
 ):
     """Serve artifacts over HTTP: TensorFlow-Serving REST, KServe v2, OpenAI-compatible chat/completions/embeddings."""
@@ -267,6 +271,8 @@ def serve(
     for e in entries:
         e.setdefault("max_concurrency", max_concurrency)
         e.setdefault("max_queue", max_queue)
+        e.setdefault("max_batch", max_batch)
+        e.setdefault("max_wait_ms", max_wait_ms)
     with log.status("loading models"):
         models = load_models(entries, threads)
     import uvicorn

@@ -35,7 +35,7 @@ def server(tiny_artifact, tmp_path_factory):
     d = tmp_path_factory.mktemp("serve")
     assert run_cli("capture", "--model", write_bert(d / "hf"), "-o", d / "enc").returncode == 0
     models = load_models([{"name": "llm", "path": str(tiny_artifact("llama", "int4"))},
-                          {"name": "enc", "path": str(d / "enc")}])
+                          {"name": "enc", "path": str(d / "enc"), "max_wait_ms": 50}])
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(models, KEY, max_tokens=64), host="127.0.0.1", port=port,
                                         log_level="error"))
@@ -237,3 +237,57 @@ def test_tritonclient_works_unchanged(server):
     np.testing.assert_allclose(got, enc.run(SENTENCES[:2])["last_hidden_state"], atol=1e-5)
     with pytest.raises(Exception, match="API key"):
         client.infer("enc", inputs)
+
+
+def test_batcher_joins_splits_and_isolates():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pressa.serve.batching import Batcher
+
+    calls = []
+
+    def run(feeds):
+        x = feeds["x"]
+        calls.append(x.shape[0])
+        if (x < 0).any():
+            raise ValueError("negative")
+        return {"y": x * 2, "s": x.sum(axis=1)}
+
+    b = Batcher(run, max_batch=8, max_wait=0.2)
+    items = [np.full((1, 3), i, np.float32) for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(lambda x: b.submit({"x": x}), items))
+    for x, o in zip(items, outs):                      # each caller gets its own rows back
+        np.testing.assert_array_equal(o["y"], x * 2)
+        np.testing.assert_array_equal(o["s"], x.sum(axis=1))
+    assert max(b.sizes) > 1 and sum(b.sizes) == 6
+    odd = np.ones((1, 4), np.float32)                   # another shape is never joined with the rest
+    with ThreadPoolExecutor(3) as pool:
+        futs = [pool.submit(b.submit, {"x": v}) for v in (items[0], odd, -items[1] - 1)]
+        assert futs[0].result()["y"].shape == (1, 3) and futs[1].result()["y"].shape == (1, 4)
+        with pytest.raises(ValueError):                 # the bad request fails alone
+            futs[2].result()
+    full = Batcher(lambda f: time.sleep(0.5) or {"y": f["x"]}, max_batch=1, max_wait=0, max_queue=1,
+                   on_full=lambda: RuntimeError("full"))
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(full.submit, {"x": items[0]}) for _ in range(4)]
+        errors = [f.exception() for f in futs]
+    assert any(isinstance(e, RuntimeError) and "full" in str(e) for e in errors)
+
+
+def test_concurrent_predicts_are_batched_and_correct(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pressa.runtime.encoder import EncoderModel
+
+    enc = EncoderModel(server["enc"])
+    texts = [" ".join(SENTENCES[i].split()[:9]) for i in range(8)]      # same length: joinable
+    want = [enc.run([t])["last_hidden_state"] for t in texts]
+    batcher = server["models"]["enc"].batcher
+    before = len(batcher.sizes)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda t: call(server, "/v1/models/enc:predict", {"instances": [t]}), texts))
+    for (status, body), w in zip(answers, want):
+        assert status == 200
+        np.testing.assert_allclose(np.array(body["predictions"]), w, atol=1e-5)
+    assert max(batcher.sizes[before:]) > 1

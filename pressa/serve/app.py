@@ -48,7 +48,10 @@ class Stats:
             out.append(f'pressa_request_seconds_bucket{{le="{b}"}} {acc}')
         out += [f"pressa_request_seconds_sum {self.total:.6f}", f"pressa_request_seconds_count {self.count}",
                 "# TYPE pressa_queue_depth gauge"]
-        out += [f'pressa_queue_depth{{model="{m.name}"}} {m.waiting}' for m in models.values()]
+        out += [f'pressa_queue_depth{{model="{m.name}"}} {m.depth}' for m in models.values()]
+        out.append("# TYPE pressa_batch_rows_total counter")
+        out += [f'pressa_batch_rows_total{{model="{m.name}"}} {sum(m.batcher.sizes)}' for m in models.values()
+                if m.batcher]
         out += ["# TYPE pressa_generated_tokens_total counter", f"pressa_generated_tokens_total {self.tokens}"]
         return "\n".join(out) + "\n"
 

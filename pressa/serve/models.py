@@ -41,7 +41,7 @@ class TensorSpec:
 
 class ServedModel:
     def __init__(self, name: str, path: Path, threads: int | None = None, max_concurrency: int = 4,
-                 max_queue: int = 64):
+                 max_queue: int = 64, max_batch: int = 32, max_wait: float = 0.005):
         import pressa
 
         self.name, self.path = name, Path(path)
@@ -54,6 +54,22 @@ class ServedModel:
         sess = self.model.session.session if self.kind == "llm" else self.model.session
         self.inputs = [TensorSpec(i.name, ORT_TO_V2.get(i.type, i.type), _dims(i.shape)) for i in sess.get_inputs()]
         self.outputs = [TensorSpec(o.name, ORT_TO_V2.get(o.type, o.type), _dims(o.shape)) for o in sess.get_outputs()]
+        self.batcher = None
+        if self.kind == "onnx" and max_batch > 1 and all(t.shape and t.shape[0] == -1 for t in self.inputs):
+            from pressa.serve.batching import Batcher
+
+            self.batcher = Batcher(self._run, max_batch, max_wait, max_queue,
+                                   on_full=lambda: Busy(f"model {name} has {max_queue} requests queued; retry shortly"))
+
+    @property
+    def depth(self) -> int:
+        return self.waiting + (self.batcher.depth if self.batcher else 0)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self.model.run(feeds)
+        except Exception as err:              # ORT's own shape/type complaints: the client's fault
+            raise RequestError(f"the model could not run these inputs ({str(err).splitlines()[0][:200]})") from None
 
     # -- admission ---------------------------------------------------------------------------
     def acquire(self, timeout: float = 120.0) -> None:
@@ -97,11 +113,11 @@ class ServedModel:
             if any(d > 0 and d != a for d, a in zip(spec.shape, arr.shape)):
                 raise RequestError(f"input {k!r}: shape {list(arr.shape)} does not fit {spec.shape}")
             feeds[k] = arr.astype(V2_TYPES.get(spec.datatype, arr.dtype), copy=False)
+        if self.batcher is not None:
+            return self.batcher.submit(feeds)
         self.acquire()
         try:
-            return self.model.run(feeds)
-        except Exception as err:              # ORT's own shape/type complaints: the client's fault
-            raise RequestError(f"the model could not run these inputs ({str(err).splitlines()[0][:200]})") from None
+            return self._run(feeds)
         finally:
             self.release()
 
@@ -134,5 +150,6 @@ def load_models(entries: list[dict], threads: int | None = None) -> dict[str, Se
         if not Path(path).exists():
             raise BadArgument(f"model {name}: {path} does not exist")
         out[name] = ServedModel(name, Path(path), threads, int(e.get("max_concurrency", 4)),
-                                int(e.get("max_queue", 64)))
+                                int(e.get("max_queue", 64)), int(e.get("max_batch", 32)),
+                                float(e.get("max_wait_ms", 5)) / 1000)
     return out
