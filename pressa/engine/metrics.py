@@ -119,6 +119,7 @@ class Evaluator:
 
     # -- any ONNX artifact ----------------------------------------------------------------------
     def _onnx(self, m: MetricSpec, art: Path) -> dict:
+        from pressa.evaluate.latency import run_times
         from pressa.graph.inputs import sample_inputs
         from pressa.graph.onnx_io import find_model, load_model
         from pressa.runtime.session import open_session
@@ -134,12 +135,7 @@ class Evaluator:
         graph = load_model(art, load_data=False)
         batch = 8 if m.type == "throughput" else 1
         feeds = sample_inputs(graph, batch=batch, seq=_seq_len(art))
-        s.run(None, feeds)
-        times = []
-        for _ in range(self.runs):
-            t0 = time.perf_counter()
-            s.run(None, feeds)
-            times.append(time.perf_counter() - t0)
+        times = run_times(lambda: s.run(None, feeds), self.runs)
         if m.type == "latency":
             return _latency_stats(times)
         if m.type == "throughput":

@@ -119,9 +119,7 @@ def guard_warning(best: Trial, trials: list[Trial], wf: Workflow) -> str | None:
 def _candidates(wf: Workflow) -> list[dict]:
     cands = wf.candidates()
     if wf.algorithm == "random":
-        rng = random.Random(wf.seed)
-        rng.shuffle(cands)
-        return cands[: wf.max_trials or len(cands)]
+        random.Random(wf.seed).shuffle(cands)
     return cands[: wf.max_trials or len(cands)]
 
 

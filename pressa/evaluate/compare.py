@@ -4,7 +4,6 @@ of both at batch 1, size of both on disk."""
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,13 +26,9 @@ def _size(path: Path) -> int:
 
 
 def _latency(session, feeds: dict, runs: int) -> float:
-    session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from pressa.evaluate.latency import run_times
+
+    return statistics.median(run_times(lambda: session.run(None, feeds), runs))
 
 
 def compare(reference: Path, candidate: Path, data: Path | None = None, samples: int = 100, batch: int = 8,

@@ -18,6 +18,18 @@ def spread(xs: list[float]) -> dict:
             "stdev": statistics.stdev(xs) if len(xs) > 1 else 0.0, "runs": len(xs)}
 
 
+def run_times(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `runs` calls of `fn`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def peak_rss_mb() -> float:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024

@@ -82,15 +82,17 @@ class EncoderModel:
         if not texts:
             raise BadArgument("give at least one text to embed")
         norm = self.pooling["normalize"] if normalize is None else normalize
-        out = []
-        for i in range(0, len(texts), batch_size):
-            feeds = self.encode_text(texts[i:i + batch_size])
-            first = self.session.run(None, feeds)[0]
-            e = pool(first, feeds["attention_mask"], self.pooling["mode"]) if first.ndim == 3 else first
-            if norm:
-                e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-            out.append(e.astype(np.float32))
-        return np.concatenate(out)
+        return np.concatenate([self.embed_feeds(self.encode_text(texts[i:i + batch_size]), norm)
+                               for i in range(0, len(texts), batch_size)])
+
+    def embed_feeds(self, feeds: dict[str, np.ndarray], normalize: bool | None = None) -> np.ndarray:
+        """Embeddings of already tokenized inputs (with their attention_mask)."""
+        norm = self.pooling["normalize"] if normalize is None else normalize
+        first = self.session.run(None, feeds)[0]
+        e = pool(first, feeds["attention_mask"], self.pooling["mode"]) if first.ndim == 3 else first
+        if norm:
+            e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+        return e.astype(np.float32)
 
     def classify(self, texts: list[str] | str) -> list[dict]:
         """Top label and its probability for each text (sequence classifiers)."""

@@ -78,12 +78,7 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_body:
             return error(413, f"request body over {max_body} bytes")
-        try:
-            response = await call_next(request)
-        except Busy as err:
-            response = error(503, str(err), {"Retry-After": "1"})
-        except RequestError as err:
-            response = error(err.status, str(err))
+        response = await call_next(request)
         stats.observe(_route(path), response.status_code, time.perf_counter() - t0)
         return response
 
@@ -111,13 +106,7 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
         return models[name]
 
     async def body(request: Request) -> dict:
-        try:
-            data = json.loads(await request.body() or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError("the body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise RequestError("the body must be a JSON object")
-        return data
+        return _v2_body(await request.body(), None)[0]
 
     @app.get("/health")
     @app.get("/v2/health/live")

@@ -128,11 +128,12 @@ class ServedModel:
             raise RequestError("text inputs must be a non-empty list of strings")
         return self.model.encode_text(texts)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        self.text_feeds(texts[:1])
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """(embeddings, tokens read): the texts are tokenized once, for both."""
+        feeds = self.text_feeds(texts)
         self.acquire()
         try:
-            return self.model.embed(texts)
+            return self.model.embed_feeds(feeds), int(feeds["attention_mask"].sum())
         finally:
             self.release()
 

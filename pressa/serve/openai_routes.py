@@ -163,8 +163,7 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body, stat
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise RequestError("input must be a string or a non-empty list of strings")
-        vecs = await asyncio.to_thread(m.embed, texts)
-        used = int(m.text_feeds(texts)["attention_mask"].sum())
+        vecs, used = await asyncio.to_thread(m.embed, texts)
         return {"object": "list", "model": m.name, "usage": {"prompt_tokens": used, "total_tokens": used},
                 "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]}
 
