@@ -51,13 +51,9 @@ def pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def timed(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    from pressa.evaluate.latency import run_times
+
+    return statistics.median(run_times(fn, runs))
 
 
 def measure_ort(name: str, folder: Path, d: dict, threads: int, runs: int, ref: np.ndarray) -> dict:
