@@ -237,14 +237,18 @@ def serve(
     model_name: str | None = typer.Option(None, "--model_name", "--model-name", help="Name clients use."),
     model_path: Path | None = typer.Option(None, "--model_path", "--model-path", help="Artifact folder to serve."),
     config: Path | None = typer.Option(None, "--config", help="YAML/JSON: models: [{name, path, max_concurrency, "
-                                       "max_queue}] to serve several."),
+                                       "max_queue, max_batch, max_wait_ms, context}] to serve several."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(9000, "--port", min=1, max=65535, help="Port (OpenVINO Model Server's REST default)."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="PRESSA_API_KEY",
                                        help="Require this key (Authorization: Bearer) on every route but health."),
     max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="Largest max_tokens a request may ask."),
     max_body: int = typer.Option(16 << 20, "--max-body", min=1024, help="Largest request body in bytes."),
-    max_concurrency: int = typer.Option(4, "--max-concurrency", min=1, help="Requests run at once per model."),
+    max_concurrency: int = typer.Option(8, "--max-concurrency", min=1, help="Per model: sequences a text "
+                                        "generator decodes together (continuous batching), requests a tensor "
+                                        "model runs at once."),
+    context: int | None = typer.Option(None, "--context", min=2, help="Positions (prompt + new tokens) each "
+                                       "generation may hold; default the model's context length, at most 4096."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting per model before 503."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Rows per dynamic batch of predict/infer "
                                   "requests (1 = no batching)."),
@@ -273,6 +277,7 @@ def serve(
         e.setdefault("max_queue", max_queue)
         e.setdefault("max_batch", max_batch)
         e.setdefault("max_wait_ms", max_wait_ms)
+        e.setdefault("context", context)
     with log.status("loading models"):
         models = load_models(entries, threads)
     import uvicorn

@@ -34,12 +34,13 @@ ARCH_CONFIGS = {
 }
 
 
-def make_tiny(kind: str, folder: Path, seed: int = 0) -> Path:
-    """Save a random transformers model of `kind` (a key of ARCH_CONFIGS) to `folder`."""
+def make_tiny(kind: str, folder: Path, seed: int = 0, **overrides) -> Path:
+    """Save a random transformers model of `kind` (a key of ARCH_CONFIGS, config entries replaced by
+    `overrides`) to `folder`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    spec = {**BASE, **ARCH_CONFIGS[kind]}
+    spec = {**BASE, **ARCH_CONFIGS[kind], **overrides}
     model_type = spec.pop("model_type")
     cfg = AutoConfig.for_model(model_type, **spec)
     cfg._attn_implementation = "eager"

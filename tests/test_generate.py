@@ -61,6 +61,21 @@ def test_sampling_distribution_matches_hand_computed():
     assert choose(logits.copy(), SamplingConfig(temperature=0.0), rng)[0] == 2
 
 
+def test_nucleus_from_partial_selection_equals_full_sort():
+    from pressa.genai.sampling import _nucleus
+
+    rng = np.random.default_rng(1)
+    for scale, top_p in ((8.0, 0.9), (0.3, 0.95), (3.0, 0.5)):    # peaked: inside the first 64; flat: falls back
+        x = rng.standard_normal(3000) * scale
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        order = np.argsort(-p)
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]   # smallest set reaching top_p
+        want = np.zeros_like(p)
+        want[keep] = p[keep] / p[keep].sum()
+        np.testing.assert_allclose(_nucleus(p, top_p, first=64), want, rtol=1e-12, atol=1e-15)
+
+
 def test_repetition_penalty_as_transformers_defines():
     logits = np.array([[2.0, -2.0, 1.0]])
     apply_repetition_penalty(logits, [np.array([0, 1, 1])], 2.0)

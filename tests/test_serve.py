@@ -29,15 +29,24 @@ def free_port() -> int:
 def server(tiny_artifact, tmp_path_factory):
     import uvicorn
 
+    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.llm import build_llm
     from pressa.serve.app import create_app
     from pressa.serve.models import load_models
 
+    from conftest import make_tiny
+
     d = tmp_path_factory.mktemp("serve")
     assert run_cli("capture", "--model", write_bert(d / "hf"), "-o", d / "enc").returncode == 0
-    models = load_models([{"name": "llm", "path": str(tiny_artifact("llama", "int4"))},
+    # a long context (generations that outlast a client) and fp32 (a row's logits do not depend on
+    # the rows decoded beside it, so concurrent answers can be compared with solo ones exactly)
+    make_tiny("llama", d / "hf-llm", max_position_embeddings=4096)
+    build_llm(str(d / "hf-llm"), d / "llm", BuildOptions(precision="fp32"))
+    models = load_models([{"name": "llm", "path": str(d / "llm"), "max_concurrency": 4},
+                          {"name": "small", "path": str(tiny_artifact("llama", "int4"))},
                           {"name": "enc", "path": str(d / "enc"), "max_wait_ms": 50}])
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(models, KEY, max_tokens=64), host="127.0.0.1", port=port,
+    srv = uvicorn.Server(uvicorn.Config(create_app(models, KEY, max_tokens=4000), host="127.0.0.1", port=port,
                                         log_level="error"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
@@ -72,7 +81,7 @@ def test_health_metadata_and_key(server):
     assert status == 401 and "API key" in body["error"]
     assert call(server, "/v1/models", key="wrong")[0] == 401
     status, body = call(server, "/v1/models")
-    assert status == 200 and {m["id"] for m in body["data"]} == {"llm", "enc"}
+    assert status == 200 and {m["id"] for m in body["data"]} == {"llm", "small", "enc"}
     status, meta = call(server, "/v2/models/enc")
     assert status == 200 and {t["name"] for t in meta["inputs"]} >= {"input_ids", "attention_mask"}
     assert meta["inputs"][0]["datatype"] == "INT64" and meta["outputs"][0]["datatype"] == "FP32"
@@ -126,6 +135,9 @@ def test_predict_and_infer_equal_direct_run(server):
     ("/v1/chat/completions", {"model": "llm", "messages": "hi"}, "messages"),
     ("/v1/chat/completions", {"model": "llm", "messages": [{"role": "user", "content": "t5"}], "max_tokens": 9999},
      "limit"),
+    ("/v1/chat/completions", {"model": "small", "messages": [{"role": "user", "content": "t5"}],
+                              "max_tokens": 3000}, "positions"),          # over the model's 256-token context
+    ("/v1/completions", {"model": "llm", "prompt": "t5", "ignore_eos": "yes"}, "ignore_eos"),
     ("/v1/chat/completions", {"model": "enc", "messages": [{"role": "user", "content": "t5"}]}, "generate"),
     ("/v1/embeddings", {"model": "enc", "input": [1, 2]}, "input"),
 ])
@@ -182,23 +194,58 @@ def test_completions_and_embeddings(server):
 
 
 def test_disconnect_mid_stream_leaves_server_serving(server):
-    body = json.dumps({"model": "llm", "messages": [{"role": "user", "content": "t5"}], "max_tokens": 60,
-                       "stream": True}).encode()
+    """Clients that go away after the first bytes of 3000-token streams: their sequences are cancelled
+    and their slots freed long before the tokens they asked for."""
+    sch = server["models"]["llm"].scheduler
+    cancelled, generated = sch.cancelled, sch.generated
+    body = json.dumps({"model": "llm", "messages": [{"role": "user", "content": "t5"}], "max_tokens": 3000,
+                       "ignore_eos": True, "stream": True}).encode()
     for _ in range(3):
         s = socket.create_connection(("127.0.0.1", server["port"]), timeout=30)
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         assert b"200" in s.recv(64)
         s.close()                                                    # gone after the first bytes
-    time.sleep(1.0)
-    llm = server["models"]["llm"]
-    assert llm.waiting == 0
+    for _ in range(100):
+        if sch.active == 0 and sch.cancelled >= cancelled + 3:
+            break
+        time.sleep(0.05)
+    assert sch.active == 0 and sch.cancelled == cancelled + 3
+    assert sch.generated - generated < 3 * 3000
     status, out = call(server, "/v1/chat/completions", {"model": "llm", "messages": [{"role": "user",
                                                                                      "content": "t5"}],
                                                          "max_tokens": 3})
     assert status == 200 and out["choices"][0]["message"]["role"] == "assistant"
     status, text = call(server, "/metrics", key=None)
     assert "pressa_requests_total" in text and "pressa_request_seconds_bucket" in text
+    assert f'pressa_cancelled_sequences_total{{model="llm"}} {sch.cancelled}' in text
+
+
+def test_concurrent_streams_share_decode_steps(server):
+    """Eight chats at once, streamed and not: each answer equals the same request served alone, and
+    the scheduler decoded them together (more sequences than steps)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reqs = [{"model": "llm", "messages": [{"role": "user", "content": f"t{5 + i} t{50 + i}"}],
+             "max_tokens": 10 + 5 * i, "temperature": 0.8 if i % 2 else 0, "seed": i, "ignore_eos": True}
+            for i in range(8)]
+    alone = [call(server, "/v1/chat/completions", r)[1]["choices"][0]["message"]["content"] for r in reqs]
+    sch = server["models"]["llm"].scheduler
+    steps, rows = sch.steps, sch.step_rows
+
+    def one(i):
+        if i % 2:
+            lines = sse_events(server, {**reqs[i], "stream": True})
+            return "".join(json.loads(x)["choices"][0]["delta"].get("content", "") for x in lines[:-1])
+        return call(server, "/v1/chat/completions", reqs[i])[1]["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, range(8)))
+    assert together == alone
+    assert sch.step_rows - rows > 1.5 * (sch.steps - steps)
+    status, body = call(server, "/v1/completions", {"model": "small", "prompt": "t5 t6", "max_tokens": 4,
+                                                    "n": 3, "temperature": 1.0, "seed": 3})
+    assert status == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2]
 
 
 def test_serve_bad_arguments(tmp_path):

@@ -32,10 +32,20 @@ class _Row:
     def __init__(self, tok: TextTokenizer, stops: list[str]):
         self.tok, self.stops = tok, stops
         self.ids: list[int] = []
+        self.count = 0                  # tokens generated, an end-of-sequence token included
         self.emitted = 0
         self.text = ""
         self.done: str | None = None
         self.hold = max((len(s) for s in stops), default=1) - 1
+
+    def take(self, token: int, eos_ids: set[int], ignore_eos: bool) -> str:
+        """Feed one generated token; returns the text now safe to show. Sets `done` to "stop" on an
+        end-of-sequence token or a stop string."""
+        self.count += 1
+        if not ignore_eos and token in eos_ids:
+            self.done = "stop"
+            return self.flush()
+        return self.push(token)
 
     def push(self, token: int) -> str:
         self.ids.append(token)
@@ -126,13 +136,9 @@ class Model:
             for b, row in enumerate(rows):
                 if row.done or not active[b]:
                     continue
-                if not cfg.ignore_eos and int(tokens[b]) in self.eos_ids:
-                    row.done = "stop"
-                    yield Event(b, row.flush(), "stop", len(row.ids) + 1)
-                    continue
-                piece = row.push(int(tokens[b]))
+                piece = row.take(int(tokens[b]), self.eos_ids, cfg.ignore_eos)
                 if row.done:
-                    yield Event(b, piece, row.done, len(row.ids))
+                    yield Event(b, piece, row.done, row.count)
                 elif piece:
                     yield Event(b, piece)
             if all(r.done for r in rows):
@@ -141,7 +147,7 @@ class Model:
         for b, row in enumerate(rows):
             if not row.done:
                 row.done = "length"
-                yield Event(b, row.flush(), "length", len(row.ids))
+                yield Event(b, row.flush(), "length", row.count)
 
     def stream(self, prompt, chat: bool | None = None, **kw) -> Iterator[str]:
         """Text pieces of one prompt as they are produced."""

@@ -43,13 +43,22 @@ def choose(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     p = np.exp(x)
     p /= p.sum(axis=-1, keepdims=True)
     if cfg.top_p < 1.0:
-        order = np.argsort(-p, axis=-1)
-        sorted_p = np.take_along_axis(p, order, axis=-1)
-        cum = np.cumsum(sorted_p, axis=-1)
-        drop_sorted = (cum - sorted_p) >= cfg.top_p        # keep the smallest set reaching top_p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        p = np.where(drop, 0.0, p)
-        p /= p.sum(axis=-1, keepdims=True)
+        p = np.stack([_nucleus(row, cfg.top_p) for row in p])
     u = rng.random((p.shape[0], 1))
     return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)
+
+
+def _nucleus(p: np.ndarray, top_p: float, first: int = 512) -> np.ndarray:
+    """`p` with everything outside the smallest set of most likely tokens reaching `top_p` zeroed,
+    renormalized. The set is looked for among the `first` most likely tokens (a partial selection,
+    linear in the vocabulary) and the whole vocabulary is sorted only when those fall short."""
+    k = min(first, p.size)
+    cand = np.argpartition(-p, k - 1)[:k] if k < p.size else np.arange(p.size)
+    if k < p.size and p[cand].sum() < top_p:
+        cand = np.arange(p.size)
+    order = cand[np.argsort(-p[cand], kind="stable")]
+    sorted_p = p[order]
+    keep = order[(np.cumsum(sorted_p) - sorted_p) < top_p]
+    out = np.zeros_like(p)
+    out[keep] = p[keep]
+    return out / out.sum()

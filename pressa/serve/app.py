@@ -29,7 +29,7 @@ class Stats:
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = {}
         self.hist = [0] * (len(BUCKETS) + 1)
-        self.total, self.count, self.tokens = 0.0, 0, 0
+        self.total, self.count = 0.0, 0
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -52,7 +52,14 @@ class Stats:
         out.append("# TYPE pressa_batch_rows_total counter")
         out += [f'pressa_batch_rows_total{{model="{m.name}"}} {sum(m.batcher.sizes)}' for m in models.values()
                 if m.batcher]
-        out += ["# TYPE pressa_generated_tokens_total counter", f"pressa_generated_tokens_total {self.tokens}"]
+        gens = [m for m in models.values() if m.scheduler]
+        for metric, kind, attr in (("generated_tokens_total", "counter", "generated"),
+                                   ("running_sequences", "gauge", "active"),
+                                   ("decode_steps_total", "counter", "steps"),
+                                   ("decode_step_rows_total", "counter", "step_rows"),
+                                   ("cancelled_sequences_total", "counter", "cancelled")):
+            out.append(f"# TYPE pressa_{metric} {kind}")
+            out += [f'pressa_{metric}{{model="{m.name}"}} {getattr(m.scheduler, attr)}' for m in gens]
         return "\n".join(out) + "\n"
 
 
@@ -248,7 +255,7 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
 
     from pressa.serve.openai_routes import add_openai_routes
 
-    add_openai_routes(app, models, get_model, body, stats)
+    add_openai_routes(app, models, get_model, body)
     return app
 
 

@@ -1,10 +1,9 @@
-"""Models behind the server: each loaded once; generation requests get their own KV-cache state over
-the shared ONNX Runtime session (so concurrent streams interleave instead of waiting for each other),
-within a concurrency limit and a bounded queue."""
+"""Models behind the server, each loaded once. Text generators run every request's sequences through
+one continuous-batching scheduler (pressa.genai.scheduler); tensor models batch requests dynamically
+(pressa.serve.batching). Both within a concurrency limit and a bounded queue."""
 
 from __future__ import annotations
 
-import copy
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,8 @@ class TensorSpec:
 
 
 class ServedModel:
-    def __init__(self, name: str, path: Path, threads: int | None = None, max_concurrency: int = 4,
-                 max_queue: int = 64, max_batch: int = 32, max_wait: float = 0.005):
+    def __init__(self, name: str, path: Path, threads: int | None = None, max_concurrency: int = 8,
+                 max_queue: int = 64, max_batch: int = 32, max_wait: float = 0.005, context: int | None = None):
         import pressa
 
         self.name, self.path = name, Path(path)
@@ -54,8 +53,14 @@ class ServedModel:
         sess = self.model.session.session if self.kind == "llm" else self.model.session
         self.inputs = [TensorSpec(i.name, ORT_TO_V2.get(i.type, i.type), _dims(i.shape)) for i in sess.get_inputs()]
         self.outputs = [TensorSpec(o.name, ORT_TO_V2.get(o.type, o.type), _dims(o.shape)) for o in sess.get_outputs()]
-        self.batcher = None
-        if self.kind == "onnx" and max_batch > 1 and all(t.shape and t.shape[0] == -1 for t in self.inputs):
+        self.batcher = self.scheduler = None
+        if self.kind == "llm":
+            from pressa.genai.scheduler import Scheduler
+
+            self.scheduler = Scheduler(self.model, slots=max_concurrency, max_queue=max_queue, capacity=context,
+                                       on_full=lambda: Busy(f"model {name} has {max_queue} generations queued; "
+                                                            "retry shortly"))
+        elif max_batch > 1 and all(t.shape and t.shape[0] == -1 for t in self.inputs):
             from pressa.serve.batching import Batcher
 
             self.batcher = Batcher(self._run, max_batch, max_wait, max_queue,
@@ -63,7 +68,8 @@ class ServedModel:
 
     @property
     def depth(self) -> int:
-        return self.waiting + (self.batcher.depth if self.batcher else 0)
+        queued = self.batcher or self.scheduler
+        return self.waiting + (queued.depth if queued else 0)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -87,13 +93,25 @@ class ServedModel:
     def release(self) -> None:
         self.slots.release()
 
-    def generator(self):
-        """A Model sharing this one's ONNX Runtime session, with its own KV-cache state."""
+    def submit(self, ids: list[int], cfg, n: int, emit) -> list:
+        """Start `n` sequences of one prompt (seeds seed, seed+1, ...); emit(i, text, finish, generated)
+        for choice i. Nothing is left running when one cannot start."""
+        import dataclasses
+
         if self.kind != "llm":
             raise RequestError(f"model {self.name} does not generate text; use :predict, /infer or /v1/embeddings")
-        m = copy.copy(self.model)
-        m.session = copy.copy(self.model.session)
-        return m
+        seqs = []
+        try:
+            for i in range(n):
+                c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
+                seqs.append(self.scheduler.submit(ids, c, lambda t, f, g, i=i: emit(i, t, f, g)))
+        except BadArgument as err:
+            raise RequestError(str(err)) from None
+        finally:
+            if len(seqs) < n:
+                for s in seqs:
+                    s.cancel()
+        return seqs
 
     # -- tensors -----------------------------------------------------------------------------
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -150,7 +168,14 @@ def load_models(entries: list[dict], threads: int | None = None) -> dict[str, Se
             raise BadArgument("each model needs a name and a path")
         if not Path(path).exists():
             raise BadArgument(f"model {name}: {path} does not exist")
-        out[name] = ServedModel(name, Path(path), threads, int(e.get("max_concurrency", 4)),
-                                int(e.get("max_queue", 64)), int(e.get("max_batch", 32)),
-                                float(e.get("max_wait_ms", 5)) / 1000)
+        try:
+            opts = dict(max_concurrency=int(e.get("max_concurrency", 8)), max_queue=int(e.get("max_queue", 64)),
+                        max_batch=int(e.get("max_batch", 32)), max_wait=float(e.get("max_wait_ms", 5)) / 1000,
+                        context=None if e.get("context") is None else int(e["context"]))
+        except (TypeError, ValueError):
+            raise BadArgument(f"model {name}: max_concurrency, max_queue, max_batch, context must be integers and "
+                              "max_wait_ms a number") from None
+        if opts["max_concurrency"] < 1 or opts["max_queue"] < 0 or opts["max_batch"] < 1:
+            raise BadArgument(f"model {name}: max_concurrency and max_batch must be at least 1, max_queue at least 0")
+        out[name] = ServedModel(name, Path(path), threads, **opts)
     return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 
@@ -38,7 +37,11 @@ def _sampling(data: dict, max_tokens: int):
     seed = data.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise RequestError("seed must be an integer")
-    return SamplingConfig(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=n_new, stop=stop)
+    ignore_eos = data.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise RequestError("ignore_eos must be true or false")
+    return SamplingConfig(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=n_new, stop=stop,
+                          ignore_eos=ignore_eos)
 
 
 def _prompt(data: dict, chat: bool):
@@ -57,26 +60,7 @@ def _prompt(data: dict, chat: bool):
     return prompt
 
 
-def _events(model: ServedModel, prompt, cfg, chat: bool, seed_offset: int, out_q, loop, cancel: threading.Event):
-    """Runs in a worker thread: (text, finish, generated) tuples into an asyncio queue."""
-    import dataclasses
-
-    try:
-        m = model.generator()
-        if cfg.seed is not None:
-            cfg = dataclasses.replace(cfg, seed=cfg.seed + seed_offset)
-        for ev in m.stream_batch([prompt], cfg=cfg, chat=None if chat else False):
-            if cancel.is_set():
-                break
-            loop.call_soon_threadsafe(out_q.put_nowait, (ev.text, ev.finish, ev.generated))
-    except Exception as err:          # reported to the client as the stream's end
-        loop.call_soon_threadsafe(out_q.put_nowait, (None, f"error: {err}", 0))
-    finally:
-        model.release()
-        loop.call_soon_threadsafe(out_q.put_nowait, None)
-
-
-def add_openai_routes(app, models: dict[str, ServedModel], get_model, body, stats) -> None:
+def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> None:
     async def complete(request: Request, chat: bool):
         data = await body(request)
         m = get_model(str(data.get("model", "")))
@@ -87,37 +71,52 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body, stat
         n = data.get("n", 1)
         if not isinstance(n, int) or not 1 <= n <= 8:
             raise RequestError("n must be an integer from 1 to 8")
-        prompt_tokens = len(m.model.encode_prompt(prompt, None if chat else False))
+        ids = m.model.encode_prompt(prompt, None if chat else False)
+        prompt_tokens = len(ids)
         rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
         loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
 
-        async def run_one(i: int, cancel: threading.Event):
-            q: asyncio.Queue = asyncio.Queue()
-            await asyncio.to_thread(m.acquire)
-            threading.Thread(target=_events, args=(m, prompt, cfg, chat, i, q, loop, cancel), daemon=True).start()
-            while (item := await q.get()) is not None:
-                yield item
+        def emit(i, text, finish, generated):          # called on the scheduler's thread
+            loop.call_soon_threadsafe(q.put_nowait, (i, text, finish, generated))
 
+        seqs = m.submit(ids, cfg, n, emit)
         kind = "chat.completion" if chat else "text_completion"
+
+        async def events():
+            """(choice, text, finish, generated) until every choice has finished."""
+            left = n
+            try:
+                while left:
+                    item = await q.get()
+                    left -= item[2] is not None
+                    yield item
+            finally:
+                cancel()
+
+        def cancel():
+            for s in seqs:
+                s.cancel()
+
+        def usage(used: int) -> dict:
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": used, "total_tokens": prompt_tokens + used}
+
         if not data.get("stream"):
-            texts, finishes, used = [], [], 0
-            for i in range(n):
-                text, finish = "", "length"
-                async for piece, fin, gen in run_one(i, threading.Event()):
+            texts, finishes, used = [""] * n, ["length"] * n, 0
+            try:
+                async for i, piece, fin, gen in events():
                     if piece is None:
                         raise RequestError(f"generation failed ({fin})", 500)
-                    text += piece
+                    texts[i] += piece
                     if fin:
-                        finish, used = fin, used + gen
-                texts.append(text)
-                finishes.append(finish)
-            stats.tokens += used
+                        finishes[i], used = fin, used + gen
+            finally:
+                cancel()
             choices = [({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
                         if chat else {"index": i, "text": t, "finish_reason": f, "logprobs": None})
                        for i, (t, f) in enumerate(zip(texts, finishes))]
             return {"id": rid, "object": kind, "created": created, "model": m.name, "choices": choices,
-                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": used,
-                              "total_tokens": prompt_tokens + used}}
+                    "usage": usage(used)}
 
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -129,30 +128,26 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body, stat
                                           "choices": [c]}) + "\n\n"
 
         async def sse():
-            cancel = threading.Event()
             used = 0
             try:
-                for i in range(n):
-                    if chat:
+                if chat:              # the role first, so that clients can time the first token
+                    for i in range(n):
                         yield chunk(i, {"role": "assistant", "content": ""})
-                    async for piece, fin, gen in run_one(i, cancel):
-                        if piece is None:
-                            yield "data: " + json.dumps({"error": fin}) + "\n\n"
-                            return
-                        if piece:
-                            yield chunk(i, {"content": piece}, piece)
-                        if fin:
-                            used += gen
-                            yield chunk(i, {}, "", fin)
-                stats.tokens += used
+                async for i, piece, fin, gen in events():
+                    if piece is None:
+                        yield "data: " + json.dumps({"error": fin}) + "\n\n"
+                        return
+                    if piece:
+                        yield chunk(i, {"content": piece}, piece)
+                    if fin:
+                        used += gen
+                        yield chunk(i, {}, "", fin)
                 if include_usage:
                     yield "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": m.name,
-                                                 "choices": [], "usage": {
-                                                     "prompt_tokens": prompt_tokens, "completion_tokens": used,
-                                                     "total_tokens": prompt_tokens + used}}) + "\n\n"
+                                                 "choices": [], "usage": usage(used)}) + "\n\n"
                 yield "data: [DONE]\n\n"
             finally:
-                cancel.set()          # a client that went away stops its generation and frees the slot
+                cancel()              # a client that went away stops its generations and frees their slots
 
         return StreamingResponse(sse(), media_type="text/event-stream")
 

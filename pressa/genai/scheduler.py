@@ -1,0 +1,245 @@
+"""Continuous batching: many generations share one decoder session and one KV cache.
+
+The cache has one row ("slot") per sequence that may run at once, each holding up to `capacity`
+positions, bound both as past and as present (GroupQueryAttention's shared-buffer mode, as in
+DecoderSession). A worker thread loops:
+
+1. sequences that were cancelled (a client went away) leave their slot;
+2. waiting sequences take free slots: each prompt is prefilled alone, into its own slot only
+   (the slot's rows of the cache bound as a batch of one), and its first token is sampled;
+3. one decode step runs every occupied slot together: one token per sequence, each at its own
+   position (GroupQueryAttention reads per-row lengths from the attention mask).
+
+A sequence joins or leaves between any two steps, so a long generation never holds up a short one
+and decode runs batched, where a memory-bound decoder turns extra rows into nearly free tokens.
+Steps cover slots 0..n-1 for the highest occupied slot n-1; a free slot inside that range costs one
+position of attention. Sampling is per sequence (its own settings and random stream): a sequence
+run alone gets the same tokens as `Model.generate` with the same seed. Run beside others it may
+not, where two candidates are close: ONNX Runtime's MatMulNBits computes one row and several rows
+with different kernels (in a 4-bit SmolLM2, logits differ by up to ~0.5 between the two).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pressa.errors import BadArgument, PressaError
+from pressa.genai.model import Model, _Row
+from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose
+
+# emit(text, finish, generated): text pieces as they become safe to show; on the last call `finish`
+# is "stop" | "length" (and `generated` the tokens made), or "error: ..." with text None
+Emit = Callable[[str | None, str | None, int], None]
+
+
+class QueueFull(PressaError):
+    """More sequences are waiting than the scheduler's queue holds."""
+
+
+@dataclass
+class Sequence:
+    """One generation. `cancel()` ends it before the next step and frees its slot."""
+    ids: list[int]
+    cfg: SamplingConfig
+    emit: Emit
+    rng: np.random.Generator = field(init=False)
+    row: _Row | None = None
+    slot: int = -1
+    next_token: int = -1
+    seen: np.ndarray | None = None
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token_s: float | None = None        # time from submission to the first token
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.cfg.seed)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scheduler:
+    def __init__(self, model: Model, slots: int = 8, max_queue: int = 64, capacity: int | None = None,
+                 on_full: Callable[[], Exception] | None = None):
+        """`slots`: sequences decoded together; `capacity`: positions per slot (prompt plus new
+        tokens), at most the model's context length (default: that, capped at 4096)."""
+        if slots < 1:
+            raise BadArgument("a scheduler needs at least one slot")
+        self.model, self.dec = model, model.session
+        self.ort, self.session = self.dec.ort, self.dec.session
+        self.slots, self.max_queue = slots, max_queue
+        self.capacity = min(self.dec.context_length, capacity or 4096)
+        self.on_full = on_full or (lambda: QueueFull(f"{max_queue} generations are waiting; retry shortly"))
+        shape = (slots, self.dec.kv_heads, self.capacity, self.dec.head_size)
+        # np.zeros maps untouched pages lazily: memory grows with the positions really used
+        self.cache = [(np.zeros(shape, self.dec.kv_dtype), np.zeros(shape, self.dec.kv_dtype))
+                      for _ in range(self.dec.num_layers)]
+        self.lengths = np.zeros(slots, np.int64)
+        self.running: list[Sequence | None] = [None] * slots
+        self.pending: deque[Sequence] = deque()
+        self.cond = threading.Condition()
+        self.steps = 0                    # decode steps run
+        self.step_rows = 0                # sequences advanced, summed over steps
+        self.generated = 0                # tokens generated
+        self.cancelled = 0                # sequences ended by cancel()
+        self._bound_n = 0
+        self._closed = False
+        self._logits = np.zeros((slots, 1, self.dec.vocab_size), np.float32)
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="pressa-scheduler")
+        self._thread.start()
+
+    # -- the caller's side ------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self.pending)
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self.running)
+
+    def submit(self, ids: list[int], cfg: SamplingConfig, emit: Emit) -> Sequence:
+        if not ids:
+            raise BadArgument("empty prompt: give at least one token")
+        if cfg.max_new_tokens < 1:
+            raise BadArgument("max new tokens must be at least 1")
+        if len(ids) + cfg.max_new_tokens > self.capacity:
+            raise BadArgument(f"prompt ({len(ids)} tokens) plus max new tokens ({cfg.max_new_tokens}) exceed the "
+                              f"{self.capacity} positions a sequence may hold here")
+        seq = Sequence(list(ids), cfg, emit)
+        seq.row = _Row(self.model.tokenizer, cfg.stop)
+        if cfg.repetition_penalty != 1.0:
+            seq.seen = np.asarray(ids, np.int64)
+        with self.cond:
+            if self._closed:
+                raise BadArgument("the scheduler is closed")
+            if len(self.pending) >= self.max_queue:
+                raise self.on_full()
+            self.pending.append(seq)
+            self.cond.notify()
+        return seq
+
+    def close(self) -> None:
+        with self.cond:
+            self._closed = True
+            self.cond.notify()
+        self._thread.join(10)
+
+    # -- the worker -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self._closed and not self.pending and not any(self.running):
+                    self.cond.wait()
+                if self._closed:
+                    for s in [*self.pending, *filter(None, self.running)]:
+                        self._fail(s, "the server is shutting down")
+                    return
+                kept = [s for s in self.pending if not s.cancelled]
+                self.cancelled += len(self.pending) - len(kept)
+                free = self.running.count(None)
+                admit, self.pending = kept[:free], deque(kept[free:])
+            try:
+                for s in self.running:
+                    if s is not None and s.cancelled:
+                        self._free(s)
+                        self.cancelled += 1
+                for s in admit:
+                    self._prefill(s, self.running.index(None))
+                if any(self.running):
+                    self._step()
+            except Exception as err:         # fail what was running; the next requests start clean
+                msg = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                for s in [*admit, *self.running]:
+                    if s is not None and not s.row.done:
+                        self._fail(s, msg)
+
+    def _fail(self, s: Sequence, msg: str) -> None:
+        s.row.done = "error"
+        s.emit(None, f"error: {msg}", 0)
+        if s.slot >= 0:
+            self._free(s)
+
+    def _free(self, s: Sequence) -> None:
+        self.running[s.slot] = None
+        self.lengths[s.slot] = 0
+        s.slot = -1
+
+    def _bind_cache(self, io, lo: int, hi: int) -> None:
+        OV = self.ort.OrtValue
+        for i, (k, v) in enumerate(self.cache):
+            ko, vo = OV.ortvalue_from_numpy(k[lo:hi]), OV.ortvalue_from_numpy(v[lo:hi])
+            io.bind_ortvalue_input(f"past_key_values.{i}.key", ko)
+            io.bind_ortvalue_input(f"past_key_values.{i}.value", vo)
+            io.bind_ortvalue_output(f"present.{i}.key", ko)
+            io.bind_ortvalue_output(f"present.{i}.value", vo)
+
+    def _prefill(self, s: Sequence, slot: int) -> None:
+        io = self.session.io_binding()
+        self._bind_cache(io, slot, slot + 1)
+        n = len(s.ids)
+        io.bind_cpu_input("input_ids", np.asarray([s.ids], np.int64))
+        io.bind_cpu_input("attention_mask", np.ones((1, n), np.int64))
+        logits = np.empty((1, 1 if self.dec.last_only else n, self.dec.vocab_size), np.float32)
+        io.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(logits))
+        self.session.run_with_iobinding(io)
+        s.slot, self.running[slot], self.lengths[slot] = slot, s, n
+        self._take(s, logits[0, -1][None, :])
+
+    def _step(self) -> None:
+        n = max(i for i, s in enumerate(self.running) if s is not None) + 1
+        if n != self._bound_n:
+            self._io = self.session.io_binding()
+            self._bind_cache(self._io, 0, n)
+            self._io.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(self._logits[:n]))
+            self._bound_n = n
+        tokens = np.zeros((n, 1), np.int64)
+        live = [s for s in self.running[:n] if s is not None]
+        for s in live:
+            tokens[s.slot, 0] = s.next_token
+        lens = self.lengths[:n]
+        width = int(lens.max()) + 1
+        self._io.bind_cpu_input("input_ids", tokens)
+        self._io.bind_cpu_input("attention_mask", (np.arange(width)[None, :] <= lens[:, None]).astype(np.int64))
+        self.session.run_with_iobinding(self._io)
+        for s in live:
+            self.lengths[s.slot] += 1
+        self.steps += 1
+        self.step_rows += len(live)
+        logits = self._logits[:n, 0]
+        greedy = logits.argmax(axis=-1) if any(s.cfg.temperature <= 0 for s in live) else None
+        for s in live:
+            self._take(s, logits[s.slot][None, :], greedy)
+
+    def _take(self, s: Sequence, logits: np.ndarray, greedy: np.ndarray | None = None) -> None:
+        """Sample the sequence's next token from its logits [1, V], emit its text, end it if done."""
+        cfg = s.cfg
+        if cfg.repetition_penalty != 1.0:
+            logits = logits.copy()
+            apply_repetition_penalty(logits, [s.seen], cfg.repetition_penalty)
+        if greedy is not None and cfg.temperature <= 0 and cfg.repetition_penalty == 1.0:
+            token = int(greedy[s.slot])
+        else:
+            token = int(choose(logits.copy(), cfg, s.rng)[0])
+        if s.first_token_s is None:
+            s.first_token_s = time.perf_counter() - s.submitted
+        if s.seen is not None:
+            s.seen = np.append(s.seen, token)
+        self.generated += 1
+        row = s.row
+        piece = row.take(token, self.model.eos_ids, cfg.ignore_eos)
+        if not row.done and row.count >= cfg.max_new_tokens:
+            row.done = "length"
+            piece += row.flush()
+        if row.done:
+            s.emit(piece, row.done, row.count)
+            self._free(s)
+        else:
+            if piece:
+                s.emit(piece, None, 0)
+            s.next_token = token
