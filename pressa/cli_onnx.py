@@ -254,6 +254,11 @@ def serve(
                                   "requests (1 = no batching)."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, help="How long a batch waits for more "
                                       "requests after its first."),
+    log_format: str = typer.Option("json", "--log-format", help="Server logs on stderr: json (one object per "
+                                   "line) or text."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log a line per request."),
+    shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout", min=0.0, help="On SIGTERM/Ctrl-C, seconds "
+                                           "to let in-flight requests finish before closing them."),
     threads: int | None = _THREADS,
 ):
     """Serve artifacts over HTTP: TensorFlow-Serving REST, KServe v2, OpenAI-compatible chat/completions/embeddings."""
@@ -278,10 +283,26 @@ def serve(
         e.setdefault("max_batch", max_batch)
         e.setdefault("max_wait_ms", max_wait_ms)
         e.setdefault("context", context)
+    if log_format not in ("json", "text"):
+        raise BadArgument(f"--log-format {log_format!r}: use json or text")
     with log.status("loading models"):
         models = load_models(entries, threads)
     import uvicorn
 
-    log.info(f"serving {', '.join(models)} on http://{host}:{port}")
-    uvicorn.run(create_app(models, api_key, max_body, max_tokens), host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=30)
+    from pressa.serve.logs import log_config
+
+    cfg = log_config(log_format)
+    if not access_log:
+        cfg["loggers"]["pressa.access"]["level"] = "WARNING"
+    import signal
+
+    # uvicorn handles SIGINT/SIGTERM itself (stop accepting, finish in-flight requests, shut down), then
+    # raises the signal again for the handler it found: a stop that went as planned exits 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped)
+    uvicorn.run(create_app(models, api_key, max_body, max_tokens), host=host, port=port, log_config=cfg,
+                access_log=False, timeout_graceful_shutdown=shutdown_timeout)
+
+
+def _stopped(signum, frame):
+    raise SystemExit(0)

@@ -5,7 +5,11 @@ non-streamed text for the same seed, and a client that disconnects mid-stream.""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -54,7 +58,7 @@ def server(tiny_artifact, tmp_path_factory):
         if srv.started:
             break
         time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "port": port, "enc": d / "enc", "models": models}
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "enc": d / "enc", "llm": d / "llm", "models": models}
     srv.should_exit = True
     t.join(10)
 
@@ -338,3 +342,45 @@ def test_concurrent_predicts_are_batched_and_correct(server):
         assert status == 200
         np.testing.assert_allclose(np.array(body["predictions"]), w, atol=1e-5)
     assert max(batcher.sizes[before:]) > 1
+
+
+def test_graceful_shutdown_finishes_streams_and_logs_json(server):
+    """`pressa serve` as users run it: SIGTERM mid-stream lets the stream finish (every token, then
+    [DONE]) and the process exit 0; stderr is one JSON object per line, a request line among them
+    with the id the client sent."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pressa", "serve", "--model_name", "llm", "--model_path",
+                             str(server["llm"]), "--port", str(port), "--max-tokens", "4000"],
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/v2/health/ready", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        body = {"model": "llm", "prompt": "t5 t6", "max_tokens": 1500, "ignore_eos": True, "stream": True,
+                "temperature": 0, "stream_options": {"include_usage": True}}
+        req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "X-Request-ID": "req-42"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.headers["x-request-id"] == "req-42"
+            first = r.readline()
+            assert first.startswith(b"data: ")
+            proc.send_signal(signal.SIGTERM)                  # mid-stream
+            lines = [first.decode()[6:].strip()] + [ln[6:] for ln in r.read().decode().splitlines()
+                                                     if ln.startswith("data: ")]
+        assert lines[-1] == "[DONE]"
+        assert json.loads(lines[-2])["usage"]["completion_tokens"] == 1500
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in err.splitlines() if line.strip()]       # every line is JSON
+    access = [r for r in records if r["logger"] == "pressa.access"]
+    assert any(r["id"] == "req-42" and r["path"] == "/v1/completions" and r["status"] == 200 and r["ms"] > 0
+               for r in access), access
+    assert any(r["msg"] == "stopped" for r in records)

@@ -6,10 +6,12 @@ routes but health."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -18,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pressa import __version__
+from pressa.serve.logs import ACCESS, SERVER, event
 from pressa.serve.models import V2_TYPES, Busy, RequestError, ServedModel
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/health", "/metrics")
@@ -63,31 +66,84 @@ class Stats:
         return "\n".join(out) + "\n"
 
 
+class Guard:
+    """Pure ASGI middleware around every HTTP request: the API key, the body size limit (declared or
+    streamed), a request id (the client's X-Request-ID or a new one, echoed back), and, when the last
+    byte of the response has gone (the end of a stream included), the metrics and one log line."""
+
+    def __init__(self, app, api_key: str | None, max_body: int, stats: Stats):
+        self.app, self.api_key, self.max_body, self.stats = app, api_key, max_body, stats
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        path = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = "".join(c for c in headers.get("x-request-id", "")[:64] if c.isalnum() or c in "-_.") or uuid.uuid4().hex
+        state = {"status": 500, "done": False, "bytes": 0}
+
+        async def send_logged(msg):
+            if msg["type"] == "http.response.start":
+                state["status"] = msg["status"]
+                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(msg)
+            if msg["type"] == "http.response.body" and not msg.get("more_body") and not state["done"]:
+                finish()
+
+        def finish(note: str | None = None):
+            state["done"] = True
+            took = time.perf_counter() - t0
+            self.stats.observe(_route(path), state["status"], took)
+            extra = {"note": note} if note else {}
+            event(ACCESS, "request", id=rid, method=scope["method"], path=path, status=state["status"],
+                  ms=round(took * 1e3, 1), client=(scope.get("client") or ("", 0))[0], **extra)
+
+        async def receive_limited():
+            msg = await receive()
+            if msg["type"] == "http.request":
+                state["bytes"] += len(msg.get("body", b""))
+                if state["bytes"] > self.max_body:
+                    raise RequestError(f"request body over {self.max_body} bytes", 413)
+            return msg
+
+        try:
+            if self.api_key and not path.startswith(OPEN_PATHS):
+                auth = headers.get("authorization", "")
+                given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key")
+                if not (given and hmac.compare_digest(given.encode(), self.api_key.encode())):
+                    return await _json(401, "missing or wrong API key (Authorization: Bearer KEY)")(
+                        scope, receive, send_logged)
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.max_body:
+                return await _json(413, f"request body over {self.max_body} bytes")(scope, receive, send_logged)
+            await self.app(scope, receive_limited, send_logged)
+        finally:
+            if not state["done"]:
+                finish("client went away" if state["status"] < 500 else None)
+
+
+def _json(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
 def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_body: int = 16 << 20,
                max_tokens: int = 2048):
-    app = FastAPI(title="pressa", version=__version__, description="pressa model server")
     stats = Stats()
+
+    @asynccontextmanager
+    async def lifespan(app):
+        event(SERVER, "ready", models={n: m.kind for n, m in models.items()})
+        yield
+        for m in models.values():             # what still waits for a slot ends with an error
+            if m.scheduler:
+                m.scheduler.close()
+        event(SERVER, "stopped", requests=stats.count)
+
+    app = FastAPI(title="pressa", version=__version__, description="pressa model server", lifespan=lifespan)
     app.state.models, app.state.stats, app.state.max_tokens = models, stats, max_tokens
-
-    def error(status: int, message: str, headers: dict | None = None):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        t0 = time.perf_counter()
-        path = request.url.path
-        if api_key and not path.startswith(OPEN_PATHS):
-            auth = request.headers.get("authorization", "")
-            given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
-            if given != api_key:
-                stats.observe(path, 401, time.perf_counter() - t0)
-                return error(401, "missing or wrong API key (Authorization: Bearer KEY)")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > max_body:
-            return error(413, f"request body over {max_body} bytes")
-        response = await call_next(request)
-        stats.observe(_route(path), response.status_code, time.perf_counter() - t0)
-        return response
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body, stats=stats)
+    error = _json
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
@@ -106,6 +162,11 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
     @app.exception_handler(Busy)
     async def busy(request, exc):
         return error(503, str(exc), {"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def crash(request, exc):
+        SERVER.error("unhandled error", exc_info=exc, extra={"fields": {"path": request.url.path}})
+        return error(500, "internal error; the server log has the details")
 
     def get_model(name: str) -> ServedModel:
         if name not in models:
