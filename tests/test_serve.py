@@ -4,6 +4,7 @@ non-streamed text for the same seed, and a client that disconnects mid-stream.""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ import urllib.request
 
 import numpy as np
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
 from test_cli import run_cli
 from test_onnx_models import SENTENCES, write_bert
 
@@ -144,10 +147,27 @@ def test_predict_and_infer_equal_direct_run(server):
     ("/v1/completions", {"model": "llm", "prompt": "t5", "ignore_eos": "yes"}, "ignore_eos"),
     ("/v1/chat/completions", {"model": "enc", "messages": [{"role": "user", "content": "t5"}]}, "generate"),
     ("/v1/embeddings", {"model": "enc", "input": [1, 2]}, "input"),
+    # found by the fuzz test (each was a 500 once)
+    ("/v2/models/enc/infer", {"inputs": [{"name": "input_ids", "shape": [1], "datatype": "INT64", "data": [1],
+                                          "parameters": True}]}, "parameters"),
+    ("/v2/models/enc/infer", {"inputs": [{"name": ["x"], "shape": [1], "datatype": "INT64", "data": [1]}]},
+     "strings"),
+    ("/v2/models/enc/infer", {"inputs": [{"name": "input_ids", "shape": [1], "datatype": "INT64",
+                                          "data": [2 ** 70]}]}, "range"),
+    ("/v1/chat/completions", {"model": "llm", "messages": [{"role": "user", "content": "t5"}],
+                              "stream_options": 3}, "stream_options"),
 ])
 def test_bad_requests_get_4xx_json(server, path, body, fragment):
     status, answer = call(server, path, body)
     assert 400 <= status < 500 and fragment in answer["error"], answer
+
+
+def test_any_integer_seed_and_empty_stop(server):
+    req = {"model": "llm", "prompt": "t5 t6", "max_tokens": 4, "temperature": 1.0, "stop": [""]}
+    status, a = call(server, "/v1/completions", {**req, "seed": -5})
+    status2, b = call(server, "/v1/completions", {**req, "seed": (1 << 64) - 5})      # -5 modulo 2**64
+    assert status == status2 == 200 and a["choices"][0]["text"] == b["choices"][0]["text"]
+    assert a["usage"]["completion_tokens"] == 4
 
 
 def test_malformed_json(server):
@@ -384,3 +404,63 @@ def test_graceful_shutdown_finishes_streams_and_logs_json(server):
     assert any(r["id"] == "req-42" and r["path"] == "/v1/completions" and r["status"] == 200 and r["ms"] > 0
                for r in access), access
     assert any(r["msg"] == "stopped" for r in records)
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(server):
+    """A second server over the same models, with a small token limit so that fuzzed generations are
+    quick; its own OpenAPI document drives the fuzzer."""
+    import uvicorn
+
+    from pressa.serve.app import create_app
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(server["models"], KEY, max_body=1 << 20, max_tokens=8),
+                                        host="127.0.0.1", port=port, log_level="error"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json",
+                                        headers={"Authorization": f"Bearer {KEY}"})
+    srv.should_exit = True
+    t.join(10)
+
+
+def test_fuzz_from_openapi_finds_no_5xx(fuzz_schema):
+    """Requests generated from /openapi.json, valid (positive) and not (negative), for every operation:
+    every answer is below 500 and every error is JSON saying what was wrong."""
+    from hypothesis import given
+    from hypothesis.errors import Unsatisfiable
+
+    ops = [r.ok() for r in fuzz_schema.get_all_operations()]
+    assert len(ops) >= 19
+    seen: dict[str, collections.Counter] = {}
+
+    def fuzzer(op, mode):
+        @given(case=op.as_strategy(mode))
+        @settings(max_examples=int(os.environ.get("PRESSA_FUZZ_EXAMPLES", 25)), deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def fuzz(case):
+            response = case.call(headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+            seen.setdefault(op.label, collections.Counter())[response.status_code] += 1
+            where = (mode.value, case.method, case.formatted_path, case.body, response.text[:300])
+            assert response.status_code < 500, where
+            if response.status_code >= 400:
+                assert isinstance(response.json().get("error"), str), where
+        return fuzz
+
+    for op in ops:
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            try:
+                fuzzer(op, mode)()
+            except Unsatisfiable:            # nothing invalid to make of this operation
+                pass
+    print({k: dict(v) for k, v in seen.items()})
+    # the fuzzer got past the model names into the bodies: requests that ran, for each protocol
+    for label in ("POST /v1/chat/completions", "POST /v1/embeddings", "POST /v2/models/{name}/infer",
+                  "POST /v1/models/{spec}"):
+        assert set(seen[label]) & {200, 400}, (label, seen[label])
+    assert seen["POST /v1/chat/completions"][200] > 0

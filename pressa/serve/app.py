@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pressa import __version__
+from pressa.serve import schemas
 from pressa.serve.logs import ACCESS, SERVER, event
 from pressa.serve.models import V2_TYPES, Busy, RequestError, ServedModel
 
@@ -123,6 +125,14 @@ class Guard:
                 finish("client went away" if state["status"] < 500 else None)
 
 
+class TensorJSON(JSONResponse):
+    """JSON that carries NaN and Infinity as TensorFlow Serving writes them (a model may compute them;
+    strict JSON has no spelling for them)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
 def _json(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -208,7 +218,7 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
                     "inputs": sig(m.inputs), "outputs": sig(m.outputs),
                     "method_name": "tensorflow/serving/predict"}}}}}
 
-    @app.post("/v1/models/{spec}")
+    @app.post("/v1/models/{spec}", openapi_extra=schemas.body(schemas.PredictRequest), response_class=TensorJSON)
     async def tf_predict(spec: str, request: Request):
         name, _, verb = spec.partition(":")
         if verb != "predict":
@@ -263,7 +273,8 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
         get_model(name)
         return {"name": name, "ready": True}
 
-    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/infer", openapi_extra=schemas.body(schemas.V2InferRequest),
+              response_class=TensorJSON)
     async def v2_infer(name: str, request: Request):
         m = get_model(name)
         data, blob = _v2_body(await request.body(), request.headers.get("inference-header-content-length"))
@@ -274,7 +285,9 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
         for t in inputs:
             if not isinstance(t, dict) or not {"name", "shape", "datatype"} <= set(t):
                 raise RequestError("each input needs name, shape, datatype and data (or binary data)")
-            size = (t.get("parameters") or {}).get("binary_data_size")
+            if not isinstance(t["name"], str) or not isinstance(t["datatype"], str):
+                raise RequestError("an input's name and datatype must be strings")
+            size = _params(t, f"input {t['name']!r}").get("binary_data_size")
             if size is not None:
                 if not isinstance(size, int) or size < 0 or offset + size > len(blob):
                     raise RequestError(f"input {t['name']!r}: binary_data_size runs past the request body")
@@ -289,10 +302,14 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
                 continue
             feeds[t["name"]] = _v2_tensor(t, value, size is not None)
         out = await asyncio.to_thread(m.predict, feeds)
-        requested = [o for o in data.get("outputs", []) if isinstance(o, dict) and o.get("name") in out]
+        asked = data.get("outputs") or []
+        if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                  for o in asked):
+            raise RequestError("outputs must be a list of {name, parameters}")
+        requested = [o for o in asked if o["name"] in out]
         names = [o["name"] for o in requested] or list(out)
-        binary = {o["name"] for o in requested if (o.get("parameters") or {}).get("binary_data")}
-        if not requested and (data.get("parameters") or {}).get("binary_data_output"):
+        binary = {o["name"] for o in requested if _params(o, f"output {o['name']!r}").get("binary_data")}
+        if not requested and _params(data, "the request").get("binary_data_output"):
             binary = set(names)
         rev = {np.dtype(v): k for k, v in V2_TYPES.items()}
         outputs, chunks = [], []
@@ -317,6 +334,18 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
     from pressa.serve.openai_routes import add_openai_routes
 
     add_openai_routes(app, models, get_model, body)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = schemas.name_models(schemas.add_components(get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes)),
+                generators=[n for n, m in models.items() if m.kind == "llm"],
+                tensors=[n for n, m in models.items() if m.kind != "llm"])
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 
@@ -328,11 +357,21 @@ def _route(path: str) -> str:
 def _array(value, name: str, dtype=None) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError):
-        raise RequestError(f"input {name!r}: not a rectangular array of numbers") from None
+    except (ValueError, TypeError, OverflowError):
+        raise RequestError(f"input {name!r}: not a rectangular array of numbers in range") from None
     if arr.dtype == object or arr.dtype.kind in "USO":
         raise RequestError(f"input {name!r}: not a rectangular array of numbers")
     return arr
+
+
+def _params(obj: dict, what: str) -> dict:
+    """An object's `parameters` (KServe v2): a JSON object, or absent."""
+    p = obj.get("parameters")
+    if p is None:
+        return {}
+    if not isinstance(p, dict):
+        raise RequestError(f"{what}: parameters must be an object")
+    return p
 
 
 def _v2_body(raw: bytes, header_length: str | None) -> tuple[dict, bytes]:
@@ -372,10 +411,10 @@ def _v2_tensor(t: dict, value, binary: bool) -> np.ndarray:
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise RequestError(f"input {t['name']!r}: shape must be a list of non-negative integers")
     if binary:
-        if len(value) != int(np.prod(shape)) * dtype.itemsize:
+        if len(value) != math.prod(shape) * dtype.itemsize:
             raise RequestError(f"input {t['name']!r}: {len(value)} bytes do not hold shape {shape} of {t['datatype']}")
         return np.frombuffer(value, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     arr = _array(value, t["name"], V2_TYPES[t["datatype"]])
-    if int(np.prod(shape)) != arr.size:
+    if math.prod(shape) != arr.size:
         raise RequestError(f"input {t['name']!r}: shape {shape} does not hold {arr.size} values")
     return arr.reshape(shape)

@@ -152,6 +152,8 @@ class ServedModel:
         self.acquire()
         try:
             return self.model.embed_feeds(feeds), int(feeds["attention_mask"].sum())
+        except Exception as err:              # ORT's complaint about the input (too long, say)
+            raise RequestError(f"the model could not embed these texts ({str(err).splitlines()[0][:200]})") from None
         finally:
             self.release()
 

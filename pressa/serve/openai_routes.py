@@ -11,6 +11,7 @@ import uuid
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from pressa.serve import schemas
 from pressa.serve.models import RequestError, ServedModel
 
 
@@ -27,6 +28,7 @@ def _sampling(data: dict, max_tokens: int):
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise RequestError("stop must be a string or a list of strings")
+    stop = [s for s in stop if s]
     try:
         temperature = float(data.get("temperature", 1.0))
         top_p = float(data.get("top_p", 1.0))
@@ -37,6 +39,8 @@ def _sampling(data: dict, max_tokens: int):
     seed = data.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise RequestError("seed must be an integer")
+    if seed is not None:
+        seed %= 1 << 64                 # any integer, as OpenAI takes them; NumPy seeds are non-negative
     ignore_eos = data.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise RequestError("ignore_eos must be true or false")
@@ -80,6 +84,10 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         def emit(i, text, finish, generated):          # called on the scheduler's thread
             loop.call_soon_threadsafe(q.put_nowait, (i, text, finish, generated))
 
+        options = data.get("stream_options") or {}
+        if not isinstance(options, dict):
+            raise RequestError("stream_options must be an object")
+        include_usage = bool(options.get("include_usage"))
         seqs = m.submit(ids, cfg, n, emit)
         kind = "chat.completion" if chat else "text_completion"
 
@@ -118,7 +126,6 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
             return {"id": rid, "object": kind, "created": created, "model": m.name, "choices": choices,
                     "usage": usage(used)}
 
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(i, delta=None, text=None, finish=None):
@@ -173,8 +180,11 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         return await complete(request, False)
 
     for prefix in ("/v1", "/v3"):
-        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
-        app.add_api_route(f"{prefix}/completions", completions, methods=["POST"])
-        app.add_api_route(f"{prefix}/embeddings", embeddings, methods=["POST"])
+        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"],
+                          openapi_extra=schemas.body(schemas.ChatRequest))
+        app.add_api_route(f"{prefix}/completions", completions, methods=["POST"],
+                          openapi_extra=schemas.body(schemas.CompletionRequest))
+        app.add_api_route(f"{prefix}/embeddings", embeddings, methods=["POST"],
+                          openapi_extra=schemas.body(schemas.EmbeddingRequest))
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/v3/models", list_models, methods=["GET"])
