@@ -1,6 +1,7 @@
 """A bounded load test of `pressa serve` on loopback: N concurrent clients for S seconds against the
-bundled int4 SmolLM2 (chat completions) and all-MiniLM-L6-v2 (predict), then the encoder again with
-dynamic batching off (max batch 1) for the speed-up. It starts and stops its own servers.
+bundled int4 SmolLM2 (chat completions, with continuous batching and with one sequence at a time)
+and all-MiniLM-L6-v2 INT8 (TF-Serving predict with JSON answers, KServe v2 infer with binary answers;
+each with dynamic batching and with batch size 1). It starts and stops its own servers.
 
     python benchmarks/serve_load.py [--clients 64] [--seconds 60] [--json]
 """
@@ -33,10 +34,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(name: str, path: Path, port: int, max_batch: int) -> subprocess.Popen:
+def start(name: str, path: Path, port: int, max_batch: int, concurrency: int) -> subprocess.Popen:
     proc = subprocess.Popen([PY, "-m", "pressa", "serve", "--model_name", name, "--model_path", str(path),
                              "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256",
-                             "--max-concurrency", "8"], stderr=subprocess.DEVNULL)
+                             "--max-concurrency", str(concurrency), "--no-access-log"], stderr=subprocess.DEVNULL)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1)
@@ -60,7 +61,8 @@ def load(url: str, body: dict, clients: int, seconds: float, tokens_of=None) -> 
             try:
                 req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(req, timeout=120) as r:
-                    out = json.loads(r.read())
+                    raw = r.read()
+                out = json.loads(raw) if tokens_of else None
                 dt = time.perf_counter() - t0
                 with lock:
                     lat.append(dt)
@@ -97,18 +99,29 @@ def main() -> None:
                         "--mode", "dynamic"], check=True, capture_output=True)
         sentence = ("The history of the region is long and complex, shaped by trade, migration and the rise "
                     "and fall of several kingdoms.")
+        chat = {"model": "smol", "messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 32,
+                "temperature": 0}
+        infer = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [sentence]}],
+                 "parameters": {"binary_data_output": True}}
+        completion_tokens = lambda o: o["usage"]["completion_tokens"]  # noqa: E731
+        # (label, name, artifact, max batch, max concurrency, route, body, tokens of an answer)
         cases = [
-            ("SmolLM2 int4, chat (32 tokens)", "smol", tmp / "smol", 32, "/v1/chat/completions",
-             {"model": "smol", "messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 32,
-              "temperature": 0}, lambda o: o["usage"]["completion_tokens"]),
-            ("MiniLM INT8 predict, dynamic batching", "minilm", tmp / "minilm-int8", 32, "/v1/models/minilm:predict",
-             {"instances": [sentence]}, None),
-            ("MiniLM INT8 predict, batch size 1", "minilm", tmp / "minilm-int8", 1, "/v1/models/minilm:predict",
-             {"instances": [sentence]}, None),
+            ("SmolLM2 int4 chat (32 tokens), continuous batching (8 slots)", "smol", tmp / "smol", 1, 8,
+             "/v1/chat/completions", chat, completion_tokens),
+            ("SmolLM2 int4 chat (32 tokens), one sequence at a time", "smol", tmp / "smol", 1, 1,
+             "/v1/chat/completions", chat, completion_tokens),
+            ("MiniLM INT8 :predict (JSON), dynamic batching", "minilm", tmp / "minilm-int8", 32, 8,
+             "/v1/models/minilm:predict", {"instances": [sentence]}, None),
+            ("MiniLM INT8 :predict (JSON), batch size 1", "minilm", tmp / "minilm-int8", 1, 8,
+             "/v1/models/minilm:predict", {"instances": [sentence]}, None),
+            ("MiniLM INT8 v2 infer (binary out), dynamic batching", "minilm", tmp / "minilm-int8", 32, 8,
+             "/v2/models/minilm/infer", infer, None),
+            ("MiniLM INT8 v2 infer (binary out), batch size 1", "minilm", tmp / "minilm-int8", 1, 8,
+             "/v2/models/minilm/infer", infer, None),
         ]
-        for label, name, path, max_batch, route, body, toks in cases:
+        for label, name, path, max_batch, concurrency, route, body, toks in cases:
             port = free_port()
-            proc = start(name, path, port, max_batch)
+            proc = start(name, path, port, max_batch, concurrency)
             try:
                 r = load(f"http://127.0.0.1:{port}{route}", body, a.clients, a.seconds, toks)
             finally:
@@ -118,11 +131,15 @@ def main() -> None:
             results.append(r)
             rows.append((label, f"{r['requests_per_s']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
                          f"{r['tokens_per_s']:.1f}" if toks else "", str(r["errors"])))
-    speedup = results[1]["requests_per_s"] / max(results[2]["requests_per_s"], 1e-9)
+    rate = [r["requests_per_s"] for r in results]
+    speedups = {"continuous_batching": rate[0] / max(rate[1], 1e-9),
+                "dynamic_batching_predict_json": rate[2] / max(rate[3], 1e-9),
+                "dynamic_batching_infer_binary": rate[4] / max(rate[5], 1e-9)}
     emit({"benchmark": "serve_load", "clients": a.clients, "seconds": a.seconds, "results": results,
-          "batching_speedup": speedup, "machine": machine(), "cpus": os.cpu_count()}, rows,
+          "speedups": speedups, "machine": machine(), "cpus": os.cpu_count()}, rows,
          ("case", "requests/s", "p50 ms", "p99 ms", "tokens/s", "errors"), a.json)
-    print(f"dynamic batching speed-up over batch size 1: {speedup:.2f}x", file=sys.stderr)
+    for k, v in speedups.items():
+        print(f"{k.replace('_', ' ')}: {v:.2f}x over one at a time", file=sys.stderr)
 
 
 if __name__ == "__main__":

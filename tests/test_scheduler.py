@@ -84,7 +84,7 @@ def test_stops_lengths_cancel_and_limits(long_llm):
     free = m.generate("t5 t6 t7", chat=False, max_new_tokens=12, ignore_eos=True)
     words = free.split()
     stop = words[3]
-    sch = Scheduler(m, slots=2, max_queue=1, capacity=64)
+    sch = Scheduler(m, slots=2, max_queue=2, capacity=64)
     col = Collector(2)
     sch.submit(ids, SamplingConfig(max_new_tokens=12, ignore_eos=True, stop=[stop]), col.emit(0))
     sch.submit(ids, SamplingConfig(max_new_tokens=1), col.emit(1))
@@ -107,7 +107,10 @@ def test_stops_lengths_cancel_and_limits(long_llm):
     small = Scheduler(m, slots=1, max_queue=1)
     busy = Collector(3)
     small.submit(ids, SamplingConfig(max_new_tokens=2000, ignore_eos=True), busy.emit(0))
-    time.sleep(0.05)
+    for _ in range(200):
+        if small.active:
+            break
+        time.sleep(0.01)
     small.submit(ids, SamplingConfig(max_new_tokens=5), busy.emit(1))
     with pytest.raises(QueueFull):
         small.submit(ids, SamplingConfig(max_new_tokens=5), busy.emit(2))

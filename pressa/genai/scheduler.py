@@ -21,6 +21,7 @@ with different kernels (in a 4-bit SmolLM2, logits differ by up to ~0.5 between 
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from collections import deque
@@ -36,6 +37,16 @@ from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choo
 # emit(text, finish, generated): text pieces as they become safe to show; on the last call `finish`
 # is "stop" | "length" (and `generated` the tokens made), or "error: ..." with text None
 Emit = Callable[[str | None, str | None, int], None]
+
+
+def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
+    """Zeros in anonymous memory whose pages the kernel maps in 4 KB at first write. (NumPy asks for
+    transparent huge pages on large arrays: one key written per head would then fault in 2 MB.)"""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = mmap.mmap(-1, max(size, 1))
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype, count=int(np.prod(shape))).reshape(shape)
 
 
 class QueueFull(PressaError):
@@ -77,8 +88,8 @@ class Scheduler:
         self.capacity = min(self.dec.context_length, capacity or 4096)
         self.on_full = on_full or (lambda: QueueFull(f"{max_queue} generations are waiting; retry shortly"))
         shape = (slots, self.dec.kv_heads, self.capacity, self.dec.head_size)
-        # np.zeros maps untouched pages lazily: memory grows with the positions really used
-        self.cache = [(np.zeros(shape, self.dec.kv_dtype), np.zeros(shape, self.dec.kv_dtype))
+        # memory grows with the positions really used, not with slots x capacity
+        self.cache = [(lazy_zeros(shape, self.dec.kv_dtype), lazy_zeros(shape, self.dec.kv_dtype))
                       for _ in range(self.dec.num_layers)]
         self.lengths = np.zeros(slots, np.int64)
         self.running: list[Sequence | None] = [None] * slots
@@ -170,19 +181,21 @@ class Scheduler:
         self.lengths[s.slot] = 0
         s.slot = -1
 
-    def _bind_cache(self, io, lo: int, hi: int) -> None:
+    def _bind(self, io, cache: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Each layer's key and value buffers bound as both past and present."""
         OV = self.ort.OrtValue
-        for i, (k, v) in enumerate(self.cache):
-            ko, vo = OV.ortvalue_from_numpy(k[lo:hi]), OV.ortvalue_from_numpy(v[lo:hi])
+        for i, (k, v) in enumerate(cache):
+            ko, vo = OV.ortvalue_from_numpy(k), OV.ortvalue_from_numpy(v)
             io.bind_ortvalue_input(f"past_key_values.{i}.key", ko)
             io.bind_ortvalue_input(f"past_key_values.{i}.value", vo)
             io.bind_ortvalue_output(f"present.{i}.key", ko)
             io.bind_ortvalue_output(f"present.{i}.value", vo)
 
     def _prefill(self, s: Sequence, slot: int) -> None:
-        io = self.session.io_binding()
-        self._bind_cache(io, slot, slot + 1)
+        """The prompt alone, over the slot's rows of the cache bound as a batch of one."""
         n = len(s.ids)
+        io = self.session.io_binding()
+        self._bind(io, [(k[slot:slot + 1], v[slot:slot + 1]) for k, v in self.cache])
         io.bind_cpu_input("input_ids", np.asarray([s.ids], np.int64))
         io.bind_cpu_input("attention_mask", np.ones((1, n), np.int64))
         logits = np.empty((1, 1 if self.dec.last_only else n, self.dec.vocab_size), np.float32)
@@ -195,7 +208,7 @@ class Scheduler:
         n = max(i for i, s in enumerate(self.running) if s is not None) + 1
         if n != self._bound_n:
             self._io = self.session.io_binding()
-            self._bind_cache(self._io, 0, n)
+            self._bind(self._io, [(k[:n], v[:n]) for k, v in self.cache])
             self._io.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(self._logits[:n]))
             self._bound_n = n
         tokens = np.zeros((n, 1), np.int64)
