@@ -66,6 +66,12 @@ def server(tiny_artifact, tmp_path_factory):
     t.join(10)
 
 
+def message(answer: dict) -> str:
+    """An error's text: {"error": text}, or OpenAI's {"error": {"message": text, ...}}."""
+    err = answer["error"]
+    return err if isinstance(err, str) else err["message"]
+
+
 def call(server, path, body=None, key=KEY, raw: bytes | None = None):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(server["url"] + path, data=data, method="POST" if data is not None else "GET")
@@ -85,6 +91,8 @@ def test_health_metadata_and_key(server):
     assert call(server, "/v2/health/live", key=None) == (200, {"live": True})
     assert call(server, "/v2/health/ready", key=None)[0] == 200
     status, body = call(server, "/v1/models", key=None)
+    assert status == 401 and "API key" in body["error"]["message"] and body["error"]["type"] == "authentication_error"
+    status, body = call(server, "/v2/models/enc", key=None)
     assert status == 401 and "API key" in body["error"]
     assert call(server, "/v1/models", key="wrong")[0] == 401
     status, body = call(server, "/v1/models")
@@ -159,7 +167,9 @@ def test_predict_and_infer_equal_direct_run(server):
 ])
 def test_bad_requests_get_4xx_json(server, path, body, fragment):
     status, answer = call(server, path, body)
-    assert 400 <= status < 500 and fragment in answer["error"], answer
+    assert 400 <= status < 500 and fragment in message(answer), answer
+    openai_route = path.startswith(("/v1/chat", "/v1/completions", "/v1/embeddings", "/v3/"))
+    assert isinstance(answer["error"], dict) == openai_route
 
 
 def test_any_integer_seed_and_empty_stop(server):
@@ -215,6 +225,38 @@ def test_completions_and_embeddings(server):
     status, body = call(server, "/v1/embeddings", {"model": "enc", "input": SENTENCES[:3]})
     got = np.array([d["embedding"] for d in body["data"]])
     np.testing.assert_allclose(got, EncoderModel(server["enc"]).embed(SENTENCES[:3]), atol=1e-5)
+
+
+def test_openai_client_works_unchanged(server):
+    """The official `openai` client: model list, chat (plain and streamed with usage), completions,
+    embeddings (its default asks for base64), and its error classes for 401 / 400 / 404."""
+    openai = pytest.importorskip("openai")
+    from pressa.runtime.encoder import EncoderModel
+
+    for prefix in ("/v1", "/v3"):
+        client = openai.OpenAI(base_url=server["url"] + prefix, api_key=KEY, max_retries=0)
+        assert {m.id for m in client.models.list()} == {"llm", "small", "enc"}
+        msgs = [{"role": "user", "content": "t5 t6 t7"}]
+        full = client.chat.completions.create(model="llm", messages=msgs, max_tokens=9, temperature=0.8, seed=4)
+        assert full.choices[0].message.role == "assistant" and full.usage.completion_tokens >= 1
+        pieces, usage = [], None
+        for chunk in client.chat.completions.create(model="llm", messages=msgs, max_tokens=9, temperature=0.8,
+                                                    seed=4, stream=True, stream_options={"include_usage": True}):
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+            usage = chunk.usage or usage
+        assert "".join(pieces) == full.choices[0].message.content and usage == full.usage
+        done = client.completions.create(model="llm", prompt="t5 t6", max_tokens=4, temperature=0)
+        assert done.choices[0].finish_reason in ("stop", "length")
+        emb = client.embeddings.create(model="enc", input=SENTENCES[:2])
+        np.testing.assert_allclose([d.embedding for d in emb.data], EncoderModel(server["enc"]).embed(SENTENCES[:2]),
+                                   atol=1e-5)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=server["url"] + prefix, api_key="wrong", max_retries=0).models.list()
+        with pytest.raises(openai.BadRequestError, match="max_tokens"):
+            client.chat.completions.create(model="llm", messages=msgs, max_tokens=99999)
+        with pytest.raises(openai.NotFoundError, match="nope"):
+            client.chat.completions.create(model="nope", messages=msgs)
 
 
 def test_disconnect_mid_stream_leaves_server_serving(server):
@@ -449,7 +491,7 @@ def test_fuzz_from_openapi_finds_no_5xx(fuzz_schema):
             where = (mode.value, case.method, case.formatted_path, case.body, response.text[:300])
             assert response.status_code < 500, where
             if response.status_code >= 400:
-                assert isinstance(response.json().get("error"), str), where
+                assert isinstance(message(response.json()), str), where
         return fuzz
 
     for op in ops:

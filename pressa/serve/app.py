@@ -114,11 +114,11 @@ class Guard:
                 auth = headers.get("authorization", "")
                 given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key")
                 if not (given and hmac.compare_digest(given.encode(), self.api_key.encode())):
-                    return await _json(401, "missing or wrong API key (Authorization: Bearer KEY)")(
+                    return await _json(401, "missing or wrong API key (Authorization: Bearer KEY)", path)(
                         scope, receive, send_logged)
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > self.max_body:
-                return await _json(413, f"request body over {self.max_body} bytes")(scope, receive, send_logged)
+                return await _json(413, f"request body over {self.max_body} bytes", path)(scope, receive, send_logged)
             await self.app(scope, receive_limited, send_logged)
         finally:
             if not state["done"]:
@@ -133,7 +133,16 @@ class TensorJSON(JSONResponse):
         return json.dumps(content, separators=(",", ":")).encode()
 
 
-def _json(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+OPENAI_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
+                      503: "server_busy_error", 500: "server_error"}
+
+
+def _json(status: int, message: str, path: str, headers: dict | None = None) -> JSONResponse:
+    """An error as the route's protocol shapes it: {"error": message} (TensorFlow Serving, KServe v2),
+    or OpenAI's {"error": {message, type, param, code}} under its routes (its client reads that)."""
+    if path == "/v1/models" or path.startswith(("/v1/chat/", "/v1/completions", "/v1/embeddings", "/v3/")):
+        return JSONResponse({"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(
+            status, "invalid_request_error"), "param": None, "code": None}}, status_code=status, headers=headers)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -157,26 +166,27 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
-        return error(exc.status_code, str(exc.detail))
+        return error(exc.status_code, str(exc.detail), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-        return error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body")
+        return error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body",
+                     request.url.path)
 
     @app.exception_handler(RequestError)
     async def bad_request(request, exc):
-        return error(exc.status, str(exc))
+        return error(exc.status, str(exc), request.url.path)
 
     @app.exception_handler(Busy)
     async def busy(request, exc):
-        return error(503, str(exc), {"Retry-After": "1"})
+        return error(503, str(exc), request.url.path, {"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def crash(request, exc):
         SERVER.error("unhandled error", exc_info=exc, extra={"fields": {"path": request.url.path}})
-        return error(500, "internal error; the server log has the details")
+        return error(500, "internal error; the server log has the details", request.url.path)
 
     def get_model(name: str) -> ServedModel:
         if name not in models:

@@ -4,6 +4,7 @@ request), embeddings, model list; also under /v3 as OpenVINO Model Server spells
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -142,7 +143,8 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
                         yield chunk(i, {"role": "assistant", "content": ""})
                 async for i, piece, fin, gen in events():
                     if piece is None:
-                        yield "data: " + json.dumps({"error": fin}) + "\n\n"
+                        err = {"message": fin, "type": "server_error", "param": None, "code": None}
+                        yield "data: " + json.dumps({"error": err}) + "\n\n"
                         return
                     if piece:
                         yield chunk(i, {"content": piece}, piece)
@@ -165,9 +167,15 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise RequestError("input must be a string or a non-empty list of strings")
+        fmt = data.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise RequestError("encoding_format must be float or base64")
         vecs, used = await asyncio.to_thread(m.embed, texts)
+
+        def encode(v):                # base64: the float32 little-endian bytes, as OpenAI sends them
+            return v.tolist() if fmt == "float" else base64.b64encode(v.astype("<f4").tobytes()).decode()
         return {"object": "list", "model": m.name, "usage": {"prompt_tokens": used, "total_tokens": used},
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vecs)]}
+                "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vecs)]}
 
     async def list_models():
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "pressa"}

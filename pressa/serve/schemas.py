@@ -45,6 +45,7 @@ class CompletionRequest(Sampling):
 class EmbeddingRequest(BaseModel):
     model: str
     input: str | list[str]
+    encoding_format: Literal["float", "base64"] | None = Field(None, description="base64: float32 little-endian.")
 
 
 class PredictRequest(BaseModel):
