@@ -74,6 +74,41 @@ def test_joining_sequences_equal_their_solo_runs(long_llm):
     sch.close()
 
 
+def test_prompts_prefilled_together_equal_solo_runs(long_llm):
+    """A burst of prompts of different lengths: grouped by length, right-padded in one run each
+    group, each row moved into its own slot; every answer equals its solo run."""
+    import pressa
+    from pressa.genai.scheduler import Scheduler, prefill_groups
+
+    m = pressa.load(long_llm)
+    prompts = [" ".join(f"t{7 + (i * j) % 140}" for j in range(3 + i)) for i in range(5)]    # 3..7 words
+    cfg = SamplingConfig(max_new_tokens=15, ignore_eos=True)
+    solo = [m.generate(p, chat=False, cfg=cfg) for p in prompts]
+    ids = [m.encode_prompt(p, chat=False) for p in prompts]
+    sch = Scheduler(m, slots=8)
+    col = Collector(5)
+    with sch.cond:                          # the worker sees the whole burst at once
+        for i in range(5):
+            sch.submit(ids[i], cfg, col.emit(i))
+    assert col.done.wait(60)
+    assert col.text == solo
+    groups = prefill_groups([type("S", (), {"ids": x})() for x in ids])
+    assert sch.prefills == len(groups) < 5 and max(len(g) for g in groups) > 1
+    sch.close()
+
+
+def test_prefill_groups_bound_padding():
+    from pressa.genai.scheduler import prefill_groups
+
+    def lengths(ns, **kw):
+        return [[len(s.ids) for s in g] for g in prefill_groups([type("S", (), {"ids": [0] * n})() for n in ns], **kw)]
+
+    # sorted; [3, 4, 5] pads 15 for 12 tokens (<= 1.25x), adding 6 would pad 24 for 18 (> 1.25x)
+    assert lengths([5, 3, 7, 4, 6]) == [[3, 4, 5], [6, 7]]
+    assert lengths([100, 100, 100], budget=250) == [[100, 100], [100]]
+    assert lengths([]) == []
+
+
 def test_stops_lengths_cancel_and_limits(long_llm):
     import pressa
     from pressa.errors import BadArgument

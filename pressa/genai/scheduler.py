@@ -5,8 +5,9 @@ positions, bound both as past and as present (GroupQueryAttention's shared-buffe
 DecoderSession). A worker thread loops:
 
 1. sequences that were cancelled (a client went away) leave their slot;
-2. waiting sequences take free slots: each prompt is prefilled alone, into its own slot only
-   (the slot's rows of the cache bound as a batch of one), and its first token is sampled;
+2. waiting sequences take free slots: their prompts are prefilled together where their lengths are
+   close (right-padded, over a cache of their own that is then copied into their slots), and each
+   samples its first token;
 3. one decode step runs every occupied slot together: one token per sequence, each at its own
    position (GroupQueryAttention reads per-row lengths from the attention mask).
 
@@ -47,6 +48,23 @@ def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
     if hasattr(mmap, "MADV_NOHUGEPAGE"):
         buf.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(buf, dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def prefill_groups(seqs: list[Sequence], waste: float = 0.25, budget: int = 4096) -> list[list[Sequence]]:
+    """Prompts grouped by length for prefilling together: a group pads at most `waste` of its tokens
+    and holds at most `budget` padded tokens."""
+    groups: list[list[Sequence]] = []
+    cur: list[Sequence] = []
+    total = 0
+    for s in sorted(seqs, key=lambda s: len(s.ids)):
+        n = len(s.ids)
+        padded = (len(cur) + 1) * n                  # sorted: the newest prompt is the longest
+        if cur and (padded > (1 + waste) * (total + n) or padded > budget):
+            groups.append(cur)
+            cur, total = [], 0
+        cur.append(s)
+        total += n
+    return groups + [cur] if cur else groups
 
 
 class QueueFull(PressaError):
@@ -95,6 +113,7 @@ class Scheduler:
         self.running: list[Sequence | None] = [None] * slots
         self.pending: deque[Sequence] = deque()
         self.cond = threading.Condition()
+        self.prefills = 0                 # prefill runs (each for one or more prompts)
         self.steps = 0                    # decode steps run
         self.step_rows = 0                # sequences advanced, summed over steps
         self.generated = 0                # tokens generated
@@ -160,8 +179,8 @@ class Scheduler:
                     if s is not None and s.cancelled:
                         self._free(s)
                         self.cancelled += 1
-                for s in admit:
-                    self._prefill(s, self.running.index(None))
+                for group in prefill_groups(admit):
+                    self._prefill(group)
                 if any(self.running):
                     self._step()
             except Exception as err:         # fail what was running; the next requests start clean
@@ -191,18 +210,38 @@ class Scheduler:
             io.bind_ortvalue_output(f"present.{i}.key", ko)
             io.bind_ortvalue_output(f"present.{i}.value", vo)
 
-    def _prefill(self, s: Sequence, slot: int) -> None:
-        """The prompt alone, over the slot's rows of the cache bound as a batch of one."""
-        n = len(s.ids)
+    def _prefill(self, group: list[Sequence]) -> None:
+        """Prompts run together, right-padded; each gets a free slot. One prompt runs straight into
+        its slot's rows of the cache; several run over a cache of the longest one's length, and each
+        row's keys and values then move into its slot (a copy far smaller than the run)."""
+        lens = [len(s.ids) for s in group]
+        b, width = len(group), max(lens)
+        slots = [i for i, r in enumerate(self.running) if r is None][:b]
+        if b == 1:
+            cache = [(k[slots[0]:slots[0] + 1], v[slots[0]:slots[0] + 1]) for k, v in self.cache]
+        else:
+            shape = (b, self.dec.kv_heads, width, self.dec.head_size)
+            cache = [(np.zeros(shape, self.dec.kv_dtype), np.zeros(shape, self.dec.kv_dtype)) for _ in self.cache]
+        ids = np.zeros((b, width), np.int64)
+        mask = np.zeros((b, width), np.int64)
+        for r, s in enumerate(group):
+            ids[r, :lens[r]] = s.ids
+            mask[r, :lens[r]] = 1
         io = self.session.io_binding()
-        self._bind(io, [(k[slot:slot + 1], v[slot:slot + 1]) for k, v in self.cache])
-        io.bind_cpu_input("input_ids", np.asarray([s.ids], np.int64))
-        io.bind_cpu_input("attention_mask", np.ones((1, n), np.int64))
-        logits = np.empty((1, 1 if self.dec.last_only else n, self.dec.vocab_size), np.float32)
+        self._bind(io, cache)
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("attention_mask", mask)
+        logits = np.empty((b, 1 if self.dec.last_only else width, self.dec.vocab_size), np.float32)
         io.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(logits))
         self.session.run_with_iobinding(io)
-        s.slot, self.running[slot], self.lengths[slot] = slot, s, n
-        self._take(s, logits[0, -1][None, :])
+        self.prefills += 1
+        for r, (s, slot) in enumerate(zip(group, slots)):
+            if b > 1:
+                for (k, v), (ck, cv) in zip(self.cache, cache):
+                    k[slot, :, :lens[r]] = ck[r, :, :lens[r]]
+                    v[slot, :, :lens[r]] = cv[r, :, :lens[r]]
+            s.slot, self.running[slot], self.lengths[slot] = slot, s, lens[r]
+            self._take(s, logits[r, 0 if self.dec.last_only else lens[r] - 1][None, :])
 
     def _step(self) -> None:
         n = max(i for i, s in enumerate(self.running) if s is not None) + 1
