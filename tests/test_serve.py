@@ -285,6 +285,8 @@ def test_disconnect_mid_stream_leaves_server_serving(server):
     status, text = call(server, "/metrics", key=None)
     assert "pressa_requests_total" in text and "pressa_request_seconds_bucket" in text
     assert f'pressa_cancelled_sequences_total{{model="llm"}} {sch.cancelled}' in text
+    assert f'pressa_time_to_first_token_seconds_count{{model="llm"}} {sch.first_tokens}' in text
+    assert sch.first_tokens >= 4 and sch.first_token_seconds > 0
 
 
 def test_concurrent_streams_share_decode_steps(server):

@@ -84,7 +84,6 @@ class Sequence:
     seen: np.ndarray | None = None
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
-    first_token_s: float | None = None        # time from submission to the first token
 
     def __post_init__(self):
         self.rng = np.random.default_rng(self.cfg.seed)
@@ -118,6 +117,8 @@ class Scheduler:
         self.step_rows = 0                # sequences advanced, summed over steps
         self.generated = 0                # tokens generated
         self.cancelled = 0                # sequences ended by cancel()
+        self.first_tokens = 0             # sequences that got their first token, and the time they
+        self.first_token_seconds = 0.0    # waited for it (queue and prefill), summed
         self._bound_n = 0
         self._closed = False
         self._logits = np.zeros((slots, 1, self.dec.vocab_size), np.float32)
@@ -278,8 +279,9 @@ class Scheduler:
             token = int(greedy[s.slot])
         else:
             token = int(choose(logits.copy(), cfg, s.rng)[0])
-        if s.first_token_s is None:
-            s.first_token_s = time.perf_counter() - s.submitted
+        if s.row.count == 0:
+            self.first_token_seconds += time.perf_counter() - s.submitted
+            self.first_tokens += 1
         if s.seen is not None:
             s.seen = np.append(s.seen, token)
         self.generated += 1

@@ -65,6 +65,10 @@ class Stats:
                                    ("cancelled_sequences_total", "counter", "cancelled")):
             out.append(f"# TYPE pressa_{metric} {kind}")
             out += [f'pressa_{metric}{{model="{m.name}"}} {getattr(m.scheduler, attr)}' for m in gens]
+        out.append("# TYPE pressa_time_to_first_token_seconds summary")
+        for m in gens:
+            out += [f'pressa_time_to_first_token_seconds_sum{{model="{m.name}"}} {m.scheduler.first_token_seconds:.6f}',
+                    f'pressa_time_to_first_token_seconds_count{{model="{m.name}"}} {m.scheduler.first_tokens}']
         return "\n".join(out) + "\n"
 
 
