@@ -249,7 +249,8 @@ def serve(
                                         "model runs at once."),
     context: int | None = typer.Option(None, "--context", min=2, help="Positions (prompt + new tokens) each "
                                        "generation may hold; default the model's context length, at most 4096."),
-    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting per model before 503."),
+    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting per model, beyond those "
+                                  "running, before 503 with Retry-After."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Rows per dynamic batch of predict/infer "
                                   "requests (1 = no batching)."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, help="How long a batch waits for more "

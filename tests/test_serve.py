@@ -5,6 +5,7 @@ non-streamed text for the same seed, and a client that disconnects mid-stream.""
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -34,11 +35,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_artifact, tmp_path_factory):
-    import uvicorn
 
     from pressa.capture.decoder import BuildOptions
     from pressa.capture.llm import build_llm
-    from pressa.serve.app import create_app
     from pressa.serve.models import load_models
 
     from conftest import make_tiny
@@ -52,8 +51,19 @@ def server(tiny_artifact, tmp_path_factory):
     models = load_models([{"name": "llm", "path": str(d / "llm"), "max_concurrency": 4},
                           {"name": "small", "path": str(tiny_artifact("llama", "int4"))},
                           {"name": "enc", "path": str(d / "enc"), "max_wait_ms": 50}])
+    with running(models, max_tokens=4000) as port:
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "enc": d / "enc", "llm": d / "llm", "models": models}
+
+
+@contextlib.contextmanager
+def running(models, **options):
+    """uvicorn on 127.0.0.1, a free port, in a thread; yields the port."""
+    import uvicorn
+
+    from pressa.serve.app import create_app
+
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(models, KEY, max_tokens=4000), host="127.0.0.1", port=port,
+    srv = uvicorn.Server(uvicorn.Config(create_app(models, KEY, **options), host="127.0.0.1", port=port,
                                         log_level="error"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
@@ -61,9 +71,11 @@ def server(tiny_artifact, tmp_path_factory):
         if srv.started:
             break
         time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "port": port, "enc": d / "enc", "llm": d / "llm", "models": models}
-    srv.should_exit = True
-    t.join(10)
+    try:
+        yield port
+    finally:
+        srv.should_exit = True
+        t.join(10)
 
 
 def message(answer: dict) -> str:
@@ -316,6 +328,36 @@ def test_concurrent_streams_share_decode_steps(server):
     assert status == 200 and [c["index"] for c in body["choices"]] == [0, 1, 2]
 
 
+def test_full_queue_answers_503_with_retry_after(server):
+    """One slot, no queue: while a long stream holds the slot, the next generation is refused at once
+    with 503 and Retry-After, and served again once the stream is gone."""
+    from pressa.serve.models import load_models
+
+    models = load_models([{"name": "one", "path": str(server["llm"]), "max_concurrency": 1, "max_queue": 0}])
+    with running(models, max_tokens=4000) as port:
+        body = json.dumps({"model": "one", "prompt": "t5", "max_tokens": 3000, "ignore_eos": True,
+                           "stream": True}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            r.readline()                                       # the stream is running
+            short = {"model": "one", "prompt": "t5", "max_tokens": 2}
+            busy = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST",
+                                          data=json.dumps(short).encode(),
+                                          headers={"Authorization": f"Bearer {KEY}"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(busy, timeout=30)
+            assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "1"
+            assert "retry" in message(json.loads(refused.value.read()))
+        sch = models["one"].scheduler
+        for _ in range(100):
+            if sch.active == 0:
+                break
+            time.sleep(0.05)
+        with urllib.request.urlopen(busy, timeout=30) as r:
+            assert json.loads(r.read())["usage"]["completion_tokens"] >= 1
+
+
 def test_serve_bad_arguments(tmp_path):
     from test_cli import assert_user_error
 
@@ -388,6 +430,9 @@ def test_batcher_joins_splits_and_isolates():
         futs = [pool.submit(full.submit, {"x": items[0]}) for _ in range(4)]
         errors = [f.exception() for f in futs]
     assert any(isinstance(e, RuntimeError) and "full" in str(e) for e in errors)
+    # max_queue counts requests waiting beyond the next batch: 0 still serves one at a time
+    alone = Batcher(lambda f: {"y": f["x"] + 1}, max_batch=1, max_wait=0, max_queue=0)
+    np.testing.assert_array_equal(alone.submit({"x": items[2]})["y"], items[2] + 1)
 
 
 def test_concurrent_predicts_are_batched_and_correct(server):
@@ -454,23 +499,9 @@ def test_graceful_shutdown_finishes_streams_and_logs_json(server):
 def fuzz_schema(server):
     """A second server over the same models, with a small token limit so that fuzzed generations are
     quick; its own OpenAPI document drives the fuzzer."""
-    import uvicorn
-
-    from pressa.serve.app import create_app
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(server["models"], KEY, max_body=1 << 20, max_tokens=8),
-                                        host="127.0.0.1", port=port, log_level="error"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json",
-                                        headers={"Authorization": f"Bearer {KEY}"})
-    srv.should_exit = True
-    t.join(10)
+    with running(server["models"], max_body=1 << 20, max_tokens=8) as port:
+        yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json",
+                                            headers={"Authorization": f"Bearer {KEY}"})
 
 
 def test_fuzz_from_openapi_finds_no_5xx(fuzz_schema):

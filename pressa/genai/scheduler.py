@@ -149,7 +149,7 @@ class Scheduler:
         with self.cond:
             if self._closed:
                 raise BadArgument("the scheduler is closed")
-            if len(self.pending) >= self.max_queue:
+            if len(self.pending) >= self.max_queue + self.running.count(None):    # waiting beyond free slots
                 raise self.on_full()
             self.pending.append(seq)
             self.cond.notify()

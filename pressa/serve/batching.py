@@ -1,7 +1,8 @@
 """Dynamic batching of tensor requests: requests whose inputs agree on names, types and every
 dimension but the first are joined along the batch axis, up to `max_batch` rows or `max_wait`
-seconds after the first arrived, run once, and the outputs split back. The queue is bounded: a full
-queue refuses at once (the server answers 503 with Retry-After)."""
+seconds after the first arrived, run once, and the outputs split back. The queue is bounded (the next
+batch's rows and `max_queue` more): a full queue refuses at once (the server answers 503 with
+Retry-After)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class Batcher:
     def submit(self, feeds: Feeds, timeout: float = 120.0) -> dict:
         fut: Future = Future()
         with self.cond:
-            if len(self.queue) >= self.max_queue:
+            if len(self.queue) >= self.max_queue + self.max_batch:    # the next batch, and max_queue more
                 raise self.on_full()
             self.queue.append((signature(feeds), feeds, fut))
             self.cond.notify()

@@ -79,6 +79,9 @@ class ServedModel:
 
     # -- admission ---------------------------------------------------------------------------
     def acquire(self, timeout: float = 120.0) -> None:
+        """A slot now, or a place among the `max_queue` waiting for one (Busy when those are taken)."""
+        if self.slots.acquire(blocking=False):
+            return
         with self._lock:
             if self.waiting >= self.max_queue:
                 raise Busy(f"model {self.name} has {self.waiting} requests waiting; retry shortly")
