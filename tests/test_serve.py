@@ -396,6 +396,32 @@ def test_tritonclient_works_unchanged(server):
         client.infer("enc", inputs)
 
 
+def test_text_generator_over_predict_and_infer(server):
+    """A text generator behind TF-Serving predict and KServe v2 infer (JSON and tritonclient's binary
+    BYTES): prompts in, the chat completion for the same message out."""
+    http = pytest.importorskip("tritonclient.http")
+    params = {"max_tokens": 6, "temperature": 0}
+    status, chat = call(server, "/v1/chat/completions", {"model": "llm", "messages": [
+        {"role": "user", "content": "t5 t6"}], **params})
+    want = chat["choices"][0]["message"]["content"]
+    status, body = call(server, "/v1/models/llm:predict", {"instances": ["t5 t6", "t5 t6"], "parameters": params})
+    assert status == 200 and body["predictions"] == [want, want]
+    status, body = call(server, "/v2/models/llm/infer", {"inputs": [
+        {"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["t5 t6"]}], "parameters": params})
+    assert status == 200 and body["outputs"][0] == {"name": "text_output", "shape": [1], "datatype": "BYTES",
+                                                    "data": [want]}
+    status, meta = call(server, "/v2/models/llm")
+    assert meta["inputs"] == [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}]
+    client = http.InferenceServerClient(f"127.0.0.1:{server['port']}")
+    text = http.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array(["t5 t6"], dtype=object))
+    got = client.infer("llm", [text], outputs=[http.InferRequestedOutput("text_output", binary_data=True)],
+                       parameters=params, headers={"Authorization": f"Bearer {KEY}"}).as_numpy("text_output")
+    assert [x.decode() for x in got] == [want]
+    status, body = call(server, "/v1/models/llm:predict", {"instances": [[1, 2]]})
+    assert status == 400 and "prompt strings" in body["error"]
+
+
 def test_batcher_joins_splits_and_isolates():
     from concurrent.futures import ThreadPoolExecutor
 

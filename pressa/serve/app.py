@@ -24,6 +24,7 @@ from pressa import __version__
 from pressa.serve import schemas
 from pressa.serve.logs import ACCESS, SERVER, event
 from pressa.serve.models import V2_TYPES, Busy, RequestError, ServedModel
+from pressa.serve.openai_routes import add_openai_routes, sampling_config
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/health", "/metrics")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -239,6 +240,11 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
             raise RequestError(f"unknown verb {verb!r}: use /v1/models/{name}:predict", 404)
         m = get_model(name)
         data = await body(request)
+        if m.kind == "llm":                  # prompts in, completions out
+            rows = data.get("instances", data.get("inputs"))
+            texts = await asyncio.to_thread(m.generate_texts, rows if isinstance(rows, list) else [rows],
+                                            sampling_config(_params(data, "the request"), max_tokens))
+            return {"predictions": texts} if "instances" in data else {"outputs": texts}
         if "instances" in data:
             rows = data["instances"]
             if not isinstance(rows, list) or not rows:
@@ -295,7 +301,7 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
         inputs = data.get("inputs")
         if not isinstance(inputs, list) or not inputs:
             raise RequestError("inputs must be a non-empty list of tensors {name, shape, datatype, data}")
-        feeds, offset = {}, 0
+        feeds, offset, prompts = {}, 0, None
         for t in inputs:
             if not isinstance(t, dict) or not {"name", "shape", "datatype"} <= set(t):
                 raise RequestError("each input needs name, shape, datatype and data (or binary data)")
@@ -312,10 +318,21 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
                 raise RequestError(f"input {t['name']!r}: no data")
             if t["datatype"] == "BYTES":
                 texts = _v2_strings(value) if size is not None else list(np.ravel(np.asarray(value, dtype=object)))
-                feeds.update(m.text_feeds([x if isinstance(x, str) else str(x) for x in texts]))
+                texts = [x if isinstance(x, str) else str(x) for x in texts]
+                if m.kind == "llm":
+                    prompts = texts
+                else:
+                    feeds.update(m.text_feeds(texts))
                 continue
             feeds[t["name"]] = _v2_tensor(t, value, size is not None)
-        out = await asyncio.to_thread(m.predict, feeds)
+        if m.kind == "llm":
+            if prompts is None:
+                raise RequestError("a text generator takes one BYTES input of prompts (text_input)")
+            cfg = sampling_config(_params(data, "the request"), max_tokens)
+            texts = await asyncio.to_thread(m.generate_texts, prompts, cfg)
+            out = {"text_output": np.array(texts, dtype=object)}
+        else:
+            out = await asyncio.to_thread(m.predict, feeds)
         asked = data.get("outputs") or []
         if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
                                                   for o in asked):
@@ -329,9 +346,11 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
         outputs, chunks = [], []
         for k in names:
             arr = np.ascontiguousarray(out[k])
-            o = {"name": k, "shape": list(arr.shape), "datatype": rev.get(arr.dtype, "FP32")}
+            o = {"name": k, "shape": list(arr.shape), "datatype": "BYTES" if arr.dtype == object else
+                 rev.get(arr.dtype, "FP32")}
             if k in binary:
-                raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+                raw = _v2_bytes(arr) if arr.dtype == object else arr.astype(arr.dtype.newbyteorder("<"),
+                                                                              copy=False).tobytes()
                 o["parameters"] = {"binary_data_size": len(raw)}
                 chunks.append(raw)
             else:
@@ -344,8 +363,6 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
         head = json.dumps(reply).encode()
         return Response(head + b"".join(chunks), media_type="application/octet-stream",
                         headers={"Inference-Header-Content-Length": str(len(head))})
-
-    from pressa.serve.openai_routes import add_openai_routes
 
     add_openai_routes(app, models, get_model, body)
 
@@ -402,6 +419,11 @@ def _v2_body(raw: bytes, header_length: str | None) -> tuple[dict, bytes]:
     if not isinstance(data, dict):
         raise RequestError("the body must be a JSON object")
     return data, raw[cut:]
+
+
+def _v2_bytes(arr: np.ndarray) -> bytes:
+    """Strings laid out as the binary extension lays out BYTES: a 4-byte little-endian length, then bytes."""
+    return b"".join(len(b).to_bytes(4, "little") + b for b in (str(x).encode() for x in arr.ravel()))
 
 
 def _v2_strings(raw: bytes) -> list[str]:

@@ -4,6 +4,7 @@ one continuous-batching scheduler (pressa.genai.scheduler); tensor models batch 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +51,14 @@ class ServedModel:
         self.max_queue = max_queue
         self.waiting = 0
         self._lock = threading.Lock()
-        sess = self.model.session.session if self.kind == "llm" else self.model.session
-        self.inputs = [TensorSpec(i.name, ORT_TO_V2.get(i.type, i.type), _dims(i.shape)) for i in sess.get_inputs()]
-        self.outputs = [TensorSpec(o.name, ORT_TO_V2.get(o.type, o.type), _dims(o.shape)) for o in sess.get_outputs()]
+        if self.kind == "llm":           # text in, text out (the KV cache and logits stay inside)
+            self.inputs, self.outputs = [TensorSpec("text_input", "BYTES", [-1])], [TensorSpec("text_output", "BYTES",
+                                                                                                [-1])]
+        else:
+            sess = self.model.session
+            self.inputs = [TensorSpec(i.name, ORT_TO_V2.get(i.type, i.type), _dims(i.shape)) for i in sess.get_inputs()]
+            self.outputs = [TensorSpec(o.name, ORT_TO_V2.get(o.type, o.type), _dims(o.shape))
+                            for o in sess.get_outputs()]
         self.batcher = self.scheduler = None
         if self.kind == "llm":
             from pressa.genai.scheduler import Scheduler
@@ -99,8 +105,6 @@ class ServedModel:
     def submit(self, ids: list[int], cfg, n: int, emit) -> list:
         """Start `n` sequences of one prompt (seeds seed, seed+1, ...); emit(i, text, finish, generated)
         for choice i. Nothing is left running when one cannot start."""
-        import dataclasses
-
         if self.kind != "llm":
             raise RequestError(f"model {self.name} does not generate text; use :predict, /infer or /v1/embeddings")
         seqs = []
@@ -115,6 +119,37 @@ class ServedModel:
                 for s in seqs:
                     s.cancel()
         return seqs
+
+    def generate_texts(self, prompts: list[str], cfg, timeout: float = 600.0) -> list[str]:
+        """Blocking: one completion per prompt (the chat template applied where the model has one),
+        all through the scheduler at once; for predict and infer on a text generator."""
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise RequestError("a text generator takes a non-empty list of prompt strings")
+        texts, ends = [""] * len(prompts), [threading.Event() for _ in prompts]
+        errors: list[str] = []
+
+        def emit(i, text, finish, generated):
+            if text:
+                texts[i] += text
+            if finish:
+                if text is None:
+                    errors.append(finish)
+                ends[i].set()
+
+        seqs = []
+        try:
+            for i, p in enumerate(prompts):
+                c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
+                seqs += self.submit(self.model.encode_prompt(p), c, 1, lambda k, t, f, g, i=i: emit(i, t, f, g))
+            for e in ends:
+                if not e.wait(timeout):
+                    raise RequestError(f"generation took over {timeout:.0f} s", 504)
+        finally:
+            for q in seqs:
+                q.cancel()
+        if errors:
+            raise RequestError(f"generation failed ({errors[0]})", 500)
+        return texts
 
     # -- tensors -----------------------------------------------------------------------------
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from pressa.serve import schemas
 from pressa.serve.models import RequestError, ServedModel
 
 
-def _sampling(data: dict, max_tokens: int):
+def sampling_config(data: dict, max_tokens: int):
     from pressa.genai.sampling import SamplingConfig
 
     n_new = data.get("max_completion_tokens", data.get("max_tokens"))
@@ -71,7 +71,7 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         m = get_model(str(data.get("model", "")))
         if m.kind != "llm":
             raise RequestError(f"model {m.name} does not generate text")
-        cfg = _sampling(data, app.state.max_tokens)
+        cfg = sampling_config(data, app.state.max_tokens)
         prompt = _prompt(data, chat)
         n = data.get("n", 1)
         if not isinstance(n, int) or not 1 <= n <= 8:

@@ -49,9 +49,12 @@ class EmbeddingRequest(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    """TensorFlow-Serving predict: `instances` (rows) or `inputs` (columns); strings for text models."""
+    """TensorFlow-Serving predict: `instances` (rows) or `inputs` (columns); strings for text models.
+    A text generator takes prompt strings and answers their completions."""
     instances: list[Any] | None = None
     inputs: dict[str, Any] | list[Any] | None = None
+    parameters: dict[str, Any] | None = Field(None, description="Text generators: max_tokens, temperature, "
+                                              "top_p, seed, stop, ignore_eos.")
 
 
 class V2Tensor(BaseModel):
@@ -106,6 +109,6 @@ def name_models(spec: dict, generators: list[str], tensors: list[str]) -> dict:
             for p in op.get("parameters", []):
                 if p.get("in") == "path" and p["name"] == "name" and everyone:
                     p["schema"]["enum"] = everyone
-                elif p.get("in") == "path" and p["name"] == "spec" and tensors:
-                    p["schema"]["enum"] = [f"{n}:predict" for n in tensors]
+                elif p.get("in") == "path" and p["name"] == "spec" and everyone:
+                    p["schema"]["enum"] = [f"{n}:predict" for n in everyone]
     return spec
