@@ -153,7 +153,22 @@ def test_static_quantization_from_an_image_folder(tmp_path):
     r = json.loads(run_cli("compare", tmp_path / "art", tmp_path / "q", "--data", tmp_path / "images", "--json",
                            "--runs", "2").stdout)
     out = r["outputs"]["logits"]
-    assert r["samples"] == 6 and out["top1_agreement"] == 1.0 and out["max_abs_error"] < 0.05
+    assert r["samples"] == 6 and out["top1_agreement"] == 1.0
+    # what INT8 costs this tiny random ViT, by ONNX Runtime's own dynamic quantizer on the same graph: the
+    # calibrated static model must cost no more than that, within a margin (its ranges come from 6 images)
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from pressa.quant.calib_data import image_batches
+    from pressa.runtime.encoder import EncoderModel
+
+    quantize_dynamic(str(tmp_path / "art" / "model.onnx"), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QInt8,
+                     per_channel=True)
+    x = np.concatenate([b["pixel_values"] for b in image_batches(tmp_path / "images", tmp_path / "art",
+                                                                 "pixel_values", 6)])
+    ref = EncoderModel(tmp_path / "art").run({"pixel_values": x})["logits"]
+    dyn = ort.InferenceSession(str(tmp_path / "dyn.onnx")).run(None, {"pixel_values": x})[0]
+    assert out["max_abs_error"] <= 1.5 * float(np.abs(dyn - ref).max()) + 1e-3, (out, float(np.abs(dyn - ref).max()))
 
 
 def test_capture_any_torch_module(tmp_path):

@@ -15,6 +15,11 @@ def _pool(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
+def metric_for(name: str) -> str:
+    """How an output is compared: "top1" (argmax agreement) for logits, else "cosine"."""
+    return "top1" if "logits" in name else "cosine"
+
+
 class Agreement:
     """Accumulates, batch by batch, the agreement of `got` with `ref` for each output."""
 
@@ -37,7 +42,7 @@ class Agreement:
                 self.abs_max[name] = max(self.abs_max[name], float(d.max()))
                 self.abs_sum[name] += float(d.sum())
                 self.count[name] += d.size
-            if "logits" in name and r.ndim >= 2:
+            if metric_for(name) == "top1" and r.ndim >= 2:
                 same = r.argmax(-1) == g.argmax(-1)
                 if r.ndim == 3 and mask is not None and r.shape[:2] == mask.shape:
                     same = same[mask.astype(bool)]

@@ -97,6 +97,7 @@ class StaticQuantization(Pass):
     Config = StaticConfig
 
     def run(self, model_path: Path, config: StaticConfig, out_dir: Path, ctx: PassContext) -> dict:
+        from pressa.evaluate.outputs import metric_for
         from pressa.graph.onnx_io import load_model, save_model
         from pressa.quant.calib_data import batches
 
@@ -125,6 +126,7 @@ class StaticQuantization(Pass):
                     ctx.log(f"warning: agreement with the original dropped by {report['drop']:.3f}; "
                             "--max-drop 0.01 moves the most harmful nodes to dynamic int8")
             q = load_model(q_path)
+        report["metric"] = metric_for(model.graph.output[0].name)
         save_model(q, out_dir)
         report["quantized_ops"] = _count(q, ("QuantizeLinear", "DequantizeLinear"))
         return report
