@@ -290,6 +290,21 @@ def test_disconnect_mid_stream_leaves_server_serving(server):
         time.sleep(0.05)
     assert sch.active == 0 and sch.cancelled == cancelled + 3
     assert sch.generated - generated < 3 * 3000
+    # the same without streaming: the server looks for the client while it waits
+    plain = json.dumps({"model": "llm", "prompt": "t5", "max_tokens": 3000, "ignore_eos": True}).encode()
+    s = socket.create_connection(("127.0.0.1", server["port"]), timeout=30)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(plain)}\r\n\r\n".encode() + plain)
+    for _ in range(100):
+        if sch.active:
+            break
+        time.sleep(0.01)
+    s.close()
+    for _ in range(100):
+        if sch.active == 0 and sch.cancelled == cancelled + 4:
+            break
+        time.sleep(0.05)
+    assert sch.active == 0 and sch.cancelled == cancelled + 4
     status, out = call(server, "/v1/chat/completions", {"model": "llm", "messages": [{"role": "user",
                                                                                      "content": "t5"}],
                                                          "max_tokens": 3})

@@ -92,14 +92,23 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         seqs = m.submit(ids, cfg, n, emit)
         kind = "chat.completion" if chat else "text_completion"
 
-        async def events():
-            """(choice, text, finish, generated) until every choice has finished."""
-            left = n
+        async def events(watch: bool = False):
+            """(choice, text, finish, generated) until every choice has finished. `watch`: look for a
+            client that went away (a stream notices on its next write; a plain answer has none)."""
+            left, check = n, loop.time() + 0.5
             try:
                 while left:
-                    item = await q.get()
-                    left -= item[2] is not None
-                    yield item
+                    try:
+                        item = await asyncio.wait_for(q.get(), 0.5) if watch else await q.get()
+                    except TimeoutError:
+                        item = None
+                    if watch and loop.time() >= check:          # twice a second, tokens or not
+                        check = loop.time() + 0.5
+                        if await request.is_disconnected():
+                            return
+                    if item is not None:
+                        left -= item[2] is not None
+                        yield item
             finally:
                 cancel()
 
@@ -113,7 +122,7 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         if not data.get("stream"):
             texts, finishes, used = [""] * n, ["length"] * n, 0
             try:
-                async for i, piece, fin, gen in events():
+                async for i, piece, fin, gen in events(watch=True):
                     if piece is None:
                         raise RequestError(f"generation failed ({fin})", 500)
                     texts[i] += piece
