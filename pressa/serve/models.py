@@ -102,20 +102,20 @@ class ServedModel:
     def release(self) -> None:
         self.slots.release()
 
-    def submit(self, ids: list[int], cfg, n: int, emit) -> list:
-        """Start `n` sequences of one prompt (seeds seed, seed+1, ...); emit(i, text, finish, generated)
-        for choice i. Nothing is left running when one cannot start."""
+    def submit(self, prompts: list[list[int]], cfg, emit) -> list:
+        """One sequence per prompt's token ids, sequence i sampling with seed + i; emit(i, text, finish,
+        generated) for sequence i. Nothing is left running when one cannot start."""
         if self.kind != "llm":
             raise RequestError(f"model {self.name} does not generate text; use :predict, /infer or /v1/embeddings")
         seqs = []
         try:
-            for i in range(n):
+            for i, ids in enumerate(prompts):
                 c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
                 seqs.append(self.scheduler.submit(ids, c, lambda t, f, g, i=i: emit(i, t, f, g)))
         except BadArgument as err:
             raise RequestError(str(err)) from None
         finally:
-            if len(seqs) < n:
+            if len(seqs) < len(prompts):
                 for s in seqs:
                     s.cancel()
         return seqs
@@ -136,17 +136,14 @@ class ServedModel:
                     errors.append(finish)
                 ends[i].set()
 
-        seqs = []
+        seqs = self.submit([self.model.encode_prompt(p) for p in prompts], cfg, emit)
         try:
-            for i, p in enumerate(prompts):
-                c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
-                seqs += self.submit(self.model.encode_prompt(p), c, 1, lambda k, t, f, g, i=i: emit(i, t, f, g))
             for e in ends:
                 if not e.wait(timeout):
                     raise RequestError(f"generation took over {timeout:.0f} s", 504)
         finally:
-            for q in seqs:
-                q.cancel()
+            for s in seqs:
+                s.cancel()
         if errors:
             raise RequestError(f"generation failed ({errors[0]})", 500)
         return texts

@@ -89,7 +89,7 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         if not isinstance(options, dict):
             raise RequestError("stream_options must be an object")
         include_usage = bool(options.get("include_usage"))
-        seqs = m.submit(ids, cfg, n, emit)
+        seqs = m.submit([ids] * n, cfg, emit)
         kind = "chat.completion" if chat else "text_completion"
 
         async def events(watch: bool = False):
