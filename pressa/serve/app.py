@@ -167,31 +167,30 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
     app = FastAPI(title="pressa", version=__version__, description="pressa model server", lifespan=lifespan)
     app.state.models, app.state.stats, app.state.max_tokens = models, stats, max_tokens
     app.add_middleware(Guard, api_key=api_key, max_body=max_body, stats=stats)
-    error = _json
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
-        return error(exc.status_code, str(exc.detail), request.url.path)
+        return _json(exc.status_code, str(exc.detail), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-        return error(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body",
+        return _json(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body",
                      request.url.path)
 
     @app.exception_handler(RequestError)
     async def bad_request(request, exc):
-        return error(exc.status, str(exc), request.url.path)
+        return _json(exc.status, str(exc), request.url.path)
 
     @app.exception_handler(Busy)
     async def busy(request, exc):
-        return error(503, str(exc), request.url.path, {"Retry-After": "1"})
+        return _json(503, str(exc), request.url.path, {"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def crash(request, exc):
         SERVER.error("unhandled error", exc_info=exc, extra={"fields": {"path": request.url.path}})
-        return error(500, "internal error; the server log has the details", request.url.path)
+        return _json(500, "internal error; the server log has the details", request.url.path)
 
     def get_model(name: str) -> ServedModel:
         if name not in models:

@@ -93,24 +93,22 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         kind = "chat.completion" if chat else "text_completion"
 
         async def events(watch: bool = False):
-            """(choice, text, finish, generated) until every choice has finished. `watch`: look for a
-            client that went away (a stream notices on its next write; a plain answer has none)."""
+            """(choice, text, finish, generated) until every choice has finished (its consumer cancels what
+            is left when it stops). `watch`: look for a client that went away (a stream notices on its
+            next write; a plain answer has none)."""
             left, check = n, loop.time() + 0.5
-            try:
-                while left:
-                    try:
-                        item = await asyncio.wait_for(q.get(), 0.5) if watch else await q.get()
-                    except TimeoutError:
-                        item = None
-                    if watch and loop.time() >= check:          # twice a second, tokens or not
-                        check = loop.time() + 0.5
-                        if await request.is_disconnected():
-                            return
-                    if item is not None:
-                        left -= item[2] is not None
-                        yield item
-            finally:
-                cancel()
+            while left:
+                try:
+                    item = await asyncio.wait_for(q.get(), 0.5) if watch else await q.get()
+                except TimeoutError:
+                    item = None
+                if watch and loop.time() >= check:          # twice a second, tokens or not
+                    check = loop.time() + 0.5
+                    if await request.is_disconnected():
+                        return
+                if item is not None:
+                    left -= item[2] is not None
+                    yield item
 
         def cancel():
             for s in seqs:
