@@ -77,16 +77,17 @@ class Sequence:
     ids: list[int]
     cfg: SamplingConfig
     emit: Emit
+    row: _Row
     rng: np.random.Generator = field(init=False)
-    row: _Row | None = None
+    seen: np.ndarray | None = field(init=False)       # prompt and generated ids, for a repetition penalty
     slot: int = -1
     next_token: int = -1
-    seen: np.ndarray | None = None
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self):
         self.rng = np.random.default_rng(self.cfg.seed)
+        self.seen = np.asarray(self.ids, np.int64) if self.cfg.repetition_penalty != 1.0 else None
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -142,10 +143,7 @@ class Scheduler:
         if len(ids) + cfg.max_new_tokens > self.capacity:
             raise BadArgument(f"prompt ({len(ids)} tokens) plus max new tokens ({cfg.max_new_tokens}) exceed the "
                               f"{self.capacity} positions a sequence may hold here")
-        seq = Sequence(list(ids), cfg, emit)
-        seq.row = _Row(self.model.tokenizer, cfg.stop)
-        if cfg.repetition_penalty != 1.0:
-            seq.seen = np.asarray(ids, np.int64)
+        seq = Sequence(list(ids), cfg, emit, _Row(self.model.tokenizer, cfg.stop))
         with self.cond:
             if self._closed:
                 raise BadArgument("the scheduler is closed")
@@ -171,15 +169,15 @@ class Scheduler:
                     for s in [*self.pending, *filter(None, self.running)]:
                         self._fail(s, "the server is shutting down")
                     return
+                gone = [s for s in [*self.pending, *self.running] if s is not None and s.cancelled]
+                for s in gone:
+                    if s.slot >= 0:
+                        self._free(s)
+                self.cancelled += len(gone)
                 kept = [s for s in self.pending if not s.cancelled]
-                self.cancelled += len(self.pending) - len(kept)
-                free = self.running.count(None)
+                free = self.running.count(None)            # the slots just freed included
                 admit, self.pending = kept[:free], deque(kept[free:])
             try:
-                for s in self.running:
-                    if s is not None and s.cancelled:
-                        self._free(s)
-                        self.cancelled += 1
                 for group in prefill_groups(admit):
                     self._prefill(group)
                 if any(self.running):
