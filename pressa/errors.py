@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """An exception's message for a one-line report: its first line (its type's name when it has no
+    message), cut to `limit` characters."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line[:limit] if limit else line
+
+
 class PressaError(Exception):
     """An error the user can fix. `str(err)` is a one-line message."""
 

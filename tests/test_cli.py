@@ -155,3 +155,11 @@ assert not bad, bad
 """
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_first_line_of_an_error():
+    from pressa.errors import first_line
+
+    assert first_line(ValueError("bad shape\n  at node 3")) == "bad shape"
+    assert first_line(ValueError("\n  indented first\nsecond"), 5) == "inden"
+    assert first_line(KeyError()) == "KeyError"                 # no message: its type (was an IndexError)

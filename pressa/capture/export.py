@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pressa.errors import BadArgument, SourceNotFound
+from pressa.errors import BadArgument, SourceNotFound, first_line
 
 # task -> (transformers Auto class, output names)
 TASKS = {
@@ -71,7 +71,7 @@ def load_hf_model(folder: Path, task: str):
     try:
         model = cls.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
     except (ValueError, KeyError, OSError) as err:
-        msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        msg = first_line(err, 200)
         raise BadArgument(f"{folder}: transformers cannot load it for {task} ({msg})") from None
     return model.eval(), task
 

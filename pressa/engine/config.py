@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pressa.errors import first_line
 from pressa.passes.base import BadConfig, get_pass, make_config
 
 TOP_KEYS = {"input_model", "systems", "evaluators", "passes", "engine", "search_strategy", "evaluator", "host",
@@ -101,7 +102,7 @@ def read_config(path: Path) -> dict:
         else:
             data = json.loads(text)
     except Exception as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err)
         raise BadConfig(f"{p}: not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'} ({first})") from None
     if not isinstance(data, dict):
         raise BadConfig(f"{p}: the config must be a mapping of keys to values")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pressa.errors import BadArgument, PressaError
+from pressa.errors import BadArgument, PressaError, first_line
 from pressa.genai.model import Model, _Row
 from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose
 
@@ -183,7 +183,7 @@ class Scheduler:
                 if any(self.running):
                     self._step()
             except Exception as err:         # fail what was running; the next requests start clean
-                msg = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                msg = first_line(err, 200)
                 for s in [*admit, *self.running]:
                     if s is not None and not s.row.done:
                         self._fail(s, msg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pressa.errors import BadArgument, CorruptModel
+from pressa.errors import BadArgument, CorruptModel, first_line
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "gpu": "CUDAExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -69,5 +69,5 @@ def open_session(model_path: Path, device: str = "cpu", threads: int | None = No
         return ort.InferenceSession(model_bytes if model_bytes is not None else str(model_path), so,
                                     providers=[provider])
     except Exception as err:  # ORT raises its own Fail/InvalidGraph/etc.
-        msg = str(err).splitlines()[0][:300]
+        msg = first_line(err, 300)
         raise CorruptModel(f"{model_path}: ONNX Runtime cannot load it ({msg})") from None

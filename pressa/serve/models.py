@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pressa.errors import BadArgument, PressaError
+from pressa.errors import BadArgument, PressaError, first_line
 
 V2_TYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
             "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
@@ -81,7 +81,7 @@ class ServedModel:
         try:
             return self.model.run(feeds)
         except Exception as err:              # ORT's own shape/type complaints: the client's fault
-            raise RequestError(f"the model could not run these inputs ({str(err).splitlines()[0][:200]})") from None
+            raise RequestError(f"the model could not run these inputs ({first_line(err, 200)})") from None
 
     # -- admission ---------------------------------------------------------------------------
     def acquire(self, timeout: float = 120.0) -> None:
@@ -188,7 +188,7 @@ class ServedModel:
         try:
             return self.model.embed_feeds(feeds), int(feeds["attention_mask"].sum())
         except Exception as err:              # ORT's complaint about the input (too long, say)
-            raise RequestError(f"the model could not embed these texts ({str(err).splitlines()[0][:200]})") from None
+            raise RequestError(f"the model could not embed these texts ({first_line(err, 200)})") from None
         finally:
             self.release()
 

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from pressa.errors import SourceNotFound
+from pressa.errors import SourceNotFound, first_line
 from pressa.sources.base import Source
 from pressa.sources.hf import open_hf_folder
 
@@ -38,7 +38,7 @@ def hub_folder(repo_id: str, revision: str | None = None, patterns: list[str] | 
         raise SourceNotFound(f"{repo_id}: not in the local Hugging Face cache and the Hub cannot be reached "
                              "(offline); download it once with network access or pass a local folder") from None
     except Exception as err:  # network errors, 404, gated repos: one clear line
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise SourceNotFound(f"{repo_id}: could not download from the Hugging Face Hub ({msg}); "
                              "check the id, your network and HF_TOKEN, or pass a local folder") from None
     return Path(path)
