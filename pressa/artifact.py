@@ -6,12 +6,14 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pressa.errors import OutputExists
+from pressa.errors import OutputExists, OutputNotWritable, OutputOverlapsInput, first_line
+from pressa.tempdirs import sweep
 
 MANIFEST = "pressa.json"
 TMP_PREFIX = ".pressa-tmp-"
@@ -43,29 +45,95 @@ def signals_as_exceptions() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def check_output(path: Path, overwrite: bool) -> None:
+def local_inputs(*specs) -> list[Path]:
+    """The inputs that are paths on this machine (a Hub id or a bundled name is not), resolved."""
+    out = []
+    for spec in specs:
+        if spec is None or str(spec) == "":
+            continue
+        p = Path(str(spec)).expanduser()
+        if p.exists():
+            out.append(p.resolve())
+    return out
+
+
+def guard_inputs(path: Path, inputs, option: str = "--output") -> None:
+    """No command writes, replaces or deletes a folder that is, contains or lies inside one of its inputs
+    (symlinks followed), --overwrite or not."""
+    out = Path(path).expanduser().resolve()
+    for inp in local_inputs(*inputs):
+        if out == inp:
+            how = "is"
+        elif out in inp.parents:
+            how = "contains"
+        elif inp in out.parents:
+            how = "lies inside"
+        else:
+            continue
+        raise OutputOverlapsInput(f"{option} {path} {how} the input {inp}; pressa never writes over what it "
+                                  f"reads (--overwrite or not): choose an {option} elsewhere")
+
+
+def existing_ancestor(path: Path) -> Path:
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def check_writable(path: Path, need_bytes: int = 0, option: str = "--output") -> None:
+    """The folder that will receive `path` can be written, with room for about `need_bytes`."""
+    where = existing_ancestor(Path(path).expanduser().absolute().parent)
+    if not where.is_dir():
+        raise OutputNotWritable(f"{option} {path}: {where} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".pressa-probe-", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputNotWritable(f"{option} {path}: cannot write in {where} ({err.strerror}); choose a writable "
+                                f"{option}") from None
+    free = shutil.disk_usage(where).free
+    if need_bytes and free < need_bytes:
+        raise OutputNotWritable(f"{option} {path}: needs about {need_bytes / 1e6:,.0f} MB, {where} has "
+                                f"{free / 1e6:,.0f} MB free; free some space or choose another {option}")
+
+
+def check_output(path: Path, overwrite: bool, inputs=(), option: str = "--output", need_bytes: int = 0) -> None:
+    """Before any slow work: the output may be (re)written. Its inputs are never touched; an existing
+    folder needs --overwrite; the destination must be writable with room to spare."""
+    guard_inputs(path, inputs, option)
+    path = Path(path)
     if path.exists() and not overwrite:
-        raise OutputExists(f"{path} already exists; pass --overwrite to replace it or choose another --output")
+        raise OutputExists(f"{path} already exists; pass --overwrite to replace it or choose another {option}")
     if path.exists() and not path.is_dir():
-        raise OutputExists(f"{path} exists and is not a folder; remove it or choose another --output")
+        raise OutputExists(f"{path} exists and is not a folder; remove it or choose another {option}")
+    check_writable(path, need_bytes, option)
+
+
+def plain_modes(folder: Path) -> None:
+    """Files as the user's umask makes them (some writers create theirs 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in Path(folder).rglob("*"):
+        if not f.is_symlink():
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~mask)
 
 
 @contextmanager
-def atomic_folder(path: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_folder(path: Path, overwrite: bool = False, inputs=(), option: str = "--output") -> Iterator[Path]:
     """Yields a temporary folder; on success it replaces `path`, on any error or interrupt it is removed."""
     path = Path(path).absolute()
-    check_output(path, overwrite)
+    check_output(path, overwrite, inputs, option)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{TMP_PREFIX}{path.name}-*"):      # left by a SIGKILL
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    sweep(path.parent, f"{TMP_PREFIX}{path.name}-")              # left by a SIGKILL
     tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         with signals_as_exceptions():
             yield tmp
+            plain_modes(tmp)
             if path.exists():
                 old = path.parent / f"{TMP_PREFIX}{path.name}-old-{os.getpid()}"
                 path.rename(old)
@@ -78,12 +146,53 @@ def atomic_folder(path: Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def artifact_kind(path: Path) -> str | None:
+    """"llm" (a decoder built by auto-opt: genai_config.json beside the graph), "onnx" (any other
+    .onnx file or folder holding one), or None."""
+    p = Path(path)
+    folder = p.parent if p.is_file() else p
+    if (folder / "genai_config.json").is_file() and (p.is_dir() or p.suffix == ".onnx"):
+        return "llm"
+    if (p.is_file() and p.suffix == ".onnx") or (p.is_dir() and any(p.glob("*.onnx"))):
+        return "onnx"
+    return None
+
+
+def require_kind(path: Path, want: str, command: str) -> str:
+    """Check, before a command runs, that `path` is the kind of model it takes."""
+    from pressa.errors import BadArgument, SourceNotFound
+
+    p = Path(path)
+    if not p.exists():
+        raise SourceNotFound(f"{p}: no such file or folder")
+    kind = artifact_kind(p)
+    if kind is None:
+        raise SourceNotFound(f"{p}: not a model pressa can run (no .onnx file or genai_config.json); pass an "
+                             "artifact folder made by pressa or an .onnx file")
+    if kind == "llm" and want == "onnx":
+        raise BadArgument(f"{p} is a text-generation artifact made by auto-opt; `pressa {command}` would break it "
+                          "(its KV-cache graph and genai_config.json): choose its precision with `pressa auto-opt "
+                          "--precision`")
+    if kind == "onnx" and want == "llm":
+        raise BadArgument(f"{p} is not a text generator (no genai_config.json); `pressa {command}` runs artifacts "
+                          "made by auto-opt: for this model use `pressa embed`, `compare` or `serve`")
+    return kind
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of an artifact or config, with a one-line error naming it when it is damaged."""
+    from pressa.errors import CorruptModel
+
     try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CorruptModel(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                           "the file is damaged: rebuild or re-download it") from None
+    except ValueError as err:
+        raise CorruptModel(f"{path}: not valid JSON ({first_line(err)}); the file is damaged: rebuild or "
+                           "re-download it") from None
+    except OSError as err:
+        raise CorruptModel(f"{path}: cannot read it ({err.strerror})") from None
 
 
 def write_json(path: Path, obj) -> None:
@@ -92,7 +201,7 @@ def write_json(path: Path, obj) -> None:
 
 def read_manifest(folder: Path) -> dict:
     p = Path(folder) / MANIFEST
-    return json.loads(p.read_text()) if p.is_file() else {}
+    return read_json(p) if p.is_file() else {}
 
 
 def folder_size(folder: Path) -> int:

@@ -8,11 +8,32 @@ from pathlib import Path
 import typer
 
 from pressa import log
+from pressa.textio import check_text, read_stdin, read_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Make trained models small and fast for the hardware they run on, and run them.")
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        import pressa
+
+        typer.echo(f"pressa {pressa.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="Print pressa's version and exit."),
+    log_level: int | None = typer.Option(None, "--log_level", "--log-level", min=0, max=4,
+                                         help="0 debug (and the traceback of an unexpected error), 1 info, "
+                                              "2 warnings, 3 errors, 4 critical."),
+):
+    if log_level is not None:
+        log.set_level(log_level)
 
 
 @app.command("auto-opt")
@@ -22,7 +43,7 @@ def auto_opt(
                                              "Default: the bundled SmolLM2-135M-Instruct."),
     output: Path = typer.Option(Path("models/optimized"), "--output_path", "-o", "--output",
                                 help="Artifact folder to write (written atomically)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or gpu."),
+    device: str = typer.Option("cpu", "--device", help="cpu or gpu (Olive's names; cuda is taken for gpu)."),
     provider: str = typer.Option("CPUExecutionProvider", "--provider",
                                  help="CPUExecutionProvider or CUDAExecutionProvider."),
     use_ort_genai: bool = typer.Option(True, "--use_ort_genai/--no-ort-genai",
@@ -30,7 +51,7 @@ def auto_opt(
                                             "(always written; accepted for Olive compatibility)."),
     precision: str = typer.Option("int4", "--precision", help="fp32, fp16 (GPU), int8 or int4 weights."),
     group_size: int = typer.Option(32, "--group-size", "--block_size",
-                                   help="Quantization group size along the input axis: 32, 64 or 128."),
+                                   help="Quantization group size along the input axis: 16, 32, 64, 128 or 256."),
     sym: bool = typer.Option(False, "--sym/--asym", help="Symmetric (no zero point) or asymmetric groups."),
     scale_search: bool = typer.Option(True, "--scale-search/--no-scale-search",
                                       help="Pick each group's scale and zero point by least squared error "
@@ -66,24 +87,32 @@ def auto_opt(
     dev = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}.get(provider)
     if dev is None:
         raise BadArgument(f"--provider {provider!r}: use CPUExecutionProvider or CUDAExecutionProvider")
-    if device == "gpu" and dev == "cpu":
+    if device not in ("cpu", "gpu", "cuda"):
+        raise BadArgument(f"--device {device!r}: use cpu or gpu")
+    if device != "cpu" and dev == "cpu":
         dev = "cuda"
     if ratio < 1.0 and precision != "int4":
         raise BadArgument("--ratio applies to --precision int4 only")
     opts = BuildOptions(precision=precision, block_size=group_size, symmetric=sym,
                         accuracy_level=accuracy_level if dev == "cpu" else 0, embedding_bits=embedding_bits,
                         algorithm=algorithm, scale_search=scale_search)
-    text = _read_text(calibration_data) if calibration_data else None
+    text = read_text(calibration_data) if calibration_data else None
     with log.progress_bar("auto-opt") as bar:
         manifest = build_llm(model, output, opts, ratio=ratio, provider=dev, overwrite=overwrite,
+                             inputs=(calibration_data,),
                              progress=bar, log=log.info, status=log.status, calibration_text=text,
                              calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen)
     log.info(f"wrote {output} ({manifest['size_bytes'] / 1e6:.1f} MB, {manifest['build_seconds']:.1f} s)")
 
 
 def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
+    from pressa.errors import BadArgument
     from pressa.genai.sampling import SamplingConfig
 
+    for s in stop or []:
+        check_text(s, "--stop")
+        if not s:
+            raise BadArgument("--stop '': an empty stop string would end every generation at once; give some text")
     return SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                           repetition_penalty=repetition_penalty, seed=seed, max_new_tokens=max_new_tokens,
                           stop=list(stop or []))
@@ -112,10 +141,12 @@ def generate(
 ):
     """Generate text. Only the generated text goes to stdout, streamed as it is produced."""
     import pressa
+    from pressa.artifact import require_kind
 
-    prompts = [sys.stdin.read() if p == "-" else p for p in prompts]
-    m = pressa.load(model, device=device, threads=threads)
+    require_kind(model, "llm", "generate")
     cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    prompts = [read_stdin() if p == "-" else check_text(p, "the prompt") for p in prompts]
+    m = pressa.load(model, device=device, threads=threads)
     if len(prompts) == 1:
         for piece in m.stream(prompts[0], chat=chat, cfg=cfg):
             sys.stdout.write(piece)
@@ -138,36 +169,59 @@ def chat(
     repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", min=0.01),
     seed: int | None = _SEED, threads: int | None = _THREADS, device: str = _DEVICE,
 ):
-    """Chat in the terminal with the model's chat template. /reset clears history, /exit or Ctrl-D quits."""
+    """Chat in the terminal with the model's chat template. /reset clears history, /exit or Ctrl-D quits.
+    When the conversation outgrows the context, the oldest turns are dropped (the system prompt stays);
+    a message too long on its own is refused and the chat goes on."""
     import pressa
+    from pressa.artifact import require_kind
     from pressa.errors import BadArgument
 
+    require_kind(model, "llm", "chat")
+    system = check_text(system, "--system") if system else None
+    cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None)
     m = pressa.load(model, device=device, threads=threads)
     if not m.has_chat_template:
         raise BadArgument("this model has no chat template; use `pressa generate --no-chat`")
-    cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None)
+    if max_new_tokens >= m.session.context_length:
+        raise BadArgument(f"--max-new-tokens {max_new_tokens} leaves no room for a message in the model's context "
+                          f"of {m.session.context_length} tokens; lower it")
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     interactive = sys.stdin.isatty()
     while True:
         try:
-            line = input("> " if interactive else "")
+            line = check_text(input("> " if interactive else ""), "that message")
         except EOFError:
             break
+        except (UnicodeDecodeError, BadArgument):
+            log.err.print("error: that message is not valid UTF-8 text; type it again")
+            continue
         if line.strip() in ("/exit", "/quit"):
             break
         if line.strip() == "/reset":
             history = history[:1] if system else []
             continue
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line})
-        reply = ""
-        for piece in m.stream(history, cfg=cfg):
-            reply += piece
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        history.append({"role": "assistant", "content": reply})
+        if line.strip():
+            history = _chat_turn(m, history, line, cfg)
+
+
+def _chat_turn(m, history: list[dict], line: str, cfg) -> list[dict]:
+    """One exchange: the reply streamed to stdout; returns the history to go on with."""
+    from pressa.errors import BadArgument
+
+    try:
+        kept, dropped = m.fit_history([*history, {"role": "user", "content": line}], cfg.max_new_tokens)
+    except BadArgument as err:
+        log.err.print(f"error: {err}")
+        return history
+    if dropped:
+        log.warn(f"the conversation outgrew the context: dropped the {dropped} oldest messages")
+    reply = ""
+    for piece in m.stream(kept, cfg=cfg):
+        reply += piece
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return [*kept, {"role": "assistant", "content": reply}]
 
 
 def _print_result(result: dict, as_json: bool, title: str) -> None:
@@ -205,15 +259,17 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ):
     """Measure how much worse: perplexity on a text file, and/or agreement (top-1, KL) with the original."""
+    from pressa.artifact import require_kind
     from pressa.errors import BadArgument
 
+    require_kind(model, "llm", "eval")
     if perplexity is None and reference is None:
         raise BadArgument("give --perplexity FILE and/or --reference MODEL --data FILE")
     result: dict = {"artifact": str(model)}
     if perplexity is not None:
         from pressa.evaluate.perplexity import perplexity as ppl
 
-        text = _read_text(perplexity)
+        text = read_text(perplexity)
         with log.progress_bar("perplexity") as bar:
             result.update(ppl(model, text, windows, window_size, batch, threads, bar))
     if reference is not None:
@@ -223,7 +279,7 @@ def eval_cmd(
         from pressa.genai.tokenizer import TextTokenizer
 
         tok = TextTokenizer(model)
-        chunks = text_samples(_read_text(data), lambda s: tok.encode(s, add_special_tokens=False), samples)
+        chunks = text_samples(read_text(data), lambda s: tok.encode(s, add_special_tokens=False), samples)
         if not chunks:
             raise BadArgument(f"{data}: no usable lines (each needs 40+ characters)")
         with log.status(f"loading the reference {reference}"):
@@ -232,15 +288,6 @@ def eval_cmd(
             result.update({**agreement(artifact_logits(model, threads), ref, chunks, bar), "reference": how})
         del keep
     _print_result(result, as_json, f"eval {model}")
-
-
-def _read_text(path: Path) -> str:
-    from pressa.errors import SourceNotFound
-
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise SourceNotFound(f"{path}: cannot read it ({err.strerror})") from None
 
 
 @app.command()
@@ -256,9 +303,11 @@ def benchmark(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ):
     """Time an artifact: decode tokens/s, time to first token, prefill tokens/s, peak RSS."""
+    from pressa.artifact import require_kind
     from pressa.errors import BadArgument
     from pressa.evaluate.latency import benchmark as run_benchmark
 
+    require_kind(model, "llm", "benchmark")
     if hint not in ("latency", "throughput"):
         raise BadArgument("--hint: use latency or throughput")
     with log.progress_bar("benchmark") as bar:
@@ -306,34 +355,11 @@ from pressa import cli_onnx  # noqa: E402,F401  (registers capture, optimize, qu
 
 
 def main() -> None:
-    import click
+    from pressa import tempdirs
+    from pressa.boundary import run
 
-    from pressa.artifact import Interrupted
-    from pressa.errors import PressaError
-
-    cmd = typer.main.get_command(app)
-    try:
-        rv = cmd.main(args=sys.argv[1:], prog_name="pressa", standalone_mode=False)
-        sys.exit(rv if isinstance(rv, int) else 0)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        log.err.print("interrupted")
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except PressaError as e:
-        log.err.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        log.err.print("interrupted")
-        sys.exit(130)
-    except Interrupted as e:
-        log.err.print("terminated")
-        sys.exit(128 + e.signum)
-    except BrokenPipeError:
-        sys.exit(0)
+    tempdirs.adopt_all()            # every temporary file under one root, removed at exit
+    sys.exit(run(typer.main.get_command(app), sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -162,12 +162,14 @@ def embed(
     threads: int | None = _THREADS,
 ):
     """Sentence embeddings, one JSON array per text on stdout (pooling as the model's config says)."""
-    import sys
-
+    from pressa.artifact import require_kind
     from pressa.runtime.encoder import EncoderModel
+    from pressa.textio import check_text, read_stdin
 
+    require_kind(model, "onnx", "embed")
     if texts == ["-"]:
-        texts = [ln.rstrip("\n") for ln in sys.stdin if ln.strip()]
+        texts = [ln for ln in read_stdin().splitlines() if ln.strip()]
+    texts = [check_text(t, "the text") for t in texts]
     vecs = EncoderModel(model, threads=threads).embed(texts, normalize=normalize)
     for v in vecs:
         typer.echo(json.dumps([round(float(x), 7) for x in v]))
@@ -219,9 +221,9 @@ def run_cmd(
         for n in plan["notes"]:
             typer.echo(f"note: {n}")
         return
-    from pressa.artifact import check_output
+    from pressa.engine.search import check_workflow_paths
 
-    check_output(wf.output_dir, overwrite)
+    check_workflow_paths(wf, overwrite)
     for n in wf.notes:
         log.info(f"note: {n}")
     summary = run_workflow(wf, log.message, overwrite, runs)

@@ -35,3 +35,11 @@ class OutputExists(PressaError):
 
 class BadArgument(PressaError):
     """An option value is invalid."""
+
+
+class OutputOverlapsInput(PressaError):
+    """The output folder is, contains or lies inside one of the command's inputs."""
+
+
+class OutputNotWritable(PressaError):
+    """The output cannot be written there (permissions, read-only file system, no space)."""

@@ -6,7 +6,6 @@ and a random sample of input rows (AWQ's scale search)."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pressa.errors import BadArgument
+from pressa.tempdirs import temp_dir
 
 SAMPLE_ROWS = 512
 
@@ -65,7 +65,7 @@ def collect(cfg, weights, tokenizer_files: dict, text: str, samples: int = 64, s
     from pressa.genai.tokenizer import TextTokenizer
     from pressa.runtime.session import session_options
 
-    with tempfile.TemporaryDirectory(prefix="pressa-calib-") as d:
+    with temp_dir("calibration-") as d:
         folder = Path(d)
         for name, data in tokenizer_files.items():
             (folder / name).write_bytes(data)

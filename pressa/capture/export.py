@@ -68,9 +68,13 @@ def load_hf_model(folder: Path, task: str):
     cls = getattr(transformers, TASKS[task][0])
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    from pressa.sources.safetensors_io import SafetensorsFile
+
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        SafetensorsFile(f)            # a damaged file gets the same one-line message as in auto-opt
     try:
         model = cls.from_pretrained(str(folder), dtype=torch.float32, attn_implementation="eager")
-    except (ValueError, KeyError, OSError) as err:
+    except Exception as err:          # transformers' and safetensors' own errors about the files
         msg = first_line(err, 200)
         raise BadArgument(f"{folder}: transformers cannot load it for {task} ({msg})") from None
     return model.eval(), task

@@ -106,17 +106,28 @@ def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: flo
               provider: str = "cpu", overwrite: bool = False, progress: Progress | None = None,
               log: Callable[[str], None] = lambda s: None, status=_no_status,
               calibration_text: str | None = None, calibration_samples: int = 64,
-              calibration_seqlen: int = 256) -> dict:
+              calibration_seqlen: int = 256, inputs=()) -> dict:
     """Build an artifact folder at `output` (written to a temporary sibling, renamed when complete);
-    returns its manifest."""
+    returns its manifest. `inputs`: other files the build reads (calibration data), never written over."""
     from pressa.artifact import check_output
 
     opts.validate()                                 # fail before the slow work
-    check_output(Path(output), overwrite)
-    with atomic_folder(Path(output), overwrite) as tmp:
+    sources = (model, *inputs)
+    check_output(Path(output), overwrite, sources, need_bytes=estimated_size(model, opts.precision))
+    with atomic_folder(Path(output), overwrite, sources) as tmp:
         return build_llm_into(model, tmp, opts, ratio=ratio, provider=provider, progress=progress, log=log,
                               status=status, calibration_text=calibration_text,
                               calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen)
+
+
+def estimated_size(model: str | None, precision: str) -> int:
+    """A floor for the artifact's size from a local source's weight files (0 when unknown)."""
+    p = Path(str(model)) if model else None
+    if p is None or not p.exists():
+        return 0
+    files = [p] if p.is_file() else [f for f in p.iterdir() if f.suffix in (".safetensors", ".gguf", ".bin")]
+    per_weight = {"fp32": 1.5, "fp16": 0.75, "int8": 0.4, "int4": 0.2}.get(precision, 0.2)
+    return int(sum(f.stat().st_size for f in files) * per_weight)
 
 
 def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, ratio: float = 1.0,

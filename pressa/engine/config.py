@@ -93,7 +93,9 @@ def read_config(path: Path) -> dict:
         from pressa.errors import SourceNotFound
 
         raise SourceNotFound(f"{p}: no such config file")
-    text = p.read_text(encoding="utf-8")
+    from pressa.textio import read_text
+
+    text = read_text(p, f"{p}")
     try:
         if p.suffix in (".yaml", ".yml"):
             import yaml
@@ -133,10 +135,22 @@ def _model(cfg: dict, base: Path) -> tuple[str, str, str | None]:
     p = Path(spec)
     if not p.is_absolute() and (base / p).exists():
         spec = str(base / p)
+    _check_model_exists(str(spec))
     if str(spec).endswith(".onnx") or mtype == "onnxmodel" or (Path(spec).is_dir() and any(Path(spec).glob("*.onnx"))):
         return spec, "onnx", task
     generative = task.startswith("text-generation") if task else _is_llm(spec)
     return spec, ("llm" if generative else "hf"), task
+
+
+def _check_model_exists(spec: str) -> None:
+    """A model that is neither a path here, a bundled name nor a Hub id fails now, not mid-run."""
+    from pressa.errors import SourceNotFound
+    from pressa.sources.bundled import bundled_folder, is_bundled_name
+    from pressa.sources.hub import looks_like_hub_id
+
+    if Path(spec).exists() or is_bundled_name(spec) or bundled_folder(spec) or looks_like_hub_id(spec):
+        return
+    raise SourceNotFound(f"input_model: {spec}: no such file or folder (and not a Hub id like org/name)")
 
 
 def _is_llm(spec: str) -> bool:
@@ -157,16 +171,31 @@ def _search_space(cls, opt: str, value) -> list | None:
     if isinstance(value, dict) and set(value) <= {"values", "search", "range", "type"} and (
             "values" in value or "search" in value or "range" in value):
         if "range" in value:
-            lo, hi, *step = value["range"]
-            step = step[0] if step else 1
-            n = int(round((hi - lo) / step)) + 1
-            return [lo + i * step for i in range(n)]
-        return list(value.get("values", value.get("search")))
+            return _range(opt, value["range"])
+        values = value.get("values", value.get("search"))
+        if not isinstance(values, list) or not values:
+            raise BadConfig(f"{opt}.values: give a non-empty list of candidates")
+        return list(values)
     field_ = cls.Config.model_fields.get(opt)
     if isinstance(value, list) and field_ is not None and getattr(field_.annotation, "__origin__", None) is not list \
             and "list" not in str(field_.annotation):
         return list(value)
     return None
+
+
+def _range(opt: str, spec) -> list:
+    """{"range": [lo, hi]} or [lo, hi, step]: lo, lo + step, ... up to hi included."""
+    ok = isinstance(spec, list) and len(spec) in (2, 3) and all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in spec)
+    if not ok:
+        raise BadConfig(f"{opt}.range: give [low, high] or [low, high, step] as numbers")
+    lo, hi, step = (*spec, 1) if len(spec) == 2 else spec
+    if step <= 0 or hi < lo:
+        raise BadConfig(f"{opt}.range: {spec} is empty; use low <= high and a positive step")
+    n = int((hi - lo) / step + 1e-9) + 1
+    if n > 10_000:
+        raise BadConfig(f"{opt}.range: {spec} has {n} values; narrow it or use a larger step")
+    return [lo + i * step for i in range(n)]
 
 
 def _passes(cfg: dict) -> list[PassSpec]:
@@ -198,7 +227,10 @@ def _passes(cfg: dict) -> list[PassSpec]:
         opts = _olive_option_names(cls.name, opts)
         fixed, space = {}, {}
         for opt, value in opts.items():
-            cands = _search_space(cls, opt, value)
+            try:
+                cands = _search_space(cls, opt, value)
+            except BadConfig as err:
+                raise BadConfig(f"{where_opts}.{err}") from None
             if cands is not None and not spec.get("disable_search"):
                 space[opt] = cands
             else:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pressa.artifact import read_json
 from pressa.engine.config import MetricSpec
 from pressa.errors import BadArgument
 
@@ -38,10 +39,9 @@ def _size_mb(folder: Path) -> float:
 
 def _seq_len(art: Path, default: int = 128) -> int:
     """Tokens per made-up input: 128, or fewer when the model's positions end sooner."""
-    import json
 
     cfg = Path(art) / "config.json"
-    limit = json.loads(cfg.read_text()).get("max_position_embeddings") if cfg.is_file() else None
+    limit = read_json(cfg).get("max_position_embeddings") if cfg.is_file() else None
     return min(default, int(limit) - 2) if limit else default
 
 

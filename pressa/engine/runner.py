@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pressa import __version__
+from pressa.artifact import read_json
 from pressa.engine.config import PassSpec, Workflow
 from pressa.errors import PressaError
 from pressa.passes.base import BadConfig, NotApplicable, get_pass, make_config, run_into
+from pressa.tempdirs import sweep
 
 COMPLETE = ".complete"
 
@@ -51,6 +53,7 @@ def code_fingerprint() -> str:
 class StepCache:
     def __init__(self, root: Path):
         self.root = Path(root)
+        sweep(self.root, ".tmp-")          # entries half-built by runs that were killed (-9)
 
     def key(self, input_key: str, pass_type: str, options: dict) -> str:
         blob = json.dumps([input_key, pass_type, options, __version__, code_fingerprint()], sort_keys=True,
@@ -80,7 +83,7 @@ class StepCache:
 
     @staticmethod
     def report(path: Path) -> dict:
-        return json.loads((path / COMPLETE).read_text())
+        return read_json(path / COMPLETE)
 
 
 @dataclass

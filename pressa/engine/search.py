@@ -19,6 +19,7 @@ from pressa.engine.metrics import Evaluator
 from pressa.engine.report import write_reports
 from pressa.engine.runner import StepCache, Trial, precision_changing, run_chain, run_trial
 from pressa.errors import PressaError
+from pressa.passes.base import BadConfig
 
 
 class AllTrialsFailed(PressaError):
@@ -185,9 +186,9 @@ def _describe(options: dict, wf: Workflow) -> str:
 
 
 def run_workflow(wf: Workflow, log: Callable[[str], None], overwrite: bool = False, runs: int = 20) -> dict:
-    from pressa.artifact import atomic_folder, check_output
+    from pressa.artifact import atomic_folder
 
-    check_output(wf.output_dir, overwrite)
+    check_workflow_paths(wf, overwrite)
     cache = StepCache(wf.cache_dir)
     t0 = time.perf_counter()
     guard = any(precision_changing(wf, c) for c in wf.candidates()[:1])
@@ -209,7 +210,7 @@ def run_workflow(wf: Workflow, log: Callable[[str], None], overwrite: bool = Fal
         log(f"warning: {warning}")
     if not passing:
         log("warning: no candidate meets every goal; the best by priority is written")
-    with atomic_folder(wf.output_dir, overwrite) as tmp:
+    with atomic_folder(wf.output_dir, overwrite, workflow_inputs(wf), "output_dir") as tmp:
         for f in Path(best.artifact).iterdir():
             if f.name == ".complete":
                 continue
@@ -217,6 +218,27 @@ def run_workflow(wf: Workflow, log: Callable[[str], None], overwrite: bool = Fal
         summary = write_reports(tmp, wf, trials, best, front, baseline, warning, passing,
                                 time.perf_counter() - t0)
     return summary
+
+
+def workflow_inputs(wf: Workflow) -> list:
+    """What a workflow reads and must never write over: its model, its cache, its data files."""
+    data = [m.data for m in wf.metrics] + [wf.accuracy_data]
+    data += [v for p in wf.passes for k, v in p.fixed.items() if k.endswith("_data") and isinstance(v, str)]
+    return [wf.model, wf.cache_dir, *data]
+
+
+def check_workflow_paths(wf: Workflow, overwrite: bool) -> None:
+    """Before any pass runs: output_dir may be written and overlaps no input (the cache included), and
+    cache_dir can be written."""
+    from pressa.artifact import check_output, check_writable, guard_inputs
+
+    out, cache = Path(wf.output_dir).resolve(), Path(wf.cache_dir).resolve()
+    if out == cache or out in cache.parents or cache in out.parents:
+        raise BadConfig(f"output_dir {wf.output_dir} and cache_dir {wf.cache_dir} overlap; replacing the output "
+                        "would delete the cache (or the reverse): give them separate folders")
+    check_output(wf.output_dir, overwrite, workflow_inputs(wf), "output_dir")
+    guard_inputs(wf.cache_dir, [wf.model], "cache_dir")
+    check_writable(Path(wf.cache_dir) / "entry", option="cache_dir")
 
 
 def _original(wf: Workflow, cache: StepCache, log) -> Path | None:

@@ -3,13 +3,13 @@ and the mean KL divergence KL(original || artifact) of next-token distributions.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from pressa.evaluate.perplexity import log_softmax
+from pressa.tempdirs import temp_dir
 
 Logits = Callable[[list[int]], np.ndarray]     # token ids -> logits [len, V]
 
@@ -59,7 +59,7 @@ def reference_logits(reference: str, threads: int | None = None) -> tuple[Logits
     from pressa.capture.decoder import BuildOptions
     from pressa.capture.llm import build_llm
 
-    tmp = tempfile.TemporaryDirectory(prefix="pressa-ref-")
+    tmp = temp_dir("reference-")
     build_llm(reference, Path(tmp.name) / "fp32", BuildOptions(precision="fp32"), overwrite=True)
     return artifact_logits(Path(tmp.name) / "fp32", threads), "pressa fp32 artifact", tmp
 

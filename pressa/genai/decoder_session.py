@@ -7,11 +7,11 @@ lengths are laid out right-padded, which is how GroupQueryAttention reads per-ro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from pressa.artifact import read_json
 from pressa.capture.decoder import LAST_TOKEN_NODE
 from pressa.errors import BadArgument, CorruptModel
 from pressa.runtime.session import open_session
@@ -31,7 +31,7 @@ class DecoderSession:
         cfg_path = folder / "genai_config.json"
         if not cfg_path.is_file():
             raise CorruptModel(f"{folder}: no genai_config.json; is this a pressa LLM artifact?")
-        self.config = json.loads(cfg_path.read_text())
+        self.config = read_json(cfg_path)
         d = self.config["model"]["decoder"]
         self.num_layers, self.kv_heads = d["num_hidden_layers"], d["num_key_value_heads"]
         self.head_size = d["head_size"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pressa.artifact import read_json
 from pressa.capture.config import token_ids
 from pressa.errors import BadArgument
 from pressa.genai.decoder_session import DecoderSession
@@ -65,6 +65,9 @@ class _Row:
         return ""
 
     def flush(self) -> str:
+        """The text not shown yet, at the end of the sequence. A character whose bytes were cut off by
+        the end (U+FFFD from an incomplete UTF-8 sequence) is dropped, not shown as U+FFFD."""
+        self.text = self.text.rstrip("\ufffd")
         out, self.emitted = self.text[self.emitted:], len(self.text)
         return out
 
@@ -77,7 +80,7 @@ class Model:
         self.eos_ids = set(token_ids(self.session.config["model"].get("eos_token_id")))
         gen = self.folder / "generation_config.json"
         if gen.is_file():
-            self.eos_ids |= set(token_ids(json.loads(gen.read_text()).get("eos_token_id")))
+            self.eos_ids |= set(token_ids(read_json(gen).get("eos_token_id")))
         eos_tok = self.tokenizer.token_id(self.tokenizer.eos_token)
         if eos_tok is not None:
             self.eos_ids.add(eos_tok)
@@ -101,6 +104,26 @@ class Model:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
             return self.tokenizer.encode(text, add_special_tokens=False)
         return self.tokenizer.encode(prompt, add_special_tokens=True)
+
+    def fit_history(self, messages: list[dict], max_new_tokens: int) -> tuple[list[dict], int]:
+        """The latest messages that fit the context with room for `max_new_tokens`: the oldest are
+        dropped (a system message stays, and what is kept starts with a user turn). Returns (kept,
+        messages dropped); BadArgument when the newest message alone does not fit."""
+        limit = self.session.context_length
+        system = messages[:1] if messages and messages[0].get("role") == "system" else []
+        turns, dropped = list(messages[len(system):]), 0
+        while True:
+            n = len(self.encode_prompt(system + turns))
+            if n + max_new_tokens <= limit:
+                return system + turns, dropped
+            if len(turns) <= 1:
+                raise BadArgument(f"that message is {n} tokens with the chat template; with {max_new_tokens} new "
+                                  f"tokens it does not fit the model's context of {limit}: shorten it")
+            turns.pop(0)
+            dropped += 1
+            while len(turns) > 1 and turns[0].get("role") != "user":
+                turns.pop(0)
+                dropped += 1
 
     # -- generation -------------------------------------------------------------------------
     def generate_ids(self, prompts: list[list[int]], cfg: SamplingConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:

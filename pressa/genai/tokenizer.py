@@ -6,7 +6,8 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from pressa.errors import BadArgument, CorruptModel
+from pressa.artifact import read_json
+from pressa.errors import BadArgument, CorruptModel, first_line
 
 
 def _token_str(v) -> str | None:
@@ -23,9 +24,13 @@ class TextTokenizer:
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise CorruptModel(f"{folder}: no tokenizer.json; the artifact needs its tokenizer files")
-        self.tok = Tokenizer.from_file(str(path))
+        try:
+            self.tok = Tokenizer.from_file(str(path))
+        except Exception as err:             # the tokenizers library's own parse errors
+            raise CorruptModel(f"{path}: not a readable tokenizer ({first_line(err, 160)}); rebuild the "
+                               "artifact or re-download the file") from None
         cfg_path = folder / "tokenizer_config.json"
-        self.config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        self.config = read_json(cfg_path) if cfg_path.is_file() else {}
         template = self.config.get("chat_template")
         if isinstance(template, list):       # named templates: take "default"
             template = next((t["template"] for t in template if t.get("name") == "default"), None)

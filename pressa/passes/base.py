@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pressa.errors import BadArgument, PressaError
+from pressa.errors import PressaError
 
 
 class BadConfig(PressaError):
@@ -153,17 +153,21 @@ def apply_pass(name: str, source: str | Path, output: Path, options: dict | None
                ) -> dict:
     """Run one pass into a new artifact folder, written to a temporary sibling and renamed when done."""
     from pressa.artifact import atomic_folder, check_output
-    from pressa.graph.onnx_io import find_model, model_folder
+    from pressa.graph.onnx_io import find_model
     from pressa.log import quiet_tools
 
     cls = get_pass(name)
     cfg = make_config(cls, options or {}, name)
+    need = 0
     if cls.input_kind == "onnx":
-        find_model(source)                                   # a bad path fails before anything is written
-        if Path(output).resolve() == model_folder(source).resolve():
-            raise BadArgument("the output folder is the input's folder; choose another --output")
-    check_output(Path(output), overwrite)
-    with atomic_folder(Path(output), overwrite) as tmp, quiet_tools():
+        from pressa.artifact import require_kind
+
+        require_kind(source, "onnx", "quantize" if name.startswith("quantize") else name)   # an LLM fails here
+        model = find_model(source)
+        need = sum(f.stat().st_size for f in model.parent.glob(f"{model.name}*") if f.is_file()) // 4
+    inputs = (source, *[v for k, v in cfg.model_dump().items() if k.endswith("_data") and v])
+    check_output(Path(output), overwrite, inputs, need_bytes=need)
+    with atomic_folder(Path(output), overwrite, inputs) as tmp, quiet_tools():
         _, manifest = run_into(cls, cfg, source, tmp, progress, log)
     return manifest or {}
 

@@ -4,13 +4,13 @@ the graph before it on made-up inputs; a stage that changes the outputs is dropp
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 from pydantic import Field
 
+from pressa.artifact import read_json
 from pressa.passes.base import Pass, PassConfig, PassContext
+from pressa.tempdirs import temp_dir
 
 TOLERANCE = 1e-4
 # ORT's fusion families by model type; anything else is optimized as a BERT-like encoder
@@ -93,7 +93,7 @@ class TransformerOptimization(Pass):
 def _hf_config(folder: Path) -> dict:
     f = Path(folder) / "config.json"
     try:
-        return json.loads(f.read_text()) if f.is_file() else {}
+        return read_json(f) if f.is_file() else {}
     except (OSError, ValueError):
         return {}
 
@@ -108,7 +108,7 @@ def _ort_fusions(model, model_type: str | None, heads: int | None, hidden: int |
     kind = model_type if model_type in ORT_MODEL_TYPES else "bert"
     opts = FusionOptions(kind)
     opts.enable_attention = False
-    with tempfile.TemporaryDirectory() as tmp:
+    with temp_dir("optimize-") as tmp:
         import copy
 
         from pressa.graph.onnx_io import save_model

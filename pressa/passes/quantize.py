@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from pressa.passes.base import BadConfig, IgnoredScope, Pass, PassConfig, PassContext
+from pressa.tempdirs import temp_dir
 
 QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
 
@@ -77,7 +77,7 @@ class DynamicQuantization(Pass):
 
         model = load_model(model_path)
         exclude = config.ignored_scope.resolve(model)
-        with tempfile.TemporaryDirectory() as tmp:
+        with temp_dir("quantize-") as tmp:
             out = Path(tmp) / "model.onnx"
             wtype = getattr(_quant_types(), QTYPES[config.weight_type])
             quantize_dynamic(str(model_path), str(out), op_types_to_quantize=config.op_types,
@@ -111,7 +111,7 @@ class StaticQuantization(Pass):
             return batches(source, model, ctx.source_folder, config.samples, 1, config.max_length,
                            same_length=config.method != "minmax")
 
-        with tempfile.TemporaryDirectory() as tmp:
+        with temp_dir("quantize-") as tmp:
             tmp = Path(tmp)
             cache = tmp / "ranges.json"
             ctx.progress(0, 1, f"calibrating on {config.samples} samples ({config.method})")

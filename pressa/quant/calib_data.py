@@ -4,12 +4,12 @@ tokenizer), a folder of images (its preprocessor config), a .npy/.npz file, or a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from pressa.artifact import read_json
 from pressa.errors import BadArgument, SourceNotFound
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
@@ -64,7 +64,7 @@ def image_batches(folder: Path, model_folder: Path, input_name: str, count: int)
     if not files:
         raise SourceNotFound(f"{folder}: no images (.jpg, .png, ...) in this folder")
     cfg_path = Path(model_folder) / "preprocessor_config.json"
-    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
     size = cfg.get("crop_size") or cfg.get("size") or 224
     if isinstance(size, dict):
         h = size.get("height") or size.get("shortest_edge") or 224
@@ -120,7 +120,9 @@ def batches(source, model, model_folder: Path, count: int, batch_size: int = 1, 
             return image_batches(p, model_folder, names[0], count)
         if p.suffix in (".npy", ".npz"):
             return array_batches(p, names, count)
-        text = p.read_text(encoding="utf-8", errors="replace")
+        from pressa.textio import read_text
+
+        text = read_text(p)
         lines = text_lines(text, count)
         if not lines:
             raise BadArgument(f"{p}: no usable lines (each needs 40+ characters)")

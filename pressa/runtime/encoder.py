@@ -4,11 +4,11 @@ normalized as the model's sentence-transformers config says (1_Pooling, modules.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from pressa.artifact import read_json
 from pressa.errors import BadArgument
 
 
@@ -18,7 +18,7 @@ def pooling_config(folder: Path) -> dict:
     mode, normalize, max_length = "mean", False, None
     pool = folder / "1_Pooling" / "config.json"
     if pool.is_file():
-        cfg = json.loads(pool.read_text())
+        cfg = read_json(pool)
         for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
                           ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"), ("pooling_mode_mean_tokens", "mean")):
             if cfg.get(key):
@@ -26,10 +26,10 @@ def pooling_config(folder: Path) -> dict:
                 break
     modules = folder / "modules.json"
     if modules.is_file():
-        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+        normalize = any("Normalize" in m.get("type", "") for m in read_json(modules))
     sbert = folder / "sentence_bert_config.json"
     if sbert.is_file():
-        max_length = json.loads(sbert.read_text()).get("max_seq_length")
+        max_length = read_json(sbert).get("max_seq_length")
     return {"mode": mode, "normalize": normalize, "max_length": max_length}
 
 
@@ -101,7 +101,7 @@ class EncoderModel:
         if logits.ndim != 2:
             raise BadArgument("classify needs a sequence classifier (logits [batch, labels])")
         cfg_path = self.folder / "config.json"
-        labels = json.loads(cfg_path.read_text()).get("id2label", {}) if cfg_path.is_file() else {}
+        labels = read_json(cfg_path).get("id2label", {}) if cfg_path.is_file() else {}
         z = np.exp(logits - logits.max(-1, keepdims=True))
         p = z / z.sum(-1, keepdims=True)
         return [{"label": labels.get(str(int(i)), str(int(i))), "score": float(p[r, i])}

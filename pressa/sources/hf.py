@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from pressa.artifact import read_json
 from pressa.errors import CorruptModel, SourceNotFound
 from pressa.sources.base import TOKENIZER_FILES, Source, WeightReader
 from pressa.sources.safetensors_io import SafetensorsFile
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CorruptModel(f"{path}: not valid JSON ({err}); fix or re-download it") from None
 
 
 def open_hf_folder(folder: Path, kind: str = "hf") -> Source:
@@ -23,10 +16,10 @@ def open_hf_folder(folder: Path, kind: str = "hf") -> Source:
     if not cfg_path.is_file():
         raise SourceNotFound(f"{folder}: no config.json; point --model at a Hugging Face model folder, "
                              "a .gguf file or a Hub id")
-    config = _read_json(cfg_path)
+    config = read_json(cfg_path)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map", {})
+        weight_map = read_json(index).get("weight_map", {})
         shard_names = sorted(set(weight_map.values()))
     else:
         shard_names = sorted(p.name for p in folder.glob("*.safetensors"))
