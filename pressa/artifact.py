@@ -163,12 +163,13 @@ def require_kind(path: Path, want: str, command: str) -> str:
     from pressa.errors import BadArgument, SourceNotFound
 
     p = Path(path)
+    wanted = "an artifact folder made by auto-opt (with genai_config.json)" if want == "llm" else \
+        "an .onnx file or an artifact folder made by pressa"
     if not p.exists():
-        raise SourceNotFound(f"{p}: no such file or folder")
+        raise SourceNotFound(f"{p}: no such file or folder; pass {wanted}")
     kind = artifact_kind(p)
     if kind is None:
-        raise SourceNotFound(f"{p}: not a model pressa can run (no .onnx file or genai_config.json); pass an "
-                             "artifact folder made by pressa or an .onnx file")
+        raise SourceNotFound(f"{p}: not a model pressa can run (no .onnx file or genai_config.json); pass {wanted}")
     if kind == "llm" and want == "onnx":
         raise BadArgument(f"{p} is a text-generation artifact made by auto-opt; `pressa {command}` would break it "
                           "(its KV-cache graph and genai_config.json): choose its precision with `pressa auto-opt "

@@ -18,6 +18,18 @@ class SamplingConfig:
     max_new_tokens: int = 128
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    logprobs: int | None = None       # report each chosen token's log-probability and this many alternatives
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> dict:
+    """The chosen token's log-probability under the model's distribution (the raw logits [V], before
+    temperature or penalties, as OpenAI reports them) and the `top` most likely tokens with theirs."""
+    x = logits.astype(np.float64)
+    lse = x.max() + np.log(np.exp(x - x.max()).sum())
+    best = np.argpartition(-x, top - 1)[:top] if 0 < top < x.size else np.arange(x.size if top else 0)
+    best = best[np.argsort(-x[best], kind="stable")]
+    return {"id": int(token), "logprob": float(x[token] - lse),
+            "top": [(int(i), float(x[i] - lse)) for i in best]}
 
 
 def apply_repetition_penalty(logits: np.ndarray, seen: list[np.ndarray], penalty: float) -> None:

@@ -33,11 +33,13 @@ import numpy as np
 
 from pressa.errors import BadArgument, PressaError, first_line
 from pressa.genai.model import Model, _Row
-from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose
+from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose, token_logprobs
 
 # emit(text, finish, generated): text pieces as they become safe to show; on the last call `finish`
-# is "stop" | "length" (and `generated` the tokens made), or "error: ..." with text None
-Emit = Callable[[str | None, str | None, int], None]
+# is "stop" | "length" (and `generated` the tokens made), or "error: ..." with text None. With
+# cfg.logprobs set, a fourth argument: the tokens' log-probability records since the last call
+# (sampling.token_logprobs), which may run ahead of or behind the text held back
+Emit = Callable[..., None]
 
 
 def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
@@ -84,6 +86,7 @@ class Sequence:
     next_token: int = -1
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
+    logprobs: list = field(default_factory=list)      # records not yet emitted (cfg.logprobs set)
 
     def __post_init__(self):
         self.rng = np.random.default_rng(self.cfg.seed)
@@ -91,6 +94,13 @@ class Sequence:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def send(self, text: str, finish: str | None, generated: int) -> None:
+        if self.cfg.logprobs is None:
+            self.emit(text, finish, generated)
+        else:
+            records, self.logprobs = self.logprobs, []
+            self.emit(text, finish, generated, records)
 
 
 class Scheduler:
@@ -270,6 +280,7 @@ class Scheduler:
     def _take(self, s: Sequence, logits: np.ndarray, greedy: np.ndarray | None = None) -> None:
         """Sample the sequence's next token from its logits [1, V], emit its text, end it if done."""
         cfg = s.cfg
+        raw = logits
         if cfg.repetition_penalty != 1.0:
             logits = logits.copy()
             apply_repetition_penalty(logits, [s.seen], cfg.repetition_penalty)
@@ -282,16 +293,20 @@ class Scheduler:
             self.first_tokens += 1
         if s.seen is not None:
             s.seen = np.append(s.seen, token)
+        if cfg.logprobs is not None:
+            s.logprobs.append(token_logprobs(raw[0], token, cfg.logprobs))
         self.generated += 1
         row = s.row
         piece = row.take(token, self.model.eos_ids, cfg.ignore_eos)
+        if row.done == "stop" and s.logprobs and not cfg.ignore_eos and token in self.model.eos_ids:
+            s.logprobs.pop()              # the end-of-sequence token is no part of the text
         if not row.done and row.count >= cfg.max_new_tokens:
             row.done = "length"
             piece += row.flush()
         if row.done:
-            s.emit(piece, row.done, row.count)
+            s.send(piece, row.done, row.count)
             self._free(s)
         else:
             if piece:
-                s.emit(piece, None, 0)
+                s.send(piece, None, 0)
             s.next_token = token

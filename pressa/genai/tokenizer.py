@@ -16,6 +16,23 @@ def _token_str(v) -> str | None:
     return v
 
 
+def _byte_level_table() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte: printable Latin-1 bytes stand for
+    themselves, the others are mapped in order to code points from 256 up."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+BYTE_OF_CHAR = _byte_level_table()
+
+
 class TextTokenizer:
     def __init__(self, folder: Path):
         from tokenizers import Tokenizer
@@ -40,12 +57,25 @@ class TextTokenizer:
         self.bos_token = _token_str(self.config.get("bos_token"))
         self.eos_token = _token_str(self.config.get("eos_token"))
         self._compiled = None
+        self._byte_level: bool | None = None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a single token stands for (a byte-level BPE token may hold part of a character)."""
+        piece = self.tok.id_to_token(token) or ""
+        if self._byte_level is None:
+            decoder = json.loads(self.tok.to_str()).get("decoder") or {}
+            self._byte_level = decoder.get("type") == "ByteLevel"
+        if self._byte_level and all(c in BYTE_OF_CHAR for c in piece):
+            return bytes(BYTE_OF_CHAR[c] for c in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):        # SentencePiece byte
+            return bytes([int(piece[3:5], 16)])
+        return self.decode([token], skip_special_tokens=False).encode()
 
     def token_id(self, token: str | None) -> int | None:
         return self.tok.token_to_id(token) if token else None

@@ -6,11 +6,9 @@ routes but health."""
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import math
-import threading
-import time
+import re
 import uuid
 from contextlib import asynccontextmanager
 
@@ -19,115 +17,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pressa import __version__
 from pressa.serve import schemas
-from pressa.serve.logs import ACCESS, SERVER, event
+from pressa.serve.logs import SERVER, event
+from pressa.serve.metrics import Stats
+from pressa.serve.middleware import CLIENT_GONE, Guard, error_response
 from pressa.serve.models import V2_TYPES, Busy, RequestError, ServedModel
 from pressa.serve.openai_routes import add_openai_routes, sampling_config
-
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/health", "/metrics")
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class Stats:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.hist = [0] * (len(BUCKETS) + 1)
-        self.total, self.count = 0.0, 0
-
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        with self.lock:
-            self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
-            self.hist[next((i for i, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))] += 1
-            self.total += seconds
-            self.count += 1
-
-    def text(self, models: dict[str, ServedModel]) -> str:
-        out = ["# TYPE pressa_requests_total counter"]
-        out += [f'pressa_requests_total{{route="{r}",code="{c}"}} {n}' for (r, c), n in sorted(self.requests.items())]
-        out.append("# TYPE pressa_request_seconds histogram")
-        acc = 0
-        for b, n in zip((*BUCKETS, "+Inf"), self.hist):
-            acc += n
-            out.append(f'pressa_request_seconds_bucket{{le="{b}"}} {acc}')
-        out += [f"pressa_request_seconds_sum {self.total:.6f}", f"pressa_request_seconds_count {self.count}",
-                "# TYPE pressa_queue_depth gauge"]
-        out += [f'pressa_queue_depth{{model="{m.name}"}} {m.depth}' for m in models.values()]
-        out.append("# TYPE pressa_batch_rows_total counter")
-        out += [f'pressa_batch_rows_total{{model="{m.name}"}} {sum(m.batcher.sizes)}' for m in models.values()
-                if m.batcher]
-        gens = [m for m in models.values() if m.scheduler]
-        for metric, kind, attr in (("generated_tokens_total", "counter", "generated"),
-                                   ("running_sequences", "gauge", "active"),
-                                   ("decode_steps_total", "counter", "steps"),
-                                   ("decode_step_rows_total", "counter", "step_rows"),
-                                   ("cancelled_sequences_total", "counter", "cancelled")):
-            out.append(f"# TYPE pressa_{metric} {kind}")
-            out += [f'pressa_{metric}{{model="{m.name}"}} {getattr(m.scheduler, attr)}' for m in gens]
-        out.append("# TYPE pressa_time_to_first_token_seconds summary")
-        for m in gens:
-            out += [f'pressa_time_to_first_token_seconds_sum{{model="{m.name}"}} {m.scheduler.first_token_seconds:.6f}',
-                    f'pressa_time_to_first_token_seconds_count{{model="{m.name}"}} {m.scheduler.first_tokens}']
-        return "\n".join(out) + "\n"
-
-
-class Guard:
-    """Pure ASGI middleware around every HTTP request: the API key, the body size limit (declared or
-    streamed), a request id (the client's X-Request-ID or a new one, echoed back), and, when the last
-    byte of the response has gone (the end of a stream included), the metrics and one log line."""
-
-    def __init__(self, app, api_key: str | None, max_body: int, stats: Stats):
-        self.app, self.api_key, self.max_body, self.stats = app, api_key, max_body, stats
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-        path = scope["path"]
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = "".join(c for c in headers.get("x-request-id", "")[:64] if c.isalnum() or c in "-_.") or uuid.uuid4().hex
-        state = {"status": 500, "done": False, "bytes": 0}
-
-        async def send_logged(msg):
-            if msg["type"] == "http.response.start":
-                state["status"] = msg["status"]
-                msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode())]}
-            await send(msg)
-            if msg["type"] == "http.response.body" and not msg.get("more_body") and not state["done"]:
-                finish()
-
-        def finish(note: str | None = None):
-            state["done"] = True
-            took = time.perf_counter() - t0
-            self.stats.observe(_route(path), state["status"], took)
-            extra = {"note": note} if note else {}
-            event(ACCESS, "request", id=rid, method=scope["method"], path=path, status=state["status"],
-                  ms=round(took * 1e3, 1), client=(scope.get("client") or ("", 0))[0], **extra)
-
-        async def receive_limited():
-            msg = await receive()
-            if msg["type"] == "http.request":
-                state["bytes"] += len(msg.get("body", b""))
-                if state["bytes"] > self.max_body:
-                    raise RequestError(f"request body over {self.max_body} bytes", 413)
-            return msg
-
-        try:
-            if self.api_key and not path.startswith(OPEN_PATHS):
-                auth = headers.get("authorization", "")
-                given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key")
-                if not (given and hmac.compare_digest(given.encode(), self.api_key.encode())):
-                    return await _json(401, "missing or wrong API key (Authorization: Bearer KEY)", path)(
-                        scope, receive, send_logged)
-            length = headers.get("content-length", "")
-            if length.isdigit() and int(length) > self.max_body:
-                return await _json(413, f"request body over {self.max_body} bytes", path)(scope, receive, send_logged)
-            await self.app(scope, receive_limited, send_logged)
-        finally:
-            if not state["done"]:
-                finish("client went away" if state["status"] < 500 else None)
 
 
 class TensorJSON(JSONResponse):
@@ -138,21 +36,8 @@ class TensorJSON(JSONResponse):
         return json.dumps(content, separators=(",", ":")).encode()
 
 
-OPENAI_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error",
-                      503: "server_busy_error", 500: "server_error"}
-
-
-def _json(status: int, message: str, path: str, headers: dict | None = None) -> JSONResponse:
-    """An error as the route's protocol shapes it: {"error": message} (TensorFlow Serving, KServe v2),
-    or OpenAI's {"error": {message, type, param, code}} under its routes (its client reads that)."""
-    if path == "/v1/models" or path.startswith(("/v1/chat/", "/v1/completions", "/v1/embeddings", "/v3/")):
-        return JSONResponse({"error": {"message": message, "type": OPENAI_ERROR_TYPES.get(
-            status, "invalid_request_error"), "param": None, "code": None}}, status_code=status, headers=headers)
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
 def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_body: int = 16 << 20,
-               max_tokens: int = 2048):
+               max_tokens: int = 2048, body_timeout: float = 30.0, metrics_public: bool = False):
     stats = Stats()
 
     @asynccontextmanager
@@ -166,31 +51,36 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
 
     app = FastAPI(title="pressa", version=__version__, description="pressa model server", lifespan=lifespan)
     app.state.models, app.state.stats, app.state.max_tokens = models, stats, max_tokens
-    app.add_middleware(Guard, api_key=api_key, max_body=max_body, stats=stats)
+    app.add_middleware(Guard, api_key=api_key, max_body=max_body, stats=stats, body_timeout=body_timeout,
+                       metrics_public=metrics_public)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
-        return _json(exc.status_code, str(exc.detail), request.url.path)
+        return error_response(exc.status_code, str(exc.detail), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-        return _json(400, f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body",
-                     request.url.path)
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body"
+        return error_response(400, message, request.url.path)
 
     @app.exception_handler(RequestError)
     async def bad_request(request, exc):
-        return _json(exc.status, str(exc), request.url.path)
+        return error_response(exc.status, str(exc), request.url.path)
 
     @app.exception_handler(Busy)
     async def busy(request, exc):
-        return _json(503, str(exc), request.url.path, {"Retry-After": "1"})
+        return error_response(503, str(exc), request.url.path, {"Retry-After": "1"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request, exc):       # nobody reads this answer; the log notes the departure
+        return Response(status_code=CLIENT_GONE)
 
     @app.exception_handler(Exception)
     async def crash(request, exc):
         SERVER.error("unhandled error", exc_info=exc, extra={"fields": {"path": request.url.path}})
-        return _json(500, "internal error; the server log has the details", request.url.path)
+        return error_response(500, "internal error; the server log has the details", request.url.path)
 
     def get_model(name: str) -> ServedModel:
         if name not in models:
@@ -379,11 +269,6 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
     return app
 
 
-def _route(path: str) -> str:
-    parts = path.strip("/").split("/")
-    return "/" + "/".join(parts[:2]) if parts and parts[0] in ("v1", "v2", "v3") else path
-
-
 def _array(value, name: str, dtype=None) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=dtype)
@@ -415,9 +300,35 @@ def _v2_body(raw: bytes, header_length: str | None) -> tuple[dict, bytes]:
         data = json.loads(raw[:cut] or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise RequestError("the body is not valid JSON") from None
+    except RecursionError:
+        raise RequestError("the body's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise RequestError("the body must be a JSON object")
+    if SURROGATE_ESCAPE.search(raw, 0, cut) and _has_lone_surrogate(data):
+        raise RequestError("the body has a string with a lone UTF-16 surrogate (such as \\ud800), which is not "
+                           "Unicode text; send valid UTF-8")
     return data, raw[cut:]
+
+
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(data) -> bool:
+    """Does any string (key or value) hold a lone surrogate? JSON may escape one; UTF-8 cannot carry it."""
+    stack = [data]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
 
 
 def _v2_bytes(arr: np.ndarray) -> bytes:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from pressa.errors import BadArgument, PressaError, first_line
 
@@ -111,7 +112,7 @@ class ServedModel:
         try:
             for i, ids in enumerate(prompts):
                 c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
-                seqs.append(self.scheduler.submit(ids, c, lambda t, f, g, i=i: emit(i, t, f, g)))
+                seqs.append(self.scheduler.submit(ids, c, lambda t, f, g, *lp, i=i: emit(i, t, f, g, *lp)))
         except BadArgument as err:
             raise RequestError(str(err)) from None
         finally:
@@ -197,22 +198,54 @@ def _dims(shape) -> list:
     return [d if isinstance(d, int) else -1 for d in shape]
 
 
-def load_models(entries: list[dict], threads: int | None = None) -> dict[str, ServedModel]:
-    out = {}
-    for e in entries:
-        name, path = e.get("name"), e.get("path")
-        if not name or not path:
-            raise BadArgument("each model needs a name and a path")
-        if not Path(path).exists():
-            raise BadArgument(f"model {name}: {path} does not exist")
+class ModelEntry(BaseModel):
+    """One served model, as `models.yaml` lists it (unset options take the command line's values)."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, pattern=r"^[\w.\-]+$", description="the name clients use")
+    path: Path = Field(description="an artifact folder (or .onnx file)")
+    max_concurrency: int = Field(8, ge=1)
+    max_queue: int = Field(64, ge=0)
+    max_batch: int = Field(32, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    context: int | None = Field(None, ge=2)
+
+
+def model_entries(raw, defaults: dict, where: str = "models") -> list[ModelEntry]:
+    """Validated entries: each a mapping with a unique name and an existing path; unknown keys are named
+    with the nearest known one."""
+    import difflib
+
+    from pydantic import ValidationError
+
+    if not isinstance(raw, list) or not raw:
+        raise BadArgument(f"{where}: give a non-empty list of {{name, path}} entries")
+    out: list[ModelEntry] = []
+    for i, e in enumerate(raw):
+        if not isinstance(e, dict):
+            raise BadArgument(f"{where}[{i}]: must be a mapping with name and path")
         try:
-            opts = dict(max_concurrency=int(e.get("max_concurrency", 8)), max_queue=int(e.get("max_queue", 64)),
-                        max_batch=int(e.get("max_batch", 32)), max_wait=float(e.get("max_wait_ms", 5)) / 1000,
-                        context=None if e.get("context") is None else int(e["context"]))
-        except (TypeError, ValueError):
-            raise BadArgument(f"model {name}: max_concurrency, max_queue, max_batch, context must be integers and "
-                              "max_wait_ms a number") from None
-        if opts["max_concurrency"] < 1 or opts["max_queue"] < 0 or opts["max_batch"] < 1:
-            raise BadArgument(f"model {name}: max_concurrency and max_batch must be at least 1, max_queue at least 0")
-        out[name] = ServedModel(name, Path(path), threads, **opts)
+            entry = ModelEntry(**{**defaults, **e})
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(str(x) for x in first["loc"])
+            hint = ""
+            if first["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(key, list(ModelEntry.model_fields), n=1)
+                hint = f", did you mean {close[0]}?" if close else f" (keys: {', '.join(ModelEntry.model_fields)})"
+                raise BadArgument(f"{where}[{i}].{key}: unknown key{hint}") from None
+            raise BadArgument(f"{where}[{i}].{key}: {first['msg']}") from None
+        if any(o.name == entry.name for o in out):
+            raise BadArgument(f"{where}[{i}].name: {entry.name!r} is served twice; give each model its own name")
+        if not entry.path.exists():
+            raise BadArgument(f"model {entry.name}: {entry.path} does not exist")
+        out.append(entry)
     return out
+
+
+def load_models(entries: list, threads: int | None = None) -> dict[str, ServedModel]:
+    """Each entry (a ModelEntry, or a mapping validated as one) loaded once."""
+    if not all(isinstance(e, ModelEntry) for e in entries):
+        entries = model_entries(entries, {})
+    return {e.name: ServedModel(e.name, e.path, threads, max_concurrency=e.max_concurrency, max_queue=e.max_queue,
+                                max_batch=e.max_batch, max_wait=e.max_wait_ms / 1000, context=e.context)
+            for e in entries}

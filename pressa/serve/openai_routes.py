@@ -15,38 +15,66 @@ from fastapi.responses import StreamingResponse
 from pressa.serve import schemas
 from pressa.serve.models import RequestError, ServedModel
 
+# fields of OpenAI's requests this server does not implement: refused when they ask for something
+UNSUPPORTED = {"echo": (False, None), "best_of": (1, None), "suffix": (None, ""), "logit_bias": (None, {}),
+               "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"})}
 
-def sampling_config(data: dict, max_tokens: int):
+
+def _number(data: dict, key: str, default, lo: float, hi: float, integer: bool = False, lo_open: bool = False):
+    """A numeric field within [lo, hi] ((lo, hi] with lo_open); booleans are not numbers here."""
+    value = data.get(key)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise RequestError(f"{key} must be {'an integer' if integer else 'a number'}")
+    if value < lo or value > hi or (lo_open and value == lo):
+        raise RequestError(f"{key} must be in {'(' if lo_open else '['}{lo}, {hi}]")
+    return value
+
+
+def sampling_config(data: dict, max_tokens: int, chat: bool | None = None):
+    """The request's sampling settings, each checked; `chat` (True/False for the OpenAI routes) reads
+    logprobs as the chat API (logprobs: bool, top_logprobs) or the completions API (logprobs: int)."""
     from pressa.genai.sampling import SamplingConfig
 
-    n_new = data.get("max_completion_tokens", data.get("max_tokens"))
-    n_new = min(256, max_tokens) if n_new is None else n_new
-    if not isinstance(n_new, int) or n_new < 1:
-        raise RequestError("max_tokens must be a positive integer")
+    for key, fine in UNSUPPORTED.items():
+        if data.get(key) not in fine:
+            raise RequestError(f"{key} is not supported by this server; remove it from the request")
+    limit = min(256, max_tokens)
+    n_new = _number(data, "max_completion_tokens", None, 1, 1 << 62, integer=True)
+    n_new = _number(data, "max_tokens", limit, 1, 1 << 62, integer=True) if n_new is None else n_new
     if n_new > max_tokens:
         raise RequestError(f"max_tokens {n_new} is over this server's limit of {max_tokens}")
     stop = data.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise RequestError("stop must be a string or a list of strings")
-    stop = [s for s in stop if s]
-    try:
-        temperature = float(data.get("temperature", 1.0))
-        top_p = float(data.get("top_p", 1.0))
-    except (TypeError, ValueError):
-        raise RequestError("temperature and top_p must be numbers") from None
-    if not 0 <= temperature <= 2 or not 0 < top_p <= 1:
-        raise RequestError("temperature must be in [0, 2] and top_p in (0, 1]")
-    seed = data.get("seed")
-    if seed is not None and not isinstance(seed, int):
-        raise RequestError("seed must be an integer")
-    if seed is not None:
-        seed %= 1 << 64                 # any integer, as OpenAI takes them; NumPy seeds are non-negative
+    seed = _number(data, "seed", None, -float("inf"), float("inf"), integer=True)     # any integer, as OpenAI
     ignore_eos = data.get("ignore_eos", False)
     if not isinstance(ignore_eos, bool):
         raise RequestError("ignore_eos must be true or false")
-    return SamplingConfig(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=n_new, stop=stop,
-                          ignore_eos=ignore_eos)
+    return SamplingConfig(temperature=float(_number(data, "temperature", 1.0, 0, 2)),
+                          top_p=float(_number(data, "top_p", 1.0, 0, 1, lo_open=True)),
+                          top_k=max(0, _number(data, "top_k", 0, -1, 1 << 31, integer=True)),     # -1: off
+                          repetition_penalty=float(_number(data, "repetition_penalty", 1.0, 0, 10, lo_open=True)),
+                          seed=None if seed is None else seed % (1 << 64), max_new_tokens=n_new,
+                          stop=[s for s in stop if s], ignore_eos=ignore_eos, logprobs=_logprobs(data, chat))
+
+
+def _logprobs(data: dict, chat: bool | None) -> int | None:
+    """How many alternatives to report per token (0: only the chosen one's), or None for no logprobs."""
+    if chat is None:
+        return None
+    if chat:
+        asked = data.get("logprobs")
+        if asked is not None and not isinstance(asked, bool):
+            raise RequestError("logprobs must be true or false")
+        top = _number(data, "top_logprobs", None, 0, 20, integer=True)
+        if top is not None and not asked:
+            raise RequestError("top_logprobs needs logprobs: true")
+        return (top or 0) if asked else None
+    return _number(data, "logprobs", None, 0, 5, integer=True)
 
 
 def _prompt(data: dict, chat: bool):
@@ -65,13 +93,52 @@ def _prompt(data: dict, chat: bool):
     return prompt
 
 
+def _model_name(data: dict) -> str:
+    name = data.get("model")
+    if not isinstance(name, str) or not name:
+        raise RequestError("model: missing; name a served model (GET /v1/models lists them)")
+    return name
+
+
+class LogprobFormat:
+    """Token log-probability records (sampling.token_logprobs) as OpenAI writes them: for chat,
+    {content: [{token, logprob, bytes, top_logprobs}]}; for completions, {tokens, token_logprobs,
+    top_logprobs, text_offset} (offsets counted over the choice's text so far)."""
+
+    def __init__(self, tokenizer, chat: bool):
+        self.tok, self.chat, self.offsets = tokenizer, chat, {}
+
+    def token(self, token_id: int) -> tuple[str, list[int]]:
+        raw = self.tok.token_bytes(token_id)
+        return raw.decode("utf-8", errors="replace"), list(raw)
+
+    def format(self, records: list[dict], choice: int = 0) -> dict:
+        if self.chat:
+            content = []
+            for r in records:
+                text, raw = self.token(r["id"])
+                alts = [dict(zip(("token", "bytes"), self.token(i)), logprob=v) for i, v in r["top"]]
+                content.append({"token": text, "logprob": r["logprob"], "bytes": raw, "top_logprobs": alts})
+            return {"content": content}
+        out = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for r in records:
+            text = self.token(r["id"])[0]
+            at = self.offsets.get(choice, 0)
+            out["tokens"].append(text)
+            out["token_logprobs"].append(r["logprob"])
+            out["top_logprobs"].append({self.token(i)[0]: v for i, v in r["top"]})
+            out["text_offset"].append(at)
+            self.offsets[choice] = at + len(text)
+        return out
+
+
 def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> None:
     async def complete(request: Request, chat: bool):
         data = await body(request)
-        m = get_model(str(data.get("model", "")))
+        m = get_model(_model_name(data))
         if m.kind != "llm":
             raise RequestError(f"model {m.name} does not generate text")
-        cfg = sampling_config(data, app.state.max_tokens)
+        cfg = sampling_config(data, app.state.max_tokens, chat)
         prompt = _prompt(data, chat)
         n = data.get("n", 1)
         if not isinstance(n, int) or not 1 <= n <= 8:
@@ -82,8 +149,8 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
 
-        def emit(i, text, finish, generated):          # called on the scheduler's thread
-            loop.call_soon_threadsafe(q.put_nowait, (i, text, finish, generated))
+        def emit(i, text, finish, generated, records=()):          # called on the scheduler's thread
+            loop.call_soon_threadsafe(q.put_nowait, (i, text, finish, generated, records))
 
         options = data.get("stream_options") or {}
         if not isinstance(options, dict):
@@ -117,28 +184,33 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
         def usage(used: int) -> dict:
             return {"prompt_tokens": prompt_tokens, "completion_tokens": used, "total_tokens": prompt_tokens + used}
 
+        lp = LogprobFormat(m.model.tokenizer, chat) if cfg.logprobs is not None else None
         if not data.get("stream"):
-            texts, finishes, used = [""] * n, ["length"] * n, 0
+            texts, finishes, used, records = [""] * n, ["length"] * n, 0, [[] for _ in range(n)]
             try:
-                async for i, piece, fin, gen in events(watch=True):
+                async for i, piece, fin, gen, recs in events(watch=True):
                     if piece is None:
                         raise RequestError(f"generation failed ({fin})", 500)
                     texts[i] += piece
+                    records[i] += recs
                     if fin:
                         finishes[i], used = fin, used + gen
             finally:
                 cancel()
             choices = [({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
-                        if chat else {"index": i, "text": t, "finish_reason": f, "logprobs": None})
+                        if chat else {"index": i, "text": t, "finish_reason": f})
                        for i, (t, f) in enumerate(zip(texts, finishes))]
+            for i, c in enumerate(choices):
+                c["logprobs"] = lp.format(records[i]) if lp else None
             return {"id": rid, "object": kind, "created": created, "model": m.name, "choices": choices,
                     "usage": usage(used)}
 
         obj = "chat.completion.chunk" if chat else "text_completion"
 
-        def chunk(i, delta=None, text=None, finish=None):
+        def chunk(i, delta=None, text=None, finish=None, recs=()):
             c = {"index": i, "finish_reason": finish}
-            c.update({"delta": delta or {}} if chat else {"text": text or "", "logprobs": None})
+            c.update({"delta": delta or {}} if chat else {"text": text or ""})
+            c["logprobs"] = lp.format(recs, i) if lp and recs else None
             return "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": m.name,
                                           "choices": [c]}) + "\n\n"
 
@@ -148,13 +220,13 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
                 if chat:              # the role first, so that clients can time the first token
                     for i in range(n):
                         yield chunk(i, {"role": "assistant", "content": ""})
-                async for i, piece, fin, gen in events():
+                async for i, piece, fin, gen, recs in events():
                     if piece is None:
                         err = {"message": fin, "type": "server_error", "param": None, "code": None}
                         yield "data: " + json.dumps({"error": err}) + "\n\n"
                         return
-                    if piece:
-                        yield chunk(i, {"content": piece}, piece)
+                    if piece or recs:
+                        yield chunk(i, {"content": piece}, piece, recs=recs)
                     if fin:
                         used += gen
                         yield chunk(i, {}, "", fin)
@@ -169,7 +241,7 @@ def add_openai_routes(app, models: dict[str, ServedModel], get_model, body) -> N
 
     async def embeddings(request: Request):
         data = await body(request)
-        m = get_model(str(data.get("model", "")))
+        m = get_model(_model_name(data))
         texts = data.get("input")
         texts = [texts] if isinstance(texts, str) else texts
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):

@@ -32,14 +32,20 @@ class Sampling(BaseModel):
     stream: bool | None = Field(False, description="Server-sent events, ending with data: [DONE].")
     stream_options: StreamOptions | None = None
     ignore_eos: bool | None = Field(False, description="Generate max_tokens even past an end-of-sequence token.")
+    top_k: int | None = Field(0, ge=-1, description="Sample among the k most likely tokens (0 or -1: off).")
+    repetition_penalty: float | None = Field(1.0, gt=0, le=10, description="Above 1 discourages repeating tokens.")
 
 
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = Field(False, description="Each generated token's log-probability.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: the most likely alternatives.")
 
 
 class CompletionRequest(Sampling):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5, description="Log-probabilities of each token and this many "
+                                 "alternatives.")
 
 
 class EmbeddingRequest(BaseModel):
