@@ -67,6 +67,11 @@ def run(command, argv: list[str]) -> int:
         return rv if isinstance(rv, int) else 0
     except typer.Exit as e:
         return e.exit_code
+    except SystemExit as e:
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":     # typer's own answer to a closed stdout
+            _silence_stdout()
+            return 0
+        return e.code if isinstance(e.code, int) else 1
     except click.NoArgsIsHelpError as e:
         print(e.format_message())
         return 0

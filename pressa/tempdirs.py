@@ -80,9 +80,9 @@ def temp_dir(prefix: str = "work-") -> tempfile.TemporaryDirectory:
 
 
 def adopt_all() -> None:
-    """Point `tempfile` itself at this process's root, so that the tools pressa drives (ONNX Runtime's
-    quantizer, torch's exporter) leave nothing behind either."""
-    tempfile.tempdir = str(temp_root())
+    """Point `tempfile` and $TMPDIR at this process's root, so that the tools pressa drives (ONNX
+    Runtime's quantizer and its native session files, torch's exporter) leave nothing behind either."""
+    tempfile.tempdir = os.environ["TMPDIR"] = str(temp_root())
 
 
 def cleanup() -> None:

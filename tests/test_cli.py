@@ -9,31 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import make_tiny
-
-
-def run_cli(*args, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "pressa", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300, **kw)
-
-
-def assert_user_error(res, *fragments):
-    assert res.returncode == 2, res.stderr
-    assert "Traceback" not in res.stderr
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, res.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-
-
-def no_leftovers(parent: Path, name: str) -> None:
-    assert not (parent / name).exists()
-    assert not [p for p in parent.iterdir() if p.name.startswith(".pressa-tmp-")]
+from helpers import assert_user_error, no_leftovers, run_cli
 
 
 def test_missing_path(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli import assert_user_error, run_cli
 
 from conftest import make_tiny
+from helpers import assert_user_error, run_cli
 
 TUTORIAL = {
     "input_model": {"type": "PyTorchModel",
@@ -112,7 +112,7 @@ def test_bad_configs_name_the_key(qwen, tmp_path, mutate, fragment):
 
 
 def test_nncf_yaml_maps_to_static_quantization(tmp_path):
-    from test_onnx_models import SENTENCES, write_bert
+    from helpers import SENTENCES, write_bert
 
     hf = write_bert(tmp_path / "hf")
     assert run_cli("capture", "--model", hf, "-o", tmp_path / "enc").returncode == 0
@@ -134,7 +134,7 @@ def test_nncf_yaml_maps_to_static_quantization(tmp_path):
 
 
 def test_changed_option_recomputes_from_that_pass_on(tmp_path):
-    from test_onnx_models import write_bert
+    from helpers import write_bert
 
     hf = write_bert(tmp_path / "hf")
     cfg = {"input_model": {"type": "HfModel", "model_path": str(hf), "task": "feature-extraction"},

@@ -8,50 +8,8 @@ import json
 import numpy as np
 import onnx
 import pytest
-from test_cli import assert_user_error, no_leftovers, run_cli
 
-WORDS = [f"w{i}" for i in range(90)]
-SENTENCES = [" ".join(WORDS[(7 * i + j * 3) % 90] for j in range(8 + i % 9)) + " and more words here to pass forty"
-             for i in range(40)]
-
-
-def write_bert(folder, task="feature-extraction", seed=0, layers=2):
-    """A tiny random BERT for `task` with a WordPiece tokenizer and sentence-transformers configs."""
-    import torch
-    from transformers import (
-        AutoModel,
-        AutoModelForQuestionAnswering,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        BertConfig,
-        BertTokenizerFast,
-    )
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "and", "more", "words", "here", "to", "pass", "forty",
-             *WORDS]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=64,
-                     num_labels=2 if task == "question-answering" else 3)
-    cls = {"feature-extraction": AutoModel, "text-classification": AutoModelForSequenceClassification,
-           "token-classification": AutoModelForTokenClassification,
-           "question-answering": AutoModelForQuestionAnswering}[task]
-    torch.manual_seed(seed)
-    model = cls.from_config(cfg).eval()
-    with torch.no_grad():                 # biases and norms away from 0 / 1 so that they are really tested
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(folder)
-    (folder / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    return folder
+from helpers import SENTENCES, assert_user_error, no_leftovers, run_cli, write_bert
 
 
 def torch_outputs(folder, task, texts):

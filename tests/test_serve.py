@@ -5,14 +5,12 @@ non-streamed text for the same seed, and a client that disconnects mid-stream.""
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,16 +19,8 @@ import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from test_cli import run_cli
-from test_onnx_models import SENTENCES, write_bert
 
-KEY = "s3cret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import KEY, SENTENCES, call, free_port, message, run_cli, running, write_bert
 
 
 @pytest.fixture(scope="module")
@@ -53,50 +43,6 @@ def server(tiny_artifact, tmp_path_factory):
                           {"name": "enc", "path": str(d / "enc"), "max_wait_ms": 50}])
     with running(models, max_tokens=4000) as port:
         yield {"url": f"http://127.0.0.1:{port}", "port": port, "enc": d / "enc", "llm": d / "llm", "models": models}
-
-
-@contextlib.contextmanager
-def running(models, **options):
-    """uvicorn on 127.0.0.1, a free port, in a thread; yields the port."""
-    import uvicorn
-
-    from pressa.serve.app import create_app
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(models, KEY, **options), host="127.0.0.1", port=port,
-                                        log_level="error"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        srv.should_exit = True
-        t.join(10)
-
-
-def message(answer: dict) -> str:
-    """An error's text: {"error": text}, or OpenAI's {"error": {"message": text, ...}}."""
-    err = answer["error"]
-    return err if isinstance(err, str) else err["message"]
-
-
-def call(server, path, body=None, key=KEY, raw: bytes | None = None):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(server["url"] + path, data=data, method="POST" if data is not None else "GET")
-    req.add_header("Content-Type", "application/json")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            text = r.read().decode()
-            return r.status, (json.loads(text) if r.headers.get("content-type", "").startswith("application/json")
-                              else text)
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read().decode())
 
 
 def test_health_metadata_and_key(server):
@@ -374,7 +320,7 @@ def test_full_queue_answers_503_with_retry_after(server):
 
 
 def test_serve_bad_arguments(tmp_path):
-    from test_cli import assert_user_error
+    from helpers import assert_user_error
 
     assert_user_error(run_cli("serve"), "--model_name")
     assert_user_error(run_cli("serve", "--model_name", "x", "--model_path", tmp_path / "nope"), "does not exist")
