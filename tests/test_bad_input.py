@@ -137,6 +137,7 @@ CASES = [
     ("quantize-output-read-only", ["quantize", "{lab}/onnx", "-o", READ_ONLY, "--mode", "dynamic"], "cannot write",
      None),
     ("convert-fp16-llm-artifact", ["convert-fp16", "{lab}/llm", "-o", "{lab}/o"], "auto-opt", None),
+    ("convert-fp16-output-read-only", ["convert-fp16", "{lab}/onnx", "-o", READ_ONLY], "cannot write", None),
     ("convert-fp16-output-is-input", ["convert-fp16", "{lab}/onnx", "-o", "{lab}/onnx", "--overwrite"],
      "is the input", None),
     # generate, chat, benchmark, eval, embed, compare
@@ -175,6 +176,8 @@ CASES = [
     ("serve-duplicate-names", ["serve", "--config", "{lab}/dup.yaml"], "twice", None),
     ("serve-no-models", ["serve", "--config", "{lab}/none.yaml"], "non-empty", None),
     ("serve-unknown-key", ["serve", "--config", "{lab}/typo.yaml"], "did you mean max_concurrency", None),
+    ("serve-genai-config-not-json", ["serve", "--model_name", "a", "--model_path", "{lab}/bad-genai"],
+     "genai_config.json", None),
     ("serve-missing-path", ["serve", "--model_name", "a", "--model_path", "{lab}/nope"], "does not exist", None),
 ]
 

@@ -255,7 +255,7 @@ def test_disconnect_mid_stream_leaves_server_serving(server):
                                                                                      "content": "t5"}],
                                                          "max_tokens": 3})
     assert status == 200 and out["choices"][0]["message"]["role"] == "assistant"
-    status, text = call(server, "/metrics", key=None)
+    status, text = call(server, "/metrics")          # behind the key, as every route but health (issue 11)
     assert "pressa_requests_total" in text and "pressa_request_seconds_bucket" in text
     assert f'pressa_cancelled_sequences_total{{model="llm"}} {sch.cancelled}' in text
     assert f'pressa_time_to_first_token_seconds_count{{model="llm"}} {sch.first_tokens}' in text

@@ -78,6 +78,14 @@ def test_chat_refuses_an_overlong_message_and_goes_on(tiny_artifact):
     assert len([ln for ln in res.stdout.splitlines() if ln.strip()]) == 1       # the second message's reply
 
 
+def test_chat_asks_again_after_a_line_that_is_not_utf8(tiny_artifact):
+    res = subprocess.run([sys.executable, "-m", "pressa", "chat", str(tiny_artifact("llama")), "--temperature", "0",
+                          "--max-new-tokens", "4"], input=b"caf\xe9\nt5 t6\n", capture_output=True, timeout=300)
+    err = res.stderr.decode()
+    assert res.returncode == 0 and "not valid UTF-8" in err and "Traceback" not in err, err
+    assert len(res.stdout.decode().splitlines()) == 1
+
+
 def test_chat_drops_the_oldest_turns_when_the_context_fills(tiny_artifact):
     lines = [" ".join(["t5"] * 90) for _ in range(4)]
     res = _chat(tiny_artifact("llama"), lines, "--max-new-tokens", "8")
