@@ -2,15 +2,17 @@
 
 __version__ = "0.1.0"
 
+from pressa.api import auto_opt, compress_weights, quantize, run  # noqa: E402  (the CLI's verbs)
+
+__all__ = ["__version__", "auto_opt", "compress_weights", "export", "load", "quantize", "run"]
+
 
 def load(path, **kwargs):
     """Open an artifact: an LLM folder gives a Model (`.generate("Hi")`, `.chat`, `.stream`); any other
     ONNX artifact or .onnx file gives an EncoderModel (`.embed(texts)`, `.classify`, `.run`)."""
-    from pathlib import Path
+    from pressa.artifact import ArtifactKind, kind_of
 
-    p = Path(path)
-    onnx_model = (p.is_file() and p.suffix == ".onnx") or (p.is_dir() and any(p.glob("*.onnx")))
-    if onnx_model and not (p / "genai_config.json").is_file():
+    if kind_of(path) == ArtifactKind.ONNX:
         from pressa.runtime.encoder import EncoderModel
 
         return EncoderModel.load(path, **kwargs)

@@ -76,9 +76,10 @@ def auto_opt(
     log_level: int = typer.Option(1, "--log_level", "--log-level", min=0, max=4,
                                   help="0 debug, 1 info, 2 warnings, 3 errors, 4 critical."),
 ):
-    """Optimize a decoder LLM for ONNX Runtime (Olive's `auto-opt` flags accepted as Olive spells them)."""
-    from pressa.capture.decoder import BuildOptions
-    from pressa.capture.llm import build_llm
+    """Optimize a decoder LLM for ONNX Runtime (Olive's `auto-opt` flags accepted as Olive spells them).
+    Runs as a one-pass workflow (ModelBuilder); the artifact's pressa.json records it, so
+    `pressa run --config ARTIFACT/pressa.json -o NEW` rebuilds the same model."""
+    from pressa.engine.execute import execute, job
     from pressa.errors import BadArgument
 
     log.set_level(log_level)
@@ -93,15 +94,14 @@ def auto_opt(
         dev = "cuda"
     if ratio < 1.0 and precision != "int4":
         raise BadArgument("--ratio applies to --precision int4 only")
-    opts = BuildOptions(precision=precision, block_size=group_size, symmetric=sym,
-                        accuracy_level=accuracy_level if dev == "cpu" else 0, embedding_bits=embedding_bits,
-                        algorithm=algorithm, scale_search=scale_search)
-    text = read_text(calibration_data) if calibration_data else None
+    options = dict(precision=precision, group_size=group_size, symmetric=sym, scale_search=scale_search,
+                   ratio=ratio, algorithm=algorithm, calibration_data=calibration_data,
+                   calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
+                   accuracy_level=accuracy_level, embedding_bits=embedding_bits, execution_provider=dev)
+    if algorithm != "rtn" and calibration_data is None:
+        raise BadArgument(f"--algorithm {algorithm} needs --calibration-data FILE (plain text)")
     with log.progress_bar("auto-opt") as bar:
-        manifest = build_llm(model, output, opts, ratio=ratio, provider=dev, overwrite=overwrite,
-                             inputs=(calibration_data,),
-                             progress=bar, log=log.info, status=log.status, calibration_text=text,
-                             calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen)
+        manifest = execute(job(model, [("auto-opt", "model-builder", options)]), output, overwrite, bar, log.info)
     log.info(f"wrote {output} ({manifest['size_bytes'] / 1e6:.1f} MB, {manifest['build_seconds']:.1f} s)")
 
 
@@ -141,9 +141,9 @@ def generate(
 ):
     """Generate text. Only the generated text goes to stdout, streamed as it is produced."""
     import pressa
-    from pressa.artifact import require_kind
+    from pressa.artifact import ArtifactKind, require_kind
 
-    require_kind(model, "llm", "generate")
+    require_kind(model, ArtifactKind.DECODER_LLM, "generate")
     cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
     prompts = [read_stdin() if p == "-" else check_text(p, "the prompt") for p in prompts]
     m = pressa.load(model, device=device, threads=threads)
@@ -173,10 +173,10 @@ def chat(
     When the conversation outgrows the context, the oldest turns are dropped (the system prompt stays);
     a message too long on its own is refused and the chat goes on."""
     import pressa
-    from pressa.artifact import require_kind
+    from pressa.artifact import ArtifactKind, require_kind
     from pressa.errors import BadArgument
 
-    require_kind(model, "llm", "chat")
+    require_kind(model, ArtifactKind.DECODER_LLM, "chat")
     system = check_text(system, "--system") if system else None
     cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None)
     m = pressa.load(model, device=device, threads=threads)
@@ -259,10 +259,10 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ):
     """Measure how much worse: perplexity on a text file, and/or agreement (top-1, KL) with the original."""
-    from pressa.artifact import require_kind
+    from pressa.artifact import ArtifactKind, require_kind
     from pressa.errors import BadArgument
 
-    require_kind(model, "llm", "eval")
+    require_kind(model, ArtifactKind.DECODER_LLM, "eval")
     if perplexity is None and reference is None:
         raise BadArgument("give --perplexity FILE and/or --reference MODEL --data FILE")
     result: dict = {"artifact": str(model)}
@@ -303,11 +303,11 @@ def benchmark(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ):
     """Time an artifact: decode tokens/s, time to first token, prefill tokens/s, peak RSS."""
-    from pressa.artifact import require_kind
+    from pressa.artifact import ArtifactKind, require_kind
     from pressa.errors import BadArgument
     from pressa.evaluate.latency import benchmark as run_benchmark
 
-    require_kind(model, "llm", "benchmark")
+    require_kind(model, ArtifactKind.DECODER_LLM, "benchmark")
     if hint not in ("latency", "throughput"):
         raise BadArgument("--hint: use latency or throughput")
     with log.progress_bar("benchmark") as bar:

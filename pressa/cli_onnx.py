@@ -162,11 +162,11 @@ def embed(
     threads: int | None = _THREADS,
 ):
     """Sentence embeddings, one JSON array per text on stdout (pooling as the model's config says)."""
-    from pressa.artifact import require_kind
+    from pressa.artifact import ArtifactKind, require_kind
     from pressa.runtime.encoder import EncoderModel
     from pressa.textio import check_text, read_stdin
 
-    require_kind(model, "onnx", "embed")
+    require_kind(model, ArtifactKind.ONNX, "embed")
     if texts == ["-"]:
         texts = [ln for ln in read_stdin().splitlines() if ln.strip()]
     texts = [check_text(t, "the text") for t in texts]
@@ -197,15 +197,20 @@ def run_cmd(
                                  "run nothing."),
     model: str | None = typer.Option(None, "--model", "-m", help="Input model (overrides the config's)."),
     runs: int = typer.Option(20, "--runs", min=1, help="Timed runs (or decoded tokens) per latency metric."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output_dir."),
+    output: Path | None = typer.Option(None, "--output", "-o", "--output_path", help="Output folder (overrides "
+                                       "the config's output_dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output_dir that this command "
+                                   "did not write (one a workflow wrote is replaced on a re-run)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
-    """Run a workflow: passes in order, each step cached, settings searched, best model + report written."""
-    from pressa.engine.config import parse_workflow, read_config
+    """Run a workflow: passes in order, each step cached, settings searched, best model + report written.
+    An artifact's pressa.json is a config too: `pressa run --config ARTIFACT/pressa.json -o NEW` rebuilds it."""
+    from pressa.engine.config import load_workflow
     from pressa.engine.search import dry_run as plan_of
-    from pressa.engine.search import run_workflow
+    from pressa.engine.search import run_workflow, written_by_workflow
 
-    wf = parse_workflow(read_config(config), config.parent, model)
+    wf = load_workflow(config, model, output)
+    overwrite = overwrite or written_by_workflow(wf.output_dir)
     if dry_run:
         plan = plan_of(wf)
         if as_json:

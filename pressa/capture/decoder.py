@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto
 
+from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, present
 from pressa.capture.config import DecoderConfig
 from pressa.capture.onnx_writer import MS, GraphWriter
 from pressa.capture.rope import rope_cache
@@ -185,12 +186,12 @@ class DecoderBuilder:
     def _emit(self, g: GraphWriter, progress) -> dict:
         cfg, dt = self.cfg, self.onnx_dtype
         kv_shape = ["batch_size", cfg.num_kv_heads, "past_sequence_length", cfg.head_dim]
-        ids = g.add_input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
-        mask = g.add_input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
+        ids = g.add_input(INPUT_IDS, TensorProto.INT64, ["batch_size", "sequence_length"])
+        mask = g.add_input(ATTENTION_MASK, TensorProto.INT64, ["batch_size", "total_sequence_length"])
         for i in range(cfg.num_layers):
             for kv in ("key", "value"):
-                g.add_input(f"past_key_values.{i}.{kv}", dt, kv_shape)
-        g.add_output("logits", TensorProto.FLOAT,
+                g.add_input(past(i, kv), dt, kv_shape)
+        g.add_output(LOGITS, TensorProto.FLOAT,
                      ["batch_size", 1 if self.o.last_token_logits else "sequence_length", cfg.vocab_size])
 
         total = cfg.num_layers + 2
@@ -370,16 +371,16 @@ class DecoderBuilder:
             qkv_in = [qkv, "", ""]
         sliding = cfg.layer_sliding[i] if cfg.layer_sliding else False
         cos, sin = ctx["rope"]["local" if sliding and "local" in ctx["rope"] else "global"]
-        outs = [f"{lab}/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"]
+        outs = [f"{lab}/GroupQueryAttention/output_0", present(i, "key"), present(i, "value")]
         g.node("GroupQueryAttention",
-               qkv_in + [f"past_key_values.{i}.key", f"past_key_values.{i}.value", ctx["seqlens"], ctx["total"],
+               qkv_in + [past(i, "key"), past(i, "value"), ctx["seqlens"], ctx["total"],
                          cos, sin],
                f"{lab}/GroupQueryAttention", 3, MS, outputs=outs,
                num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1, rotary_interleaved=0,
                scale=cfg.attn_scale, softcap=cfg.attn_softcap or None,
                local_window_size=int(cfg.sliding_window) if sliding and cfg.sliding_window else -1)
         for kv in ("key", "value"):
-            g.add_output(f"present.{i}.{kv}", self.onnx_dtype,
+            g.add_output(present(i, kv), self.onnx_dtype,
                          ["batch_size", cfg.num_kv_heads, "total_sequence_length", cfg.head_dim])
         wo = self.weight(f"{i}.o", lambda: self.read(p + "o_proj.weight"))
         return self.linear(g, outs[0], f"{p}o_proj", wo, self.opt(p + "o_proj.bias"), f"{i}.o")
@@ -443,4 +444,4 @@ class DecoderBuilder:
             c = g.weight("/lm_head/softcap", np.asarray(cfg.final_softcap, np.float32))
             logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c], "/lm_head/softcap_Div")],
                                        "/lm_head/Tanh"), c], "/lm_head/softcap_Mul")
-        g.node("Identity", [logits], "/lm_head/logits", outputs=["logits"])
+        g.node("Identity", [logits], "/lm_head/logits", outputs=[LOGITS])

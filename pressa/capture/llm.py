@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -10,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pressa import __version__
-from pressa.artifact import MANIFEST, atomic_folder, folder_size, now_iso, write_json
+from pressa.artifact import ArtifactKind, Manifest, atomic_folder, write_json, write_manifest
+from pressa.artifact.llm_io import GENAI_CONFIG, genai_config
 from pressa.capture.config import DecoderConfig, decoder_config
 from pressa.capture.decoder import BuildOptions, DecoderBuilder
 from pressa.errors import BadArgument
@@ -26,42 +25,6 @@ def _no_status(message: str):
     from contextlib import nullcontext
 
     return nullcontext()
-
-
-def genai_config(cfg: DecoderConfig, context: int, provider: str, tok_cfg: dict) -> dict:
-    eos = cfg.eos_token_id or []
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
-    prov = [] if provider == "cpu" else [{provider: {}}]
-    return {
-        "model": {
-            "bos_token_id": cfg.bos_token_id if cfg.bos_token_id is not None else 0,
-            "context_length": context,
-            "decoder": {
-                "session_options": {"log_id": "onnxruntime-genai", "provider_options": prov},
-                "filename": "model.onnx",
-                "head_size": cfg.head_dim,
-                "hidden_size": cfg.hidden_size,
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           "past_key_names": "past_key_values.%d.key",
-                           "past_value_names": "past_key_values.%d.value"},
-                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
-                            "present_value_names": "present.%d.value"},
-                "num_attention_heads": cfg.num_heads,
-                "num_hidden_layers": cfg.num_layers,
-                "num_key_value_heads": cfg.num_kv_heads,
-            },
-            "eos_token_id": eos[0] if len(eos) == 1 else eos,
-            "pad_token_id": pad,
-            "type": cfg.arch.genai_type,
-            "vocab_size": cfg.vocab_size,
-        },
-        "search": {
-            "diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
-            "max_length": context, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
-            "num_return_sequences": 1, "past_present_share_buffer": True, "repetition_penalty": 1.0,
-            "temperature": 1.0, "top_k": 1, "top_p": 1.0,
-        },
-    }
 
 
 def _weight_groups(cfg: DecoderConfig, src: Source) -> dict[str, list[str]]:
@@ -134,8 +97,10 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
                    provider: str = "cpu", progress: Progress | None = None,
                    log: Callable[[str], None] = lambda s: None, status=_no_status,
                    calibration_text: str | None = None, calibration_samples: int = 64,
-                   calibration_seqlen: int = 256) -> dict:
-    """The artifact's files into the existing (temporary) folder `out_dir`; returns the manifest."""
+                   calibration_seqlen: int = 256, workflow: dict | None = None, settings: dict | None = None) -> dict:
+    """The artifact's files into the existing (temporary) folder `out_dir`; returns the manifest.
+    `settings`: the pass's options as recorded (default: these arguments); `workflow`: the config that
+    rebuilds the artifact."""
     t0 = time.perf_counter()
     opts.validate()
     with status(f"reading {model or 'the bundled model'}"):
@@ -161,30 +126,18 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
     for name, data in src.tokenizer_files.items():
         (out_dir / name).write_bytes(data)
     write_json(out_dir / "config.json", src.config)
-    write_json(out_dir / "genai_config.json", genai_config(cfg, info["context_length"], provider, {}))
-    manifest = {
-        "pressa_version": __version__,
-        "created": now_iso(),
-        "kind": "decoder-llm",
-        "source": {"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type},
-        "settings": {**{k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs")},
-                     "ratio": ratio, "provider": provider,
-                     "calibration": {"samples": calibration_samples, "seqlen": calibration_seqlen}
-                     if calib else None},
-        "mixed_precision": opts.layer_bits or None,
-        "graph": {"op_counts": info["op_counts"], "context_length": info["context_length"],
-                  "logits": "last" if opts.last_token_logits else "all"},
-        "versions": _versions(),
-        "build_seconds": round(time.perf_counter() - t0, 2),
-    }
-    manifest["size_bytes"] = folder_size(out_dir)
-    write_json(out_dir / MANIFEST, manifest)
-    return manifest
-
-
-def _versions() -> dict:
-    import onnx
-    import onnxruntime
-
-    return {"python": platform.python_version(), "numpy": np.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+    write_json(out_dir / GENAI_CONFIG, genai_config(cfg, info["context_length"], provider))
+    settings = settings or {**{k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs")},
+                            "ratio": ratio, "provider": provider,
+                            "calibration": {"samples": calibration_samples, "seqlen": calibration_seqlen}
+                            if calib else None}
+    seconds = round(time.perf_counter() - t0, 2)
+    source = {"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type}
+    return write_manifest(out_dir, Manifest(
+        kind=ArtifactKind.DECODER_LLM, source=source, workflow=workflow,
+        passes=[{"pass": "source", "location": src.location},
+                {"pass": "model-builder", "config": settings, "seconds": seconds}],
+        settings=settings, mixed_precision=opts.layer_bits or None,
+        graph={"op_counts": info["op_counts"], "context_length": info["context_length"],
+               "logits": "last" if opts.last_token_logits else "all"},
+        build_seconds=seconds))

@@ -155,9 +155,10 @@ def _check_model_exists(spec: str) -> None:
 
 def _is_llm(spec: str) -> bool:
     from pressa.capture.architectures import ARCHITECTURES
+    from pressa.sources.bundled import is_bundled_name
 
     p = Path(spec)
-    if p.suffix == ".gguf" or p.name == "SmolLM2-135M-Instruct":
+    if p.suffix == ".gguf" or is_bundled_name(spec):          # the bundled LLMs are GGUF files
         return True
     cfg = p / "config.json"
     if cfg.is_file():
@@ -390,6 +391,20 @@ def parse_workflow(cfg: dict, base: Path = Path("."), model_override: str | None
             wf.notes.append(f"{host}: runs on this machine (local system, CPU)")
             break
     return wf
+
+
+def load_workflow(path: Path, model: str | None = None, output: Path | None = None) -> Workflow:
+    """A workflow from a config file, or from an artifact's pressa.json (the workflow that made it;
+    its paths are absolute, and the rest is relative to the current folder, not the artifact's).
+    `model` and `output` override the config's input model and output_dir."""
+    from pressa.artifact import is_manifest
+
+    cfg, base = read_config(path), Path(path).parent
+    if is_manifest(cfg):
+        cfg, base = cfg["workflow"], Path.cwd()
+    if output is not None:
+        cfg = {**cfg, "output_dir": str(Path(output).absolute())}
+    return parse_workflow(cfg, base, model)
 
 
 def _rebase(path: str | None, base: Path) -> str | None:

@@ -59,10 +59,10 @@ class Evaluator:
         self._ref_cache: dict = {}
 
     def __call__(self, art: Path) -> dict:
-        from pressa.engine.runner import is_llm
+        from pressa.artifact import ArtifactKind, kind_of
 
         out = {}
-        llm = is_llm(art)
+        llm = kind_of(art) == ArtifactKind.DECODER_LLM
         for m in self.metrics:
             out[m.name] = self._llm(m, art) if llm else self._onnx(m, art)
         if self.guard and not any(m.type in ("accuracy", "perplexity") for m in self.metrics):

@@ -156,10 +156,6 @@ def _check_input(cls, current, wf: Workflow, spec: PassSpec) -> None:
         raise BadConfig(f"passes.{spec.key}: {cls.name} converts the input model and must come first")
 
 
-def is_llm(path: Path) -> bool:
-    return (Path(path) / "genai_config.json").is_file()
-
-
 def precision_changing(wf: Workflow, options: dict) -> bool:
     for spec in wf.passes:
         opts = options.get(spec.key, spec.fixed)

@@ -217,7 +217,25 @@ def run_workflow(wf: Workflow, log: Callable[[str], None], overwrite: bool = Fal
             (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
         summary = write_reports(tmp, wf, trials, best, front, baseline, warning, passing,
                                 time.perf_counter() - t0)
+        _record_workflow(tmp, wf, best)
     return summary
+
+
+def written_by_workflow(folder: Path) -> bool:
+    """An output_dir a workflow run wrote (its report beside its manifest): a re-run replaces it."""
+    return (Path(folder) / "footprints.json").is_file() and (Path(folder) / "pressa.json").is_file()
+
+
+def _record_workflow(folder: Path, wf: Workflow, best: Trial) -> None:
+    """The output's pressa.json records the chosen candidate as a workflow without search: running it
+    rebuilds this model."""
+    from pressa.artifact import read_manifest, write_json
+    from pressa.engine.execute import job
+
+    manifest = read_manifest(folder)
+    if manifest:
+        steps = [(p.key, p.type, best.options.get(p.key, p.fixed)) for p in wf.passes]
+        write_json(folder / "pressa.json", {**manifest, "workflow": job(wf.model, steps)})
 
 
 def workflow_inputs(wf: Workflow) -> list:

@@ -42,8 +42,10 @@ def transformers_logits(source: str) -> Logits | None:
 def reference_logits(reference: str, threads: int | None = None) -> tuple[Logits, str, Iterator | None]:
     """Logits of the original model: a pressa artifact as is, else transformers if installed, else
     pressa's own fp32 artifact built into a temporary folder."""
+    from pressa.artifact import ArtifactKind, kind_of
+
     p = Path(reference)
-    if (p / "genai_config.json").is_file():
+    if kind_of(p) == ArtifactKind.DECODER_LLM:
         return artifact_logits(p, threads), "pressa artifact", None
     from pressa.sources import open_source
     from pressa.sources.bundled import bundled_path, is_bundled_name

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pressa.artifact import read_json
+from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, present, read_genai_config
 from pressa.capture.decoder import LAST_TOKEN_NODE
-from pressa.errors import BadArgument, CorruptModel
+from pressa.errors import BadArgument
 from pressa.runtime.session import open_session
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -28,10 +28,7 @@ class DecoderSession:
 
         self.ort = ort
         folder = Path(folder)
-        cfg_path = folder / "genai_config.json"
-        if not cfg_path.is_file():
-            raise CorruptModel(f"{folder}: no genai_config.json; is this a pressa LLM artifact?")
-        self.config = read_json(cfg_path)
+        self.config = read_genai_config(folder)
         d = self.config["model"]["decoder"]
         self.num_layers, self.kv_heads = d["num_hidden_layers"], d["num_key_value_heads"]
         self.head_size = d["head_size"]
@@ -40,10 +37,10 @@ class DecoderSession:
         model_path = folder / d.get("filename", "model.onnx")
         variant = all_logits_variant(model_path) if all_logits else None
         self.session = open_session(model_path, device, threads, hint, model_bytes=variant)
-        out = {o.name: o.shape for o in self.session.get_outputs()}["logits"]
+        out = {o.name: o.shape for o in self.session.get_outputs()}[LOGITS]
         self.last_only = out[1] == 1
         types = {i.name: i.type for i in self.session.get_inputs()}
-        self.kv_dtype = _NP.get(types.get("past_key_values.0.key"), np.float32)
+        self.kv_dtype = _NP.get(types.get(past(0, "key")), np.float32)
         self.lengths: np.ndarray | None = None
 
     # -- cache ------------------------------------------------------------------------------
@@ -59,23 +56,23 @@ class DecoderSession:
         OV = self.ort.OrtValue
         for i, (k, v) in enumerate(self.cache):
             ko, vo = OV.ortvalue_from_numpy(k), OV.ortvalue_from_numpy(v)
-            self.io.bind_ortvalue_input(f"past_key_values.{i}.key", ko)
-            self.io.bind_ortvalue_input(f"past_key_values.{i}.value", vo)
-            self.io.bind_ortvalue_output(f"present.{i}.key", ko)
-            self.io.bind_ortvalue_output(f"present.{i}.value", vo)
+            self.io.bind_ortvalue_input(past(i, "key"), ko)
+            self.io.bind_ortvalue_input(past(i, "value"), vo)
+            self.io.bind_ortvalue_output(present(i, "key"), ko)
+            self.io.bind_ortvalue_output(present(i, "value"), vo)
         self._step_logits = np.zeros((batch, 1, self.vocab_size), np.float32)
         self._step_logits_ov = OV.ortvalue_from_numpy(self._step_logits)
         self.lengths = np.zeros(batch, np.int64)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, logits_out: bool) -> np.ndarray:
-        self.io.bind_cpu_input("input_ids", ids)
-        self.io.bind_cpu_input("attention_mask", mask)
+        self.io.bind_cpu_input(INPUT_IDS, ids)
+        self.io.bind_cpu_input(ATTENTION_MASK, mask)
         if logits_out:
-            self.io.bind_ortvalue_output("logits", self._step_logits_ov)
+            self.io.bind_ortvalue_output(LOGITS, self._step_logits_ov)
             self.session.run_with_iobinding(self.io)
             return self._step_logits[:, 0, :]
         full = np.empty((ids.shape[0], 1 if self.last_only else ids.shape[1], self.vocab_size), np.float32)
-        self.io.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(full))
+        self.io.bind_ortvalue_output(LOGITS, self.ort.OrtValue.ortvalue_from_numpy(full))
         self.session.run_with_iobinding(self.io)
         return full
 
@@ -123,6 +120,6 @@ def all_logits_variant(model_path: Path) -> bytes | None:
     del node.input[1:]
     del node.attribute[:]
     for o in m.graph.output:
-        if o.name == "logits":
+        if o.name == LOGITS:
             o.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
     return m.SerializeToString()

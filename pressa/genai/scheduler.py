@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, present
 from pressa.errors import BadArgument, PressaError, first_line
 from pressa.genai.model import Model, _Row
 from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose, token_logprobs
@@ -214,10 +215,10 @@ class Scheduler:
         OV = self.ort.OrtValue
         for i, (k, v) in enumerate(cache):
             ko, vo = OV.ortvalue_from_numpy(k), OV.ortvalue_from_numpy(v)
-            io.bind_ortvalue_input(f"past_key_values.{i}.key", ko)
-            io.bind_ortvalue_input(f"past_key_values.{i}.value", vo)
-            io.bind_ortvalue_output(f"present.{i}.key", ko)
-            io.bind_ortvalue_output(f"present.{i}.value", vo)
+            io.bind_ortvalue_input(past(i, "key"), ko)
+            io.bind_ortvalue_input(past(i, "value"), vo)
+            io.bind_ortvalue_output(present(i, "key"), ko)
+            io.bind_ortvalue_output(present(i, "value"), vo)
 
     def _prefill(self, group: list[Sequence]) -> None:
         """Prompts run together, right-padded; each gets a free slot. One prompt runs straight into
@@ -238,10 +239,10 @@ class Scheduler:
             mask[r, :lens[r]] = 1
         io = self.session.io_binding()
         self._bind(io, cache)
-        io.bind_cpu_input("input_ids", ids)
-        io.bind_cpu_input("attention_mask", mask)
+        io.bind_cpu_input(INPUT_IDS, ids)
+        io.bind_cpu_input(ATTENTION_MASK, mask)
         logits = np.empty((b, 1 if self.dec.last_only else width, self.dec.vocab_size), np.float32)
-        io.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(logits))
+        io.bind_ortvalue_output(LOGITS, self.ort.OrtValue.ortvalue_from_numpy(logits))
         self.session.run_with_iobinding(io)
         self.prefills += 1
         for r, (s, slot) in enumerate(zip(group, slots)):
@@ -257,7 +258,7 @@ class Scheduler:
         if n != self._bound_n:
             self._io = self.session.io_binding()
             self._bind(self._io, [(k[:n], v[:n]) for k, v in self.cache])
-            self._io.bind_ortvalue_output("logits", self.ort.OrtValue.ortvalue_from_numpy(self._logits[:n]))
+            self._io.bind_ortvalue_output(LOGITS, self.ort.OrtValue.ortvalue_from_numpy(self._logits[:n]))
             self._bound_n = n
         tokens = np.zeros((n, 1), np.int64)
         live = [s for s in self.running[:n] if s is not None]
@@ -265,8 +266,8 @@ class Scheduler:
             tokens[s.slot, 0] = s.next_token
         lens = self.lengths[:n]
         width = int(lens.max()) + 1
-        self._io.bind_cpu_input("input_ids", tokens)
-        self._io.bind_cpu_input("attention_mask", (np.arange(width)[None, :] <= lens[:, None]).astype(np.int64))
+        self._io.bind_cpu_input(INPUT_IDS, tokens)
+        self._io.bind_cpu_input(ATTENTION_MASK, (np.arange(width)[None, :] <= lens[:, None]).astype(np.int64))
         self.session.run_with_iobinding(self._io)
         for s in live:
             self.lengths[s.slot] += 1

@@ -69,6 +69,7 @@ class PassContext:
     progress: Callable[[int, int, str], None] = lambda done, total, desc: None
     log: Callable[[str], None] = lambda msg: None
     extra: dict = field(default_factory=dict)
+    workflow: dict | None = None        # the workflow config the output's manifest records (rebuilds it)
 
 
 class Pass:
@@ -126,57 +127,46 @@ def all_passes() -> list[type[Pass]]:
 
 def run_into(cls: type[Pass], cfg: PassConfig, source, out_dir: Path,
              progress: Callable[[int, int, str], None] | None = None,
-             log: Callable[[str], None] | None = None) -> tuple[dict, dict | None]:
+             log: Callable[[str], None] | None = None, workflow: dict | None = None,
+             extra: dict | None = None) -> tuple[dict, dict | None]:
     """Run a pass from `source` into the existing folder `out_dir` (a temporary one: the caller
     renames it into place); returns (report, manifest). ONNX passes read an .onnx file or artifact
     folder; capture reads a Hugging Face folder, bundled name or Hub id; the model builder writes its
-    own manifest."""
+    own manifest. `workflow`: the config the manifest records as the one that rebuilds the output."""
     from pressa.graph.onnx_io import find_model, model_folder
 
     t0 = time.perf_counter()
     prog, say = progress or (lambda *a: None), log or (lambda m: None)
     if cls.input_kind == "onnx":
-        rep = cls().run(find_model(source), cfg, out_dir, PassContext(model_folder(source), prog, say))
-        return rep, write_onnx_manifest(out_dir, source, cls.name, cfg, rep, time.perf_counter() - t0)
+        ctx = PassContext(model_folder(source), prog, say, dict(extra or {}), workflow)
+        rep = cls().run(find_model(source), cfg, out_dir, ctx)
+        return rep, write_onnx_manifest(out_dir, source, cls.name, cfg, rep, time.perf_counter() - t0,
+                                        workflow=workflow)
     if cls.input_kind == "hf":
         from pressa.capture.export import resolve_hf_folder
 
         folder = resolve_hf_folder(str(source))
-        rep = cls().run(folder, cfg, out_dir, PassContext(folder, prog, say))
+        rep = cls().run(folder, cfg, out_dir, PassContext(folder, prog, say, dict(extra or {}), workflow))
         return rep, write_onnx_manifest(out_dir, folder, cls.name, cfg, rep, time.perf_counter() - t0,
-                                        base={"source": {"location": str(source), "folder": str(folder)}})
-    return cls().run(source, cfg, out_dir, PassContext(Path(str(source)), prog, say)), None
+                                        base={"source": {"location": str(source), "folder": str(folder)}},
+                                        workflow=workflow)
+    ctx = PassContext(Path(str(source)), prog, say, dict(extra or {}), workflow)
+    return cls().run(source, cfg, out_dir, ctx), None
 
 
 def apply_pass(name: str, source: str | Path, output: Path, options: dict | None = None, overwrite: bool = False,
                progress: Callable[[int, int, str], None] | None = None, log: Callable[[str], None] | None = None
                ) -> dict:
-    """Run one pass into a new artifact folder, written to a temporary sibling and renamed when done."""
-    from pressa.artifact import atomic_folder, check_output
-    from pressa.graph.onnx_io import find_model
-    from pressa.log import quiet_tools
+    """One pass into a new artifact folder: a one-step workflow run by the engine (see engine.execute)."""
+    from pressa.engine.execute import execute, job
 
-    cls = get_pass(name)
-    cfg = make_config(cls, options or {}, name)
-    need = 0
-    if cls.input_kind == "onnx":
-        from pressa.artifact import require_kind
-
-        require_kind(source, "onnx", "quantize" if name.startswith("quantize") else name)   # an LLM fails here
-        model = find_model(source)
-        need = sum(f.stat().st_size for f in model.parent.glob(f"{model.name}*") if f.is_file()) // 4
-    inputs = (source, *[v for k, v in cfg.model_dump().items() if k.endswith("_data") and v])
-    check_output(Path(output), overwrite, inputs, need_bytes=need)
-    with atomic_folder(Path(output), overwrite, inputs) as tmp, quiet_tools():
-        _, manifest = run_into(cls, cfg, source, tmp, progress, log)
-    return manifest or {}
+    return execute(job(source, [(name, name, options or {})]), output, overwrite, progress, log)
 
 
 def write_onnx_manifest(folder: Path, source, pass_name: str, cfg: PassConfig, report: dict, seconds: float,
-                        base: dict | None = None) -> dict:
+                        base: dict | None = None, workflow: dict | None = None) -> dict:
     """Copy the source's companion files, and write pressa.json: the source's history plus this pass."""
-    from pressa import __version__
-    from pressa.artifact import MANIFEST, folder_size, now_iso, read_manifest, write_json
+    from pressa.artifact import ArtifactKind, Manifest, read_manifest, write_manifest
     from pressa.graph.onnx_io import copy_companions, graph_io, load_model, model_folder
 
     src_folder = model_folder(source)
@@ -186,14 +176,8 @@ def write_onnx_manifest(folder: Path, source, pass_name: str, cfg: PassConfig, r
     history.append({"pass": pass_name, "config": cfg.model_dump(mode="json"), "seconds": round(seconds, 2),
                     **{k: v for k, v in report.items() if k not in ("inputs", "outputs")}})
     io = graph_io(load_model(folder / "model.onnx", load_data=False))
-    manifest = {
-        "pressa_version": __version__, "created": now_iso(), "kind": "onnx",
-        "task": report.get("task", prev.get("task")),
-        "source": prev.get("source", {"location": str(source)}),
-        "passes": history, **io,
-        "num_heads": report.get("num_heads", prev.get("num_heads")),
-        "model_type": report.get("model_type", prev.get("model_type")),
-    }
-    manifest["size_bytes"] = folder_size(folder) + sum(f.stat().st_size for f in folder.glob("*/*") if f.is_file())
-    write_json(folder / MANIFEST, manifest)
-    return manifest
+    return write_manifest(folder, Manifest(
+        kind=ArtifactKind.ONNX, source=prev.get("source", {"location": str(source)}), passes=history,
+        workflow=workflow, task=report.get("task", prev.get("task")), **io,
+        num_heads=report.get("num_heads", prev.get("num_heads")),
+        model_type=report.get("model_type", prev.get("model_type"))))

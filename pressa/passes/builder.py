@@ -6,21 +6,50 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from pressa.passes.base import Pass, PassConfig, PassContext
 
 
 class BuilderConfig(PassConfig):
+    """auto-opt's options, declared here only: the CLI, workflow configs and pressa.json all use them."""
     precision: Literal["fp32", "fp16", "int8", "int4"] = Field("int4", description="weight precision")
-    group_size: Literal[16, 32, 64, 128, 256] = Field(32, description="quantization group size")
+    group_size: int = Field(32, description="quantization group size along the input axis: 16, 32, 64, 128 or 256")
     symmetric: bool = Field(False, description="groups without zero points")
+    scale_search: bool = Field(True, description="each group's scale and zero point by least squared error "
+                                                 "(else plain min/max)")
     ratio: float = Field(1.0, ge=0, le=1, description="int4 share of MatMul weights; the most sensitive stay int8")
     algorithm: Literal["rtn", "awq", "gptq"] = Field("rtn", description="rtn, or awq/gptq with calibration_data")
     calibration_data: str | None = Field(None, description="text file for awq/gptq and data-aware ratio")
-    accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute: 4 = int8 activations")
+    calibration_samples: int = Field(64, ge=1, description="calibration windows drawn from the text")
+    calibration_seqlen: int = Field(256, ge=8, description="tokens per calibration window")
+    accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute on CPU: 0 float, 4 int8 "
+                                                           "activations (CUDA always uses 0)")
     embedding_bits: Literal[4, 8] = Field(8, description="tied embedding / lm_head bits")
-    execution_provider: str = Field("cpu", description="cpu or cuda (genai_config's provider)")
+    execution_provider: Literal["cpu", "cuda"] = Field("cpu", description="cpu or cuda (genai_config's provider)")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, v: int) -> int:
+        if v not in (16, 32, 64, 128, 256):
+            raise ValueError(f"group size {v}: use 16, 32, 64, 128 or 256")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        if self.ratio < 1.0 and self.precision != "int4":
+            raise ValueError("ratio below 1 applies to precision int4 only")
+        if self.algorithm != "rtn" and self.precision not in ("int4", "int8"):
+            raise ValueError(f"algorithm {self.algorithm} applies to int4/int8 precisions")
+        return self
+
+    def build_options(self):
+        from pressa.capture.decoder import BuildOptions
+
+        return BuildOptions(precision=self.precision, block_size=self.group_size, symmetric=self.symmetric,
+                            accuracy_level=self.accuracy_level if self.execution_provider == "cpu" else 0,
+                            embedding_bits=self.embedding_bits, algorithm=self.algorithm,
+                            scale_search=self.scale_search)
 
 
 class ModelBuilder(Pass):
@@ -31,13 +60,15 @@ class ModelBuilder(Pass):
     input_kind = "llm"
 
     def run(self, model_path: Path, config: BuilderConfig, out_dir: Path, ctx: PassContext) -> dict:
-        from pressa.capture.decoder import BuildOptions
         from pressa.capture.llm import build_llm_into
+        from pressa.textio import read_text
 
-        opts = BuildOptions(precision=config.precision, block_size=config.group_size, symmetric=config.symmetric,
-                            accuracy_level=config.accuracy_level, embedding_bits=config.embedding_bits,
-                            algorithm=config.algorithm)
-        text = Path(config.calibration_data).read_text(errors="replace") if config.calibration_data else None
-        m = build_llm_into(str(model_path), out_dir, opts, ratio=config.ratio, provider=config.execution_provider,
-                           progress=ctx.progress, calibration_text=text)
+        text = ctx.extra.get("calibration_text") or (read_text(Path(config.calibration_data))
+                                                     if config.calibration_data else None)
+        m = build_llm_into(str(model_path), out_dir, config.build_options(), ratio=config.ratio,
+                           provider=config.execution_provider, progress=ctx.progress, log=ctx.log,
+                           calibration_text=text,
+                           calibration_samples=config.calibration_samples,
+                           calibration_seqlen=config.calibration_seqlen, workflow=ctx.workflow,
+                           settings=config.model_dump(mode="json"))
         return {"kind": "decoder-llm", "size_bytes": m["size_bytes"], "build_seconds": m["build_seconds"]}

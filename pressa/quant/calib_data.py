@@ -4,6 +4,7 @@ tokenizer), a folder of images (its preprocessor config), a .npy/.npz file, or a
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -122,15 +123,15 @@ def batches(source, model, model_folder: Path, count: int, batch_size: int = 1, 
             return array_batches(p, names, count)
         from pressa.textio import read_text
 
-        text = read_text(p)
-        lines = text_lines(text, count)
-        if not lines:
-            raise BadArgument(f"{p}: no usable lines (each needs 40+ characters)")
-        enc = TextEncoder(model_folder, names, max_length)
-        if same_length:
-            enc = TextEncoder(model_folder, names, max_length, pad_to=enc.longest(lines))
-        return (enc(lines[i:i + batch_size]) for i in range(0, len(lines), batch_size))
-    if isinstance(source, Iterable):
+        return _text_batches(model_folder, names, text_lines(read_text(p), count), batch_size, max_length,
+                             same_length, str(p))
+    if isinstance(source, Iterable) and not isinstance(source, dict):
+        items = list(itertools.islice(source, 1_000_000))
+        if items and all(isinstance(t, str) for t in items):      # texts, as in a text file
+            return _text_batches(model_folder, names, text_lines("\n".join(items), count), batch_size,
+                                 max_length, same_length, "the dataset")
+        source = items
+
         def gen():
             for k, item in enumerate(source):
                 if k >= count:
@@ -138,6 +139,16 @@ def batches(source, model, model_folder: Path, count: int, batch_size: int = 1, 
                 yield {n: np.asarray(item[n]) for n in names}
         return gen()
     raise BadArgument(f"calibration data of type {type(source).__name__}: give a path or an iterable of dicts")
+
+
+def _text_batches(model_folder: Path, names: list[str], lines: list[str], batch_size: int, max_length: int,
+                  same_length: bool, what: str) -> Iterator[dict]:
+    if not lines:
+        raise BadArgument(f"{what}: no usable lines (each needs 40+ characters)")
+    enc = TextEncoder(model_folder, names, max_length)
+    if same_length:
+        enc = TextEncoder(model_folder, names, max_length, pad_to=enc.longest(lines))
+    return (enc(lines[i:i + batch_size]) for i in range(0, len(lines), batch_size))
 
 
 def reader(make):

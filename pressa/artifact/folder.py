@@ -1,4 +1,5 @@
-"""The artifact: a folder written to a temporary sibling and renamed into place only when complete."""
+"""The artifact folder: written to a temporary sibling and renamed into place only when complete, never
+over one of its inputs; JSON files read with errors that name them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pathlib import Path
 from pressa.errors import OutputExists, OutputNotWritable, OutputOverlapsInput, first_line
 from pressa.tempdirs import sweep
 
-MANIFEST = "pressa.json"
 TMP_PREFIX = ".pressa-tmp-"
 
 
@@ -146,40 +146,6 @@ def atomic_folder(path: Path, overwrite: bool = False, inputs=(), option: str = 
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def artifact_kind(path: Path) -> str | None:
-    """"llm" (a decoder built by auto-opt: genai_config.json beside the graph), "onnx" (any other
-    .onnx file or folder holding one), or None."""
-    p = Path(path)
-    folder = p.parent if p.is_file() else p
-    if (folder / "genai_config.json").is_file() and (p.is_dir() or p.suffix == ".onnx"):
-        return "llm"
-    if (p.is_file() and p.suffix == ".onnx") or (p.is_dir() and any(p.glob("*.onnx"))):
-        return "onnx"
-    return None
-
-
-def require_kind(path: Path, want: str, command: str) -> str:
-    """Check, before a command runs, that `path` is the kind of model it takes."""
-    from pressa.errors import BadArgument, SourceNotFound
-
-    p = Path(path)
-    wanted = "an artifact folder made by auto-opt (with genai_config.json)" if want == "llm" else \
-        "an .onnx file or an artifact folder made by pressa"
-    if not p.exists():
-        raise SourceNotFound(f"{p}: no such file or folder; pass {wanted}")
-    kind = artifact_kind(p)
-    if kind is None:
-        raise SourceNotFound(f"{p}: not a model pressa can run (no .onnx file or genai_config.json); pass {wanted}")
-    if kind == "llm" and want == "onnx":
-        raise BadArgument(f"{p} is a text-generation artifact made by auto-opt; `pressa {command}` would break it "
-                          "(its KV-cache graph and genai_config.json): choose its precision with `pressa auto-opt "
-                          "--precision`")
-    if kind == "onnx" and want == "llm":
-        raise BadArgument(f"{p} is not a text generator (no genai_config.json); `pressa {command}` runs artifacts "
-                          "made by auto-opt: for this model use `pressa embed`, `compare` or `serve`")
-    return kind
-
-
 def read_json(path: Path) -> dict:
     """A JSON file of an artifact or config, with a one-line error naming it when it is damaged."""
     from pressa.errors import CorruptModel
@@ -200,13 +166,9 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_manifest(folder: Path) -> dict:
-    p = Path(folder) / MANIFEST
-    return read_json(p) if p.is_file() else {}
-
-
 def folder_size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file())
+    """Bytes of every file below `folder`."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
 
 
 def now_iso() -> str:
