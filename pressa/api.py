@@ -96,7 +96,8 @@ def run(config: str | Path | dict, output: str | Path | None = None, overwrite: 
     accepted schema); returns the chosen artifact, opened."""
     import pressa
     from pressa.engine.config import load_workflow, parse_workflow
-    from pressa.engine.search import run_workflow, written_by_workflow
+    from pressa.engine.paths import written_by_workflow
+    from pressa.engine.search import run_workflow
 
     if isinstance(config, dict):
         cfg = {**config, "output_dir": str(Path(output).absolute())} if output is not None else config

@@ -18,7 +18,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-vali
 
 @pytest.fixture(scope="module")
 def minilm():
-    from pressa.capture.export import resolve_hf_folder
+    from pressa.sources.resolve import resolve_hf_folder
 
     if not DATA.is_file():
         pytest.skip("shared/data is not beside the checkout")

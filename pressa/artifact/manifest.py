@@ -58,3 +58,22 @@ def read_manifest(folder: Path) -> dict:
 def is_manifest(config: dict) -> bool:
     """A pressa.json given as a workflow config (it carries the workflow that made it)."""
     return "pressa_version" in config and isinstance(config.get("workflow"), dict)
+
+
+def write_onnx_manifest(folder: Path, source, pass_name: str, config: dict, report: dict, seconds: float,
+                        base: dict | None = None, workflow: dict | None = None) -> dict:
+    """Copy the source's companion files, and write pressa.json: the source's history plus this pass."""
+    from pressa.graph.onnx_io import copy_companions, graph_io, load_model, model_folder
+
+    src_folder = model_folder(source)
+    copy_companions(src_folder, folder)
+    prev = base if base is not None else (read_manifest(src_folder) if Path(source).is_dir() else {})
+    history = list(prev.get("passes", [])) or [{"pass": "source", "location": str(source)}]
+    history.append({"pass": pass_name, "config": config, "seconds": round(seconds, 2),
+                    **{k: v for k, v in report.items() if k not in ("inputs", "outputs")}})
+    io = graph_io(load_model(folder / "model.onnx", load_data=False))
+    return write_manifest(folder, Manifest(
+        kind=ArtifactKind.ONNX, source=prev.get("source", {"location": str(source)}), passes=history,
+        workflow=workflow, task=report.get("task", prev.get("task")), **io,
+        num_heads=report.get("num_heads", prev.get("num_heads")),
+        model_type=report.get("model_type", prev.get("model_type"))))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pressa.errors import BadArgument, SourceNotFound, first_line
+from pressa.errors import BadArgument, first_line
 
 # task -> (transformers Auto class, output names)
 TASKS = {
@@ -23,29 +23,6 @@ ALIASES = {"sentence-similarity": "feature-extraction", "sequence-classification
            "default": "feature-extraction"}
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 PARITY_ATOL = 1e-4
-
-
-def resolve_hf_folder(spec: str) -> Path:
-    """A local Hugging Face folder for a path, a bundled name or a Hub id."""
-    from pressa.sources.bundled import bundled_folder
-    from pressa.sources.hub import hub_folder, looks_like_hub_id
-
-    p = Path(spec).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise SourceNotFound(f"{p}: no config.json; pass a Hugging Face model folder (or an .onnx file to "
-                                 "the other commands)")
-        return p
-    if p.is_file():
-        raise SourceNotFound(f"{p}: capture takes a Hugging Face model folder, a bundled name or a Hub id; "
-                             "an .onnx file needs no capture")
-    found = bundled_folder(spec)
-    if found is not None:
-        return found
-    if looks_like_hub_id(spec):
-        return hub_folder(spec, patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*",
-                                          "2_Normalize/*"])
-    raise SourceNotFound(f"{spec}: no such folder (and not a bundled name or a Hub id like org/name)")
 
 
 def _torch():
@@ -203,8 +180,8 @@ def module_artifact(module, inputs: dict, output: Path, output_names: list[str] 
     import time
 
     from pressa.artifact import atomic_folder, check_output
+    from pressa.artifact.manifest import write_onnx_manifest
     from pressa.graph.onnx_io import load_model, save_model
-    from pressa.passes.base import PassConfig, write_onnx_manifest
 
     torch = _torch()
     output = Path(output)
@@ -220,6 +197,6 @@ def module_artifact(module, inputs: dict, output: Path, output_names: list[str] 
         diff = check_parity(module, tmp / "model.onnx", inputs, names)
         if not diff <= PARITY_ATOL:
             raise BadArgument(f"the exported graph differs from the module by {diff:.2e}")
-        return write_onnx_manifest(tmp, tmp, "capture", PassConfig(), {"task": "module", "parity_max_abs_diff": diff},
+        return write_onnx_manifest(tmp, tmp, "capture", {}, {"task": "module", "parity_max_abs_diff": diff},
                                    time.perf_counter() - t0,
                                    base={"source": {"kind": "torch.nn.Module", "class": type(module).__name__}})

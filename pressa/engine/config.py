@@ -225,7 +225,7 @@ def _passes(cfg: dict) -> list[PassSpec]:
         else:
             opts = {k: v for k, v in spec.items() if k not in ("type", "disable_search", "host", "evaluator")}
             where_opts = where
-        opts = _olive_option_names(cls.name, opts)
+        opts = _olive_option_names(cls, opts)
         fixed, space = {}, {}
         for opt, value in opts.items():
             try:
@@ -245,32 +245,20 @@ def _passes(cfg: dict) -> list[PassSpec]:
     return out
 
 
-# Olive option spellings -> pressa's, per pass
-OLIVE_OPTIONS = {
-    "model-builder": {"int4_block_size": "group_size", "block_size": "group_size", "int4_accuracy_level":
-                      "accuracy_level", "int4_is_symmetric": "symmetric", "int4_ratio": "ratio"},
-    "quantize-static": {"quant_mode": None, "calibrate_method": "method", "per_channel": "per_channel",
-                        "data_config": "calibration_data", "activation_type": "activation_type",
-                        "weight_type": "weight_type", "nodes_to_exclude": "ignored_scope.names",
-                        "op_types_to_exclude": "ignored_scope.types", "op_types_to_quantize": "op_types",
-                        "calibration_sampling_size": "samples"},
-    "quantize-dynamic": {"quant_mode": None, "per_channel": "per_channel", "weight_type": "weight_type",
-                         "nodes_to_exclude": "ignored_scope.names", "op_types_to_quantize": "op_types"},
-    "quantize-weight-only": {"block_size": "group_size", "is_symmetric": "symmetric", "accuracy_level":
-                             "accuracy_level", "nodes_to_exclude": "ignored_scope.names"},
-}
+def _olive_option_names(cls, opts: dict) -> dict:
+    """Options as Olive spells them (declared on each pass's fields) renamed to pressa's."""
+    from pressa.passes.base import olive_names
 
-
-def _olive_option_names(pass_name: str, opts: dict) -> dict:
-    table = OLIVE_OPTIONS.get(pass_name, {})
+    table = olive_names(cls.Config)
     out: dict = {}
     for k, v in opts.items():
         if k in table:
             target = table[k]
             if target is None:
                 continue
-            if target.startswith("ignored_scope."):
-                out.setdefault("ignored_scope", {})[target.split(".", 1)[1]] = v
+            if "." in target:
+                scope, part = target.split(".", 1)
+                out.setdefault(scope, {})[part] = v
                 continue
             if target == "method" and isinstance(v, str):
                 v = v.lower()                       # Olive's MinMax / Entropy / Percentile

@@ -19,7 +19,7 @@ def _fmt(v) -> str:
 
 def write_reports(folder: Path, wf, trials, best, front: set[int], baseline, warning: str | None, passing,
                   seconds: float) -> dict:
-    from pressa.engine.search import _describe
+    from pressa.engine.ranking import describe
 
     rows = []
     for t in trials:
@@ -35,7 +35,7 @@ def write_reports(folder: Path, wf, trials, best, front: set[int], baseline, war
                                         "tokens_per_s", "items_per_s", "peak_mb")] or cols[:6]
     lines = ["# pressa workflow report", "", f"Model: `{wf.model}`; search: {wf.algorithm}, {wf.execution_order}; "
              f"{len(trials)} trials in {seconds:.1f} s.", ""]
-    lines.append(f"Chosen: trial {best.id} ({_describe(best.options, wf)}).")
+    lines.append(f"Chosen: trial {best.id} ({describe(best.options, wf)}).")
     if warning:
         lines += ["", f"**Warning:** {warning}"]
     if not passing:
@@ -47,7 +47,7 @@ def write_reports(folder: Path, wf, trials, best, front: set[int], baseline, war
         cached = sum(1 for s in t.steps if s.get("cached"))
         vals = [_fmt(t.metrics.get(m, {}).get(s, "")) for m, s in cols]
         note = t.error or "; ".join(f"{s['pass']} skipped: {s['skipped']}" for s in t.steps if s.get("skipped"))
-        lines.append(f"| {t.id}{mark} | {_describe(t.options, wf)} | " + " | ".join(vals) +
+        lines.append(f"| {t.id}{mark} | {describe(t.options, wf)} | " + " | ".join(vals) +
                      f" | {cached}/{len(t.steps)} | {note} |")
     plot = _plot(folder / "candidates.png", trials, best, front, wf)
     if plot:
@@ -60,7 +60,7 @@ def write_reports(folder: Path, wf, trials, best, front: set[int], baseline, war
 
 def _plot(path: Path, trials, best, front, wf) -> tuple[str, str] | None:
     """Speed (first latency/throughput sub-metric) against accuracy (accuracy, perplexity or guard)."""
-    from pressa.engine.search import value
+    from pressa.engine.ranking import value
 
     ok = [t for t in trials if t.error is None]
     acc = next(((m.name, m.subs[0].name) for m in wf.metrics if m.type in ("accuracy", "perplexity")), None)

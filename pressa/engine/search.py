@@ -16,105 +16,15 @@ from pathlib import Path
 
 from pressa.engine.config import Workflow
 from pressa.engine.metrics import Evaluator
+from pressa.engine.paths import check_workflow_paths, record_workflow, workflow_inputs
+from pressa.engine.ranking import describe, guard_warning, meets_goals, pareto, rank_key
 from pressa.engine.report import write_reports
 from pressa.engine.runner import StepCache, Trial, precision_changing, run_chain, run_trial
 from pressa.errors import PressaError
-from pressa.passes.base import BadConfig
 
 
 class AllTrialsFailed(PressaError):
     exit_code = 1
-
-
-def _subs(wf: Workflow) -> list[tuple[str, str, bool, int, tuple | None]]:
-    """(metric, sub-metric, higher is better, priority, goal), by priority."""
-    rows = [(m.name, s.name, s.higher_is_better, s.priority, s.goal) for m in wf.metrics for s in m.subs]
-    return sorted(rows, key=lambda r: r[3])
-
-
-def value(t: Trial, metric: str, sub: str) -> float | None:
-    v = t.metrics.get(metric, {}).get(sub)
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def meets_goals(t: Trial, wf: Workflow, baseline: Trial | None) -> bool:
-    for metric, sub, higher, _, goal in _subs(wf):
-        if goal is None:
-            continue
-        v = value(t, metric, sub)
-        if v is None:
-            return False
-        kind, target = goal
-        if kind == "threshold":
-            if (v < target) if higher else (v > target):
-                return False
-            continue
-        b = value(baseline, metric, sub) if baseline else None
-        if b is None:
-            continue
-        gain = (v - b) if higher else (b - v)
-        if kind.startswith("percent"):
-            gain = 100.0 * gain / abs(b) if b else 0.0
-        if kind.endswith("min-improvement") and gain < target:
-            return False
-        if kind.endswith("max-degradation") and -gain > target:
-            return False
-    return True
-
-
-def rank_key(t: Trial, wf: Workflow) -> tuple:
-    out = []
-    for metric, sub, higher, _, _ in _subs(wf):
-        v = value(t, metric, sub)
-        out.append(math.inf if v is None else (-v if higher else v))
-    return tuple(out)
-
-
-def pareto(trials: list[Trial], wf: Workflow) -> set[int]:
-    ok = [t for t in trials if t.error is None]
-    keys = {t.id: rank_key(t, wf) for t in ok}
-    front = set()
-    for t in ok:
-        dominated = any(all(a <= b for a, b in zip(keys[o.id], keys[t.id])) and keys[o.id] != keys[t.id]
-                        for o in ok if o.id != t.id)
-        if not dominated:
-            front.add(t.id)
-    return front
-
-
-def _speed(t: Trial, wf: Workflow) -> float | None:
-    for m in wf.metrics:
-        if m.type in ("latency", "throughput"):
-            for s in m.subs:
-                v = value(t, m.name, s.name)
-                if v is not None:
-                    return 1.0 / v if m.type == "latency" else v
-    return None
-
-
-def guard_warning(best: Trial, trials: list[Trial], wf: Workflow) -> str | None:
-    """Warn when another candidate of similar speed (within 10%) is markedly more accurate."""
-    kind = next((m for m in wf.metrics if m.type in ("accuracy", "perplexity")), None)
-    name, sub, lower = (kind.name, kind.subs[0].name, kind.type == "perplexity") if kind else \
-        ("accuracy guard", None, None)
-    if name not in best.metrics:
-        return None
-    sub = sub or next(iter(best.metrics[name]))
-    lower = lower if lower is not None else sub == "perplexity"
-    mine, speed = value(best, name, sub), _speed(best, wf)
-    if mine is None or speed is None:
-        return None
-    for t in trials:
-        if t.error or t.id == best.id:
-            continue
-        other, s = value(t, name, sub), _speed(t, wf)
-        if other is None or s is None or s < 0.9 * speed:
-            continue
-        better = (mine - other) / max(abs(mine), 1e-9) > 0.05 if lower else other - mine > 0.01
-        if better:
-            return (f"candidate {t.id} is about as fast ({s / speed:.2f}x) and markedly more accurate "
-                    f"({name} {sub}: {other:.4g} vs {mine:.4g}); the metrics' priorities chose {best.id}")
-    return None
 
 
 def _candidates(wf: Workflow) -> list[dict]:
@@ -133,7 +43,7 @@ def search(wf: Workflow, log: Callable[[str], None], evaluator: Evaluator, cache
         if sig in seen:
             return seen[sig]
         t = Trial(len(trials), options)
-        log(f"trial {t.id}: {_describe(options, wf)}")
+        log(f"trial {t.id}: {describe(options, wf)}")
         run_trial(t, wf, cache, evaluator, log)
         trials.append(t)
         seen[sig] = t
@@ -180,11 +90,6 @@ def _tpe(wf: Workflow, trial: Callable[[dict], Trial]) -> None:
     study.optimize(objective, n_trials=min(wf.max_trials or total, total * 3))
 
 
-def _describe(options: dict, wf: Workflow) -> str:
-    parts = [f"{p.key}.{o}={options[p.key][o]}" for p in wf.passes for o in p.space]
-    return ", ".join(parts) or "the configured passes"
-
-
 def run_workflow(wf: Workflow, log: Callable[[str], None], overwrite: bool = False, runs: int = 20) -> dict:
     from pressa.artifact import atomic_folder
 
@@ -217,46 +122,8 @@ def run_workflow(wf: Workflow, log: Callable[[str], None], overwrite: bool = Fal
             (shutil.copytree if f.is_dir() else shutil.copy2)(f, tmp / f.name)
         summary = write_reports(tmp, wf, trials, best, front, baseline, warning, passing,
                                 time.perf_counter() - t0)
-        _record_workflow(tmp, wf, best)
+        record_workflow(tmp, wf, best)
     return summary
-
-
-def written_by_workflow(folder: Path) -> bool:
-    """An output_dir a workflow run wrote (its report beside its manifest): a re-run replaces it."""
-    return (Path(folder) / "footprints.json").is_file() and (Path(folder) / "pressa.json").is_file()
-
-
-def _record_workflow(folder: Path, wf: Workflow, best: Trial) -> None:
-    """The output's pressa.json records the chosen candidate as a workflow without search: running it
-    rebuilds this model."""
-    from pressa.artifact import read_manifest, write_json
-    from pressa.engine.execute import job
-
-    manifest = read_manifest(folder)
-    if manifest:
-        steps = [(p.key, p.type, best.options.get(p.key, p.fixed)) for p in wf.passes]
-        write_json(folder / "pressa.json", {**manifest, "workflow": job(wf.model, steps)})
-
-
-def workflow_inputs(wf: Workflow) -> list:
-    """What a workflow reads and must never write over: its model, its cache, its data files."""
-    data = [m.data for m in wf.metrics] + [wf.accuracy_data]
-    data += [v for p in wf.passes for k, v in p.fixed.items() if k.endswith("_data") and isinstance(v, str)]
-    return [wf.model, wf.cache_dir, *data]
-
-
-def check_workflow_paths(wf: Workflow, overwrite: bool) -> None:
-    """Before any pass runs: output_dir may be written and overlaps no input (the cache included), and
-    cache_dir can be written."""
-    from pressa.artifact import check_output, check_writable, guard_inputs
-
-    out, cache = Path(wf.output_dir).resolve(), Path(wf.cache_dir).resolve()
-    if out == cache or out in cache.parents or cache in out.parents:
-        raise BadConfig(f"output_dir {wf.output_dir} and cache_dir {wf.cache_dir} overlap; replacing the output "
-                        "would delete the cache (or the reverse): give them separate folders")
-    check_output(wf.output_dir, overwrite, workflow_inputs(wf), "output_dir")
-    guard_inputs(wf.cache_dir, [wf.model], "cache_dir")
-    check_writable(Path(wf.cache_dir) / "entry", option="cache_dir")
 
 
 def _original(wf: Workflow, cache: StepCache, log) -> Path | None:

@@ -26,8 +26,25 @@ class NotApplicable(PressaError):
     workflow engine reports it and goes on without it."""
 
 
+def olive(*names: str, scope: dict[str, str] | None = None) -> dict:
+    """`Field(json_schema_extra=olive(...))`: how Olive spells this option (`scope`: Olive's names for the
+    parts of an ignored scope). Declared on the field, so the mapping and the hints share one source."""
+    return {"olive_scope": scope} if scope else {"olive": list(names)}
+
+
 class PassConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    olive_ignored: ClassVar[tuple[str, ...]] = ()      # Olive options that mean nothing here (e.g. quant_mode)
+
+
+def olive_names(config: type[PassConfig]) -> dict[str, str | None]:
+    """Olive's option names -> pressa's ("ignored_scope.names" for a part of the scope; None: ignored)."""
+    out: dict[str, str | None] = dict.fromkeys(config.olive_ignored)
+    for key, f in config.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        out.update(dict.fromkeys(extra.get("olive", []), key))
+        out.update({name: f"{key}.{part}" for name, part in extra.get("olive_scope", {}).items()})
+    return out
 
 
 class IgnoredScope(PassConfig):
@@ -113,7 +130,8 @@ def make_config(cls: type[Pass], options: dict, where: str = "") -> PassConfig:
         path = ".".join(str(p) for p in e["loc"])
         full = f"{where}.{path}" if where else path
         if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(e["loc"][-1]), list(cls.Config.model_fields), n=1)
+            known = [*cls.Config.model_fields, *olive_names(cls.Config)]
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
             hint = f", did you mean {close[0]}?" if close else f" (options: {', '.join(cls.Config.model_fields)})"
             raise BadConfig(f"{full}: unknown key{hint}") from None
         raise BadConfig(f"{full}: {e['msg']}") from None
@@ -133,6 +151,7 @@ def run_into(cls: type[Pass], cfg: PassConfig, source, out_dir: Path,
     renames it into place); returns (report, manifest). ONNX passes read an .onnx file or artifact
     folder; capture reads a Hugging Face folder, bundled name or Hub id; the model builder writes its
     own manifest. `workflow`: the config the manifest records as the one that rebuilds the output."""
+    from pressa.artifact.manifest import write_onnx_manifest
     from pressa.graph.onnx_io import find_model, model_folder
 
     t0 = time.perf_counter()
@@ -140,16 +159,16 @@ def run_into(cls: type[Pass], cfg: PassConfig, source, out_dir: Path,
     if cls.input_kind == "onnx":
         ctx = PassContext(model_folder(source), prog, say, dict(extra or {}), workflow)
         rep = cls().run(find_model(source), cfg, out_dir, ctx)
-        return rep, write_onnx_manifest(out_dir, source, cls.name, cfg, rep, time.perf_counter() - t0,
-                                        workflow=workflow)
+        return rep, write_onnx_manifest(out_dir, source, cls.name, cfg.model_dump(mode="json"), rep,
+                                        time.perf_counter() - t0, workflow=workflow)
     if cls.input_kind == "hf":
-        from pressa.capture.export import resolve_hf_folder
+        from pressa.sources.resolve import resolve_hf_folder
 
         folder = resolve_hf_folder(str(source))
         rep = cls().run(folder, cfg, out_dir, PassContext(folder, prog, say, dict(extra or {}), workflow))
-        return rep, write_onnx_manifest(out_dir, folder, cls.name, cfg, rep, time.perf_counter() - t0,
-                                        base={"source": {"location": str(source), "folder": str(folder)}},
-                                        workflow=workflow)
+        return rep, write_onnx_manifest(out_dir, folder, cls.name, cfg.model_dump(mode="json"), rep,
+                                        time.perf_counter() - t0, workflow=workflow,
+                                        base={"source": {"location": str(source), "folder": str(folder)}})
     ctx = PassContext(Path(str(source)), prog, say, dict(extra or {}), workflow)
     return cls().run(source, cfg, out_dir, ctx), None
 
@@ -161,23 +180,3 @@ def apply_pass(name: str, source: str | Path, output: Path, options: dict | None
     from pressa.engine.execute import execute, job
 
     return execute(job(source, [(name, name, options or {})]), output, overwrite, progress, log)
-
-
-def write_onnx_manifest(folder: Path, source, pass_name: str, cfg: PassConfig, report: dict, seconds: float,
-                        base: dict | None = None, workflow: dict | None = None) -> dict:
-    """Copy the source's companion files, and write pressa.json: the source's history plus this pass."""
-    from pressa.artifact import ArtifactKind, Manifest, read_manifest, write_manifest
-    from pressa.graph.onnx_io import copy_companions, graph_io, load_model, model_folder
-
-    src_folder = model_folder(source)
-    copy_companions(src_folder, folder)
-    prev = base if base is not None else (read_manifest(src_folder) if Path(source).is_dir() else {})
-    history = list(prev.get("passes", [])) or [{"pass": "source", "location": str(source)}]
-    history.append({"pass": pass_name, "config": cfg.model_dump(mode="json"), "seconds": round(seconds, 2),
-                    **{k: v for k, v in report.items() if k not in ("inputs", "outputs")}})
-    io = graph_io(load_model(folder / "model.onnx", load_data=False))
-    return write_manifest(folder, Manifest(
-        kind=ArtifactKind.ONNX, source=prev.get("source", {"location": str(source)}), passes=history,
-        workflow=workflow, task=report.get("task", prev.get("task")), **io,
-        num_heads=report.get("num_heads", prev.get("num_heads")),
-        model_type=report.get("model_type", prev.get("model_type"))))

@@ -15,31 +15,40 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from pressa.passes.base import BadConfig, IgnoredScope, Pass, PassConfig, PassContext
+from pressa.passes.base import BadConfig, IgnoredScope, Pass, PassConfig, PassContext, olive
 from pressa.tempdirs import temp_dir
 
 QTYPES = {"int8": "QInt8", "uint8": "QUInt8"}
+OLIVE_SCOPE = olive(scope={"nodes_to_exclude": "names", "op_types_to_exclude": "types"})
 
 
 class DynamicConfig(PassConfig):
+    olive_ignored = ("quant_mode",)
     per_channel: bool = Field(True, description="one scale per output channel of each weight (all-MiniLM-L6-v2: "
                                                 "cosine 0.994 vs 0.952 per tensor, same speed)")
     weight_type: Literal["int8", "uint8"] = Field("int8", description="weight integer type")
     op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm", "Attention"],
-                                description="op types to quantize")
-    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="nodes kept in float")
+                                description="op types to quantize", json_schema_extra=olive("op_types_to_quantize"))
+    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="nodes kept in float",
+                                        json_schema_extra=OLIVE_SCOPE)
 
 
 class StaticConfig(PassConfig):
-    calibration_data: str | None = Field(None, description="text file, image folder, .npy or .npz")
-    samples: int = Field(300, ge=1, description="calibration samples")
-    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="activation range method")
+    olive_ignored = ("quant_mode",)
+    calibration_data: str | None = Field(None, description="text file, image folder, .npy or .npz",
+                                         json_schema_extra=olive("data_config"))
+    samples: int = Field(300, ge=1, description="calibration samples",
+                         json_schema_extra=olive("calibration_sampling_size"))
+    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="activation range method",
+                                                               json_schema_extra=olive("calibrate_method"))
     percentile: float = Field(99.999, gt=0, le=100, description="for method=percentile")
     per_channel: bool = Field(True, description="one scale per output channel of each weight")
     activation_type: Literal["uint8", "int8"] = Field("uint8", description="uint8 suits x86 VNNI kernels")
     weight_type: Literal["int8", "uint8"] = Field("int8", description="weight integer type")
-    op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm"], description="op types to quantize")
-    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="nodes kept in float")
+    op_types: list[str] = Field(default_factory=lambda: ["MatMul", "Gemm"], description="op types to quantize",
+                                json_schema_extra=olive("op_types_to_quantize"))
+    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="nodes kept in float",
+                                        json_schema_extra=OLIVE_SCOPE)
     max_drop: float | None = Field(None, ge=0, le=1, description="largest accepted drop of agreement with the "
                                                                  "original (1 - cosine or 1 - top-1)")
     validation_samples: int = Field(64, ge=1, description="samples for the max_drop check")
@@ -51,11 +60,13 @@ class StaticConfig(PassConfig):
 
 class WeightOnlyConfig(PassConfig):
     bits: Literal[4, 8] = Field(4, description="weight bits")
-    group_size: Literal[16, 32, 64, 128, 256] = Field(32, description="weights per scale along the input axis")
-    symmetric: bool = Field(False, description="no zero points")
+    group_size: Literal[16, 32, 64, 128, 256] = Field(32, description="weights per scale along the input axis",
+                                                      json_schema_extra=olive("block_size"))
+    symmetric: bool = Field(False, description="no zero points", json_schema_extra=olive("is_symmetric"))
     accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute: 4 = int8 activations on CPU")
     scale_search: bool = Field(True, description="per-group least-squares choice of scale / zero point")
-    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="nodes kept in float")
+    ignored_scope: IgnoredScope = Field(default_factory=IgnoredScope, description="nodes kept in float",
+                                        json_schema_extra=olive(scope={"nodes_to_exclude": "names"}))
 
 
 def _quant_types():

@@ -1,4 +1,5 @@
-"""pressa command line: one thin command per job."""
+"""Commands for decoder LLMs: build (auto-opt), run (generate, chat), measure (eval, benchmark), and
+`info` about the runtimes."""
 
 from __future__ import annotations
 
@@ -8,32 +9,10 @@ from pathlib import Path
 import typer
 
 from pressa import log
+from pressa.cli.app import DEVICE, THREADS, app, print_result
 from pressa.textio import check_text, read_stdin, read_text
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  help="Make trained models small and fast for the hardware they run on, and run them.")
-
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        import pressa
-
-        typer.echo(f"pressa {pressa.__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
-                                 help="Print pressa's version and exit."),
-    log_level: int | None = typer.Option(None, "--log_level", "--log-level", min=0, max=4,
-                                         help="0 debug (and the traceback of an unexpected error), 1 info, "
-                                              "2 warnings, 3 errors, 4 critical."),
-):
-    if log_level is not None:
-        log.set_level(log_level)
 
 
 @app.command("auto-opt")
@@ -77,6 +56,7 @@ def auto_opt(
                                   help="0 debug, 1 info, 2 warnings, 3 errors, 4 critical."),
 ):
     """Optimize a decoder LLM for ONNX Runtime (Olive's `auto-opt` flags accepted as Olive spells them).
+
     Runs as a one-pass workflow (ModelBuilder); the artifact's pressa.json records it, so
     `pressa run --config ARTIFACT/pressa.json -o NEW` rebuilds the same model."""
     from pressa.engine.execute import execute, job
@@ -125,8 +105,6 @@ _TOPP = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling ma
 _REP = typer.Option(1.0, "--repetition-penalty", min=0.01, help="Penalty on tokens seen already (1 = off).")
 _SEED = typer.Option(None, "--seed", help="Random seed for sampling.")
 _STOP = typer.Option(None, "--stop", help="Stop when this text appears (repeatable).")
-_THREADS = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: physical cores).")
-_DEVICE = typer.Option("cpu", "--device", help="cpu or gpu.")
 
 
 @app.command()
@@ -137,7 +115,7 @@ def generate(
     repetition_penalty: float = _REP, seed: int | None = _SEED, stop: list[str] | None = _STOP,
     chat: bool | None = typer.Option(None, "--chat/--no-chat",
                                         help="Wrap prompts in the model's chat template (default: when it has one)."),
-    threads: int | None = _THREADS, device: str = _DEVICE,
+    threads: int | None = THREADS, device: str = DEVICE,
 ):
     """Generate text. Only the generated text goes to stdout, streamed as it is produced."""
     import pressa
@@ -167,9 +145,10 @@ def chat(
     max_new_tokens: int = _MAXNEW, temperature: float = typer.Option(0.7, "--temperature", min=0.0),
     top_k: int = typer.Option(50, "--top-k", min=0), top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
     repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", min=0.01),
-    seed: int | None = _SEED, threads: int | None = _THREADS, device: str = _DEVICE,
+    seed: int | None = _SEED, threads: int | None = THREADS, device: str = DEVICE,
 ):
     """Chat in the terminal with the model's chat template. /reset clears history, /exit or Ctrl-D quits.
+
     When the conversation outgrows the context, the oldest turns are dropped (the system prompt stays);
     a message too long on its own is refused and the chat goes on."""
     import pressa
@@ -224,25 +203,6 @@ def _chat_turn(m, history: list[dict], line: str, cfg) -> list[dict]:
     return [*kept, {"role": "assistant", "content": reply}]
 
 
-def _print_result(result: dict, as_json: bool, title: str) -> None:
-    import json
-
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title, show_header=True)
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    for k, v in result.items():
-        if isinstance(v, dict):
-            continue
-        t.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
-    Console().print(t)
-
-
 @app.command("eval")
 def eval_cmd(
     model: Path = typer.Argument(..., help="Artifact folder to evaluate."),
@@ -255,7 +215,7 @@ def eval_cmd(
                                             "bundled name, or a pressa artifact) to measure agreement with."),
     data: Path | None = typer.Option(None, "--data", help="Text file for --reference: one sample per line."),
     samples: int = typer.Option(32, "--samples", min=1, help="Lines of --data to use."),
-    threads: int | None = _THREADS,
+    threads: int | None = THREADS,
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ):
     """Measure how much worse: perplexity on a text file, and/or agreement (top-1, KL) with the original."""
@@ -287,7 +247,7 @@ def eval_cmd(
         with log.progress_bar("agreement") as bar:
             result.update({**agreement(artifact_logits(model, threads), ref, chunks, bar), "reference": how})
         del keep
-    _print_result(result, as_json, f"eval {model}")
+    print_result(result, as_json, f"eval {model}")
 
 
 @app.command()
@@ -297,9 +257,9 @@ def benchmark(
     new_tokens: int = typer.Option(128, "--new-tokens", min=2, help="Greedy tokens to time decoding."),
     runs: int = typer.Option(5, "--runs", min=1, help="Timed repetitions (median reported)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed repetitions first."),
-    threads: int | None = _THREADS,
+    threads: int | None = THREADS,
     hint: str = typer.Option("latency", "--hint", help="latency (spinning threads, physical cores) or throughput."),
-    device: str = _DEVICE,
+    device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ):
     """Time an artifact: decode tokens/s, time to first token, prefill tokens/s, peak RSS."""
@@ -313,7 +273,7 @@ def benchmark(
     with log.progress_bar("benchmark") as bar:
         result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, threads, hint, device,
                                progress=bar)
-    _print_result(result, as_json, f"benchmark {model}")
+    print_result(result, as_json, f"benchmark {model}")
 
 
 @app.command()
@@ -349,18 +309,3 @@ def _dist_version(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "not installed"
-
-
-from pressa import cli_onnx  # noqa: E402,F401  (registers capture, optimize, quantize, compare, embed, ...)
-
-
-def main() -> None:
-    from pressa import tempdirs
-    from pressa.boundary import run
-
-    tempdirs.adopt_all()            # every temporary file under one root, removed at exit
-    sys.exit(run(typer.main.get_command(app), sys.argv[1:]))
-
-
-if __name__ == "__main__":
-    main()

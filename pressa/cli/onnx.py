@@ -1,0 +1,185 @@
+"""Commands for any ONNX model (encoders, classifiers, vision, files users already have): capture,
+optimize, quantize, convert-fp16, compare, embed, and the pass list."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from pressa import log
+from pressa.cli.app import OUTPUT, OVERWRITE, SOURCE, THREADS, app, done, print_result
+
+
+def _scope(names: list[str] | None, types: list[str] | None, patterns: list[str] | None) -> dict:
+    return {"names": names or [], "types": types or [], "patterns": patterns or []}
+
+
+@app.command()
+def capture(
+    model: str = typer.Option(..., "--model", "-m", "--model_name_or_path",
+                              help="Hugging Face folder, bundled name (all-MiniLM-L6-v2) or Hub id."),
+    output: Path = OUTPUT,
+    task: str = typer.Option("feature-extraction", "--task", help="feature-extraction, text-classification, "
+                             "token-classification, question-answering, fill-mask, image-classification."),
+    opset: int = typer.Option(18, "--opset", min=14, help="ONNX opset."),
+    overwrite: bool = OVERWRITE,
+):
+    """Export a Hugging Face model to ONNX (dynamic batch and sequence axes), checked against torch."""
+    from pressa.passes.base import apply_pass
+
+    with log.status(f"capturing {model}"):
+        m = apply_pass("capture", model, output, {"task": task, "opset": opset}, overwrite)
+    log.info(f"parity with torch: max |diff| {m['passes'][-1]['parity_max_abs_diff']:.1e}")
+    done(output, m)
+
+
+@app.command()
+def optimize(
+    model: Path = SOURCE, output: Path = OUTPUT,
+    model_type: str | None = typer.Option(None, "--model-type", "--model_type",
+                                          help="Family for the fusions (bert, gpt2, vit...); default: config.json."),
+    num_heads: int | None = typer.Option(None, "--num-heads", help="Attention heads, if not in config.json."),
+    attention: bool = typer.Option(True, "--attention/--no-attention", help="Fuse self-attention."),
+    overwrite: bool = OVERWRITE,
+):
+    """Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm, bias) and cleanups, each checked."""
+    from pressa.passes.base import apply_pass
+
+    with log.progress_bar("optimize") as bar:
+        m = apply_pass("optimize", model, output, {"model_type": model_type, "num_heads": num_heads,
+                                                   "fuse_attention": attention}, overwrite, bar, log.message)
+    fired = m["passes"][-1].get("fusions", {})
+    log.info("fusions: " + (", ".join(f"{k} x{v}" for k, v in fired.items()) or "none matched"))
+    done(output, m)
+
+
+@app.command()
+def quantize(
+    model: Path = SOURCE, output: Path = OUTPUT,
+    mode: str = typer.Option("static", "--mode", help="static (QDQ int8, calibrated), dynamic (int8 weights), "
+                             "or weight-only (MatMulNBits int4/int8)."),
+    calibration_data: Path | None = typer.Option(None, "--calibration-data", help="Text file, image folder, "
+                                                  ".npy or .npz (static)."),
+    samples: int = typer.Option(300, "--samples", min=1, help="Calibration samples (static)."),
+    method: str = typer.Option("minmax", "--method", help="minmax, entropy or percentile (static)."),
+    per_channel: bool | None = typer.Option(None, "--per-channel/--per-tensor",
+                                            help="Weight scales per output channel (default) or one per tensor."),
+    bits: int = typer.Option(4, "--bits", help="4 or 8 (weight-only)."),
+    group_size: int = typer.Option(32, "--group-size", "--block_size", help="Group size (weight-only)."),
+    ignore_node: list[str] | None = typer.Option(None, "--ignore-node", help="Keep this node in float (repeatable)."),
+    ignore_type: list[str] | None = typer.Option(None, "--ignore-type", help="Keep this op type in float."),
+    ignore_regex: list[str] | None = typer.Option(None, "--ignore-regex", help="Keep nodes whose name matches."),
+    max_drop: float | None = typer.Option(None, "--max-drop", min=0.0, max=1.0,
+                                          help="Static: keep the most harmful nodes in float until agreement with "
+                                               "the original drops by at most this (e.g. 0.01)."),
+    fallback: str = typer.Option("dynamic", "--fallback", help="With --max-drop: dynamic (int8, per-batch "
+                                 "ranges) or float for the nodes taken out of static quantization."),
+    overwrite: bool = OVERWRITE,
+):
+    """Quantize any ONNX model: static QDQ int8, dynamic int8, or weight-only int4/int8."""
+    from pressa.errors import BadArgument
+    from pressa.passes.base import apply_pass
+
+    scope = {"ignored_scope": _scope(ignore_node, ignore_type, ignore_regex)}
+    if mode == "static":
+        opts = {**scope, "calibration_data": str(calibration_data) if calibration_data else None, "samples": samples,
+                "method": method, "max_drop": max_drop, "per_channel": True if per_channel is None else per_channel,
+                "fallback": fallback}
+    elif mode == "dynamic":
+        opts = {**scope, "per_channel": True if per_channel is None else per_channel}
+    elif mode in ("weight-only", "weight_only", "int4"):
+        mode, opts = "weight-only", {**scope, "bits": bits, "group_size": group_size}
+    else:
+        raise BadArgument(f"--mode {mode!r}: use static, dynamic or weight-only")
+    if max_drop is not None and mode != "static":
+        raise BadArgument("--max-drop applies to --mode static")
+    with log.progress_bar(f"quantize ({mode})") as bar:
+        m = apply_pass(f"quantize-{mode}", model, output, opts, overwrite, bar, log.message)
+    rep = m["passes"][-1]
+    if rep.get("fallback_nodes"):
+        log.info(f"agreement drop {rep['drop']:.4f} with {len(rep['fallback_nodes'])} nodes {rep['fallback']}")
+    elif "drop" in rep:
+        log.info(f"agreement drop {rep['drop']:.4f} (1 - {'top-1' if rep.get('metric') == 'top1' else 'cosine'})")
+    done(output, m)
+
+
+@app.command("convert-fp16")
+def convert_fp16(model: Path = SOURCE, output: Path = OUTPUT,
+                 keep_io_types: bool = typer.Option(True, "--keep-io-types/--fp16-io",
+                                                    help="Keep float32 inputs and outputs."),
+                 overwrite: bool = OVERWRITE):
+    """Convert weights and compute to float16 (GPU inference; CPUs usually run fp32 faster)."""
+    from pressa.passes.base import apply_pass
+
+    with log.progress_bar("convert-fp16") as bar:
+        m = apply_pass("convert-fp16", model, output, {"keep_io_types": keep_io_types}, overwrite, bar, log.message)
+    done(output, m)
+
+
+@app.command()
+def compare(
+    reference: Path = typer.Argument(..., help="The original model (.onnx or artifact folder)."),
+    candidate: Path = typer.Argument(..., help="The optimized model."),
+    data: Path | None = typer.Option(None, "--data", help="Inputs: text file, image folder, .npy/.npz "
+                                     "(default: made-up inputs)."),
+    samples: int = typer.Option(100, "--samples", min=1, help="Samples of --data."),
+    runs: int = typer.Option(20, "--runs", min=1, help="Timed runs at batch 1 (median)."),
+    threads: int | None = THREADS,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+):
+    """How much worse and how much faster: agreement of outputs, latency and size against the original."""
+    from pressa.evaluate.compare import compare as run_compare
+
+    with log.progress_bar("compare") as bar:
+        r = run_compare(reference, candidate, data, samples, runs=runs, threads=threads, progress=bar)
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    flat = {"samples": r["samples"], "score": r["score"]}
+    for name, row in r["outputs"].items():
+        flat.update({f"{name} {k}": v for k, v in row.items()})
+    flat.update({f"latency ms {k}": v for k, v in r["latency_ms"].items()})
+    flat.update({f"size MB {k}": v for k, v in r["size_mb"].items()})
+    print_result(flat, False, f"{candidate} vs {reference}")
+
+
+@app.command()
+def embed(
+    model: Path = typer.Argument(..., help="An encoder artifact (e.g. from capture/quantize)."),
+    texts: list[str] = typer.Argument(..., help="Texts to embed; - reads lines from stdin."),
+    normalize: bool | None = typer.Option(None, "--normalize/--no-normalize",
+                                          help="L2-normalize (default: as the model's config says)."),
+    threads: int | None = THREADS,
+):
+    """Sentence embeddings, one JSON array per text on stdout (pooling as the model's config says)."""
+    from pressa.artifact import ArtifactKind, require_kind
+    from pressa.runtime.encoder import EncoderModel
+    from pressa.textio import check_text, read_stdin
+
+    require_kind(model, ArtifactKind.ONNX, "embed")
+    if texts == ["-"]:
+        texts = [ln for ln in read_stdin().splitlines() if ln.strip()]
+    texts = [check_text(t, "the text") for t in texts]
+    vecs = EncoderModel(model, threads=threads).embed(texts, normalize=normalize)
+    for v in vecs:
+        typer.echo(json.dumps([round(float(x), 7) for x in v]))
+
+
+@app.command()
+def passes():
+    """Every pass with its Olive aliases, options and defaults."""
+    from pressa.passes.base import all_passes, olive_names
+
+    for cls in all_passes():
+        typer.echo(f"{cls.name}  ({', '.join(cls.aliases)})\n    {cls.summary}")
+        spellings: dict[str, list[str]] = {}
+        for theirs, ours in olive_names(cls.Config).items():
+            spellings.setdefault(str(ours).split(".")[0], []).append(theirs)
+        for key, f in cls.Config.model_fields.items():
+            default = f.default_factory() if f.default_factory else f.default
+            if hasattr(default, "model_dump"):
+                default = default.model_dump()
+            olive_alias = f"  (Olive: {', '.join(spellings[key])})" if key in spellings else ""
+            typer.echo(f"    {key} = {json.dumps(default)}  {f.description or ''}{olive_alias}")
