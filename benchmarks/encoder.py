@@ -154,8 +154,8 @@ def measure_openvino(folder: Path, d: dict, ref: np.ndarray, threads: int, runs:
 
 
 def build(tmp: Path) -> dict[str, Path]:
-    from pressa.capture.export import resolve_hf_folder
     from pressa.passes.base import apply_pass
+    from pressa.sources.resolve import resolve_hf_folder
 
     def cli(*args):
         subprocess.run([sys.executable, "-m", "pressa", *map(str, args), "--overwrite"], check=True,
@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--no-openvino", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    from pressa.capture.export import resolve_hf_folder
+    from pressa.sources.resolve import resolve_hf_folder
 
     folder = resolve_hf_folder("all-MiniLM-L6-v2")
     d = token_sets(folder)
