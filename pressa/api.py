@@ -22,13 +22,13 @@ def _run_job(model, steps: list[tuple[str, str, dict]], output, overwrite: bool,
     return pressa.load(output)
 
 
-def _split_dataset(dataset) -> tuple[str | None, dict]:
-    """(a path for the recorded workflow, or None) and what the pass takes in memory."""
+def _split_dataset(dataset) -> tuple[str | None, Iterable | None]:
+    """(a path for the recorded workflow, or None; an in-memory dataset, or None)."""
     if dataset is None or isinstance(dataset, str | Path):
-        return (str(dataset) if dataset is not None else None), {}
+        return (str(dataset) if dataset is not None else None), None
     if not isinstance(dataset, Iterable):
         raise BadArgument(f"dataset of type {type(dataset).__name__}: give a path or an iterable of texts or dicts")
-    return None, {"dataset": dataset}
+    return None, dataset
 
 
 def auto_opt(model: str | None = None, output: str | Path = "models/optimized", *, overwrite: bool = False,
@@ -36,9 +36,8 @@ def auto_opt(model: str | None = None, output: str | Path = "models/optimized", 
     """`pressa auto-opt`: a decoder LLM built from its weights. `options` are ModelBuilder's
     (`pressa passes`): precision, group_size, symmetric, ratio, algorithm, ...; `dataset`: calibration
     text (a file, or an iterable of strings) for awq/gptq and data-aware ratio."""
-    path, extra = _split_dataset(dataset)
-    if extra:
-        extra = {"calibration_text": "\n".join(_texts(extra["dataset"]))}
+    path, in_memory = _split_dataset(dataset)
+    extra = {"calibration_text": "\n".join(_texts(in_memory))} if in_memory is not None else None
     return _run_job(model, [("auto-opt", "model-builder", {**options, "calibration_data": path})], output,
                     overwrite, extra)
 
@@ -58,10 +57,11 @@ def quantize(model: str | Path, output: str | Path, *, mode: str = "static", dat
     modes = {"static": "quantize-static", "dynamic": "quantize-dynamic", "weight-only": "quantize-weight-only"}
     if mode not in modes:
         raise BadArgument(f"mode {mode!r}: use static, dynamic or weight-only")
-    path, extra = _split_dataset(dataset)
+    path, in_memory = _split_dataset(dataset)
+    extra = None
     if mode == "static":
         options = {**options, "calibration_data": path}
-        extra = {"calibration_data": extra["dataset"]} if extra else None
+        extra = {"calibration_data": in_memory} if in_memory is not None else None
     elif dataset is not None:
         raise BadArgument(f"mode {mode} takes no dataset")
     return _run_job(model, [(modes[mode], modes[mode], options)], output, overwrite, extra)

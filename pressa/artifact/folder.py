@@ -121,10 +121,12 @@ def plain_modes(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_folder(path: Path, overwrite: bool = False, inputs=(), option: str = "--output") -> Iterator[Path]:
-    """Yields a temporary folder; on success it replaces `path`, on any error or interrupt it is removed."""
+def atomic_folder(path: Path, overwrite: bool = False, inputs=(), option: str = "--output",
+                  need_bytes: int = 0) -> Iterator[Path]:
+    """Yields a temporary folder; on success it replaces `path`, on any error or interrupt it is removed.
+    check_output runs first, so nothing is written over an input or without room."""
     path = Path(path).absolute()
-    check_output(path, overwrite, inputs, option)
+    check_output(path, overwrite, inputs, option, need_bytes)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep(path.parent, f"{TMP_PREFIX}{path.name}-")              # left by a SIGKILL
     tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}"

@@ -179,13 +179,12 @@ def module_artifact(module, inputs: dict, output: Path, output_names: list[str] 
     import tempfile
     import time
 
-    from pressa.artifact import atomic_folder, check_output
+    from pressa.artifact import atomic_folder
     from pressa.artifact.manifest import write_onnx_manifest
     from pressa.graph.onnx_io import load_model, save_model
 
     torch = _torch()
     output = Path(output)
-    check_output(output, overwrite)
     module.eval()
     t0 = time.perf_counter()
     with atomic_folder(output, overwrite) as tmp:

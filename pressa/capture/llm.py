@@ -69,15 +69,12 @@ def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: flo
               provider: str = "cpu", overwrite: bool = False, progress: Progress | None = None,
               log: Callable[[str], None] = lambda s: None, status=_no_status,
               calibration_text: str | None = None, calibration_samples: int = 64,
-              calibration_seqlen: int = 256, inputs=()) -> dict:
+              calibration_seqlen: int = 256) -> dict:
     """Build an artifact folder at `output` (written to a temporary sibling, renamed when complete);
-    returns its manifest. `inputs`: other files the build reads (calibration data), never written over."""
-    from pressa.artifact import check_output
-
+    returns its manifest."""
     opts.validate()                                 # fail before the slow work
-    sources = (model, *inputs)
-    check_output(Path(output), overwrite, sources, need_bytes=estimated_size(model, opts.precision))
-    with atomic_folder(Path(output), overwrite, sources) as tmp:
+    with atomic_folder(Path(output), overwrite, [model],
+                       need_bytes=estimated_size(model, opts.precision)) as tmp:
         return build_llm_into(model, tmp, opts, ratio=ratio, provider=provider, progress=progress, log=log,
                               status=status, calibration_text=calibration_text,
                               calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen)

@@ -78,8 +78,6 @@ def auto_opt(
                    ratio=ratio, algorithm=algorithm, calibration_data=calibration_data,
                    calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
                    accuracy_level=accuracy_level, embedding_bits=embedding_bits, execution_provider=dev)
-    if algorithm != "rtn" and calibration_data is None:
-        raise BadArgument(f"--algorithm {algorithm} needs --calibration-data FILE (plain text)")
     with log.progress_bar("auto-opt") as bar:
         manifest = execute(job(model, [("auto-opt", "model-builder", options)]), output, overwrite, bar, log.info)
     log.info(f"wrote {output} ({manifest['size_bytes'] / 1e6:.1f} MB, {manifest['build_seconds']:.1f} s)")

@@ -31,18 +31,13 @@ def job(model, steps: list[tuple[str, str, dict]]) -> dict:
     return {"input_model": _absolute(model) if model is not None else DEFAULT_MODEL, "passes": passes}
 
 
-def job_inputs(config: dict) -> list:
-    """What a job reads and must never write over: its model and its data files."""
-    data = [v for p in config["passes"].values() for k, v in p.items() if k.endswith("_data") and v]
-    return [config["input_model"], *data]
-
-
 def execute(config: dict, output: Path, overwrite: bool = False, progress: Progress | None = None,
             log: Callable[[str], None] | None = None, extra: dict | None = None) -> dict:
     """Run the job's passes into `output` (written atomically, never over an input); returns the
     manifest. Only the first pass may convert (capture, model builder); later ones take ONNX.
     `extra`: what the first pass takes besides options (an in-memory calibration dataset)."""
-    from pressa.artifact import ArtifactKind, atomic_folder, check_output, require_kind
+    from pressa.artifact import ArtifactKind, atomic_folder, require_kind
+    from pressa.engine.paths import workflow_reads
     from pressa.log import quiet_tools
 
     wf = parse_workflow(config, Path.cwd())
@@ -64,9 +59,7 @@ def execute(config: dict, output: Path, overwrite: bool = False, progress: Progr
         from pressa.capture.llm import estimated_size
 
         need = estimated_size(wf.model, steps[0][1].precision)
-    inputs = job_inputs(config)
-    check_output(Path(output), overwrite, inputs, need_bytes=need)
-    with atomic_folder(Path(output), overwrite, inputs) as tmp, quiet_tools():
+    with atomic_folder(Path(output), overwrite, workflow_reads(wf), need_bytes=need) as tmp, quiet_tools():
         return _chain(steps, wf.model, tmp, config, progress, log, extra)
 
 

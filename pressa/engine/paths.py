@@ -27,11 +27,16 @@ def record_workflow(folder: Path, wf: Workflow, best: Trial) -> None:
         write_json(folder / "pressa.json", {**manifest, "workflow": job(wf.model, steps)})
 
 
-def workflow_inputs(wf: Workflow) -> list:
-    """What a workflow reads and must never write over: its model, its cache, its data files."""
+def workflow_reads(wf: Workflow) -> list:
+    """What a workflow's passes and metrics read, never to be written over: its model and data files."""
     data = [m.data for m in wf.metrics] + [wf.accuracy_data]
     data += [v for p in wf.passes for k, v in p.fixed.items() if k.endswith("_data") and isinstance(v, str)]
-    return [wf.model, wf.cache_dir, *data]
+    return [wf.model, *data]
+
+
+def workflow_inputs(wf: Workflow) -> list:
+    """What `pressa run` must never write over: what the workflow reads, and its cache."""
+    return [*workflow_reads(wf), wf.cache_dir]
 
 
 def check_workflow_paths(wf: Workflow, overwrite: bool) -> None:
