@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pressa.genai.model import Model, _Row
+from pressa.genai.model import Model
 from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose
+from pressa.genai.sequence import Detokenizer
 
 from conftest import load_hf, rng_rows
 
@@ -127,7 +128,7 @@ def test_streaming_never_splits_multibyte_characters():
     text = "naïve café — 日本語のテキスト 🙂 ok"
     ids = tok.encode(text, add_special_tokens=False)
     assert len(ids) > len(text.split())        # some characters span several byte tokens
-    row = _Row(tok, [])
+    row = Detokenizer(tok, [])
     pieces = [row.push(i) for i in ids] + [row.flush()]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == text

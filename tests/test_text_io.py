@@ -31,16 +31,16 @@ def _byte_level_tokenizer(folder):
 
 
 def test_a_cut_character_is_dropped_not_shown_as_replacement(tmp_path):
-    from pressa.genai.model import _Row
+    from pressa.genai.sequence import Detokenizer
 
     tok = _byte_level_tokenizer(tmp_path / "tok")
     ids = tok.encode("a🎉", add_special_tokens=False)
     assert len(ids) == 5 and [tok.token_bytes(i) for i in ids] == [bytes([b]) for b in "a🎉".encode()]
     for cut in range(1, 5):                    # the generation ends after 1..4 of the emoji's bytes
-        row = _Row(tok, [])
+        row = Detokenizer(tok, [])
         text = "".join(row.push(t) for t in ids[:cut]) + row.flush()
         assert text == "a", (cut, text)
-    row = _Row(tok, [])
+    row = Detokenizer(tok, [])
     assert "".join(row.push(t) for t in ids) + row.flush() == "a🎉"
 
 

@@ -1,8 +1,11 @@
-"""One decoder graph run step by step with its KV cache kept in place.
+"""The ONNX Runtime backend of text generation: one decoder graph run step by step with its KV cache
+kept in place.
 
 The cache is one preallocated buffer per layer, bound both as past and as present
 (GroupQueryAttention's shared-buffer mode), so no step copies it. Prompts of different
 lengths are laid out right-padded, which is how GroupQueryAttention reads per-row lengths.
+A backend offers what the engine (pressa.genai.slots) needs: the model's shape facts,
+`new_cache` and `bind(cache).run(ids, mask, logits)`.
 """
 
 from __future__ import annotations
@@ -43,68 +46,85 @@ class DecoderSession:
         self.kv_dtype = _NP.get(types.get(past(0, "key")), np.float32)
         self.lengths: np.ndarray | None = None
 
-    # -- cache ------------------------------------------------------------------------------
-    def start(self, batch: int, capacity: int) -> None:
-        if capacity > self.context_length:
-            raise BadArgument(f"prompt plus new tokens ({capacity}) exceed the model's context length "
-                              f"{self.context_length}; shorten the prompt or lower --max-new-tokens")
-        self.capacity, self.batch = capacity, batch
-        shape = (batch, self.kv_heads, capacity, self.head_size)
-        self.cache = [(np.zeros(shape, self.kv_dtype), np.zeros(shape, self.kv_dtype))
-                      for _ in range(self.num_layers)]
-        self.io = self.session.io_binding()
-        OV = self.ort.OrtValue
-        for i, (k, v) in enumerate(self.cache):
-            ko, vo = OV.ortvalue_from_numpy(k), OV.ortvalue_from_numpy(v)
-            self.io.bind_ortvalue_input(past(i, "key"), ko)
-            self.io.bind_ortvalue_input(past(i, "value"), vo)
-            self.io.bind_ortvalue_output(present(i, "key"), ko)
-            self.io.bind_ortvalue_output(present(i, "value"), vo)
-        self._step_logits = np.zeros((batch, 1, self.vocab_size), np.float32)
-        self._step_logits_ov = OV.ortvalue_from_numpy(self._step_logits)
-        self.lengths = np.zeros(batch, np.int64)
+    # -- slot primitives (what the engine in pressa.genai.slots uses) --------------------------
+    def new_cache(self, rows: int, capacity: int, zeros=np.zeros) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One key and one value buffer [rows, kv_heads, capacity, head_size] per layer."""
+        shape = (rows, self.kv_heads, capacity, self.head_size)
+        return [(zeros(shape, self.kv_dtype), zeros(shape, self.kv_dtype)) for _ in range(self.num_layers)]
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, logits_out: bool) -> np.ndarray:
-        self.io.bind_cpu_input(INPUT_IDS, ids)
-        self.io.bind_cpu_input(ATTENTION_MASK, mask)
-        if logits_out:
-            self.io.bind_ortvalue_output(LOGITS, self._step_logits_ov)
-            self.session.run_with_iobinding(self.io)
-            return self._step_logits[:, 0, :]
-        full = np.empty((ids.shape[0], 1 if self.last_only else ids.shape[1], self.vocab_size), np.float32)
-        self.io.bind_ortvalue_output(LOGITS, self.ort.OrtValue.ortvalue_from_numpy(full))
-        self.session.run_with_iobinding(self.io)
-        return full
+    def bind(self, cache: list[tuple[np.ndarray, np.ndarray]]) -> Binding:
+        """The graph with `cache` (rows of the buffers, or views of them) as both past and present."""
+        return Binding(self, cache)
 
-    # -- steps ------------------------------------------------------------------------------
+    # -- whole-batch use (evaluation, tests): prefill prompts, then step every row ------------
     def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[np.ndarray, np.ndarray]:
         """Run the prompts; returns (last-token logits [B, V], logits [B, S, V] right-padded, where S
         is 1 for a last-token graph unless the session was opened with all_logits)."""
-        self.start(len(prompts), capacity)
-        lens = np.array([len(p) for p in prompts], np.int64)
-        if lens.min() < 1:
-            raise BadArgument("empty prompt: give at least one token")
-        s = int(lens.max())
-        ids = np.zeros((len(prompts), s), np.int64)
-        mask = np.zeros((len(prompts), s), np.int64)
-        for b, p in enumerate(prompts):
-            ids[b, : len(p)] = p
-            mask[b, : len(p)] = 1
-        logits = self._run(ids, mask, logits_out=False)
-        self.lengths = lens.copy()
+        if capacity > self.context_length:
+            raise BadArgument(f"prompt plus new tokens ({capacity}) exceed the model's context length "
+                              f"{self.context_length}; shorten the prompt or lower --max-new-tokens")
+        self.capacity, self.batch = capacity, len(prompts)
+        self.binding = self.bind(self.new_cache(len(prompts), capacity))
+        ids, mask = right_padded(prompts)
+        lens = mask.sum(axis=1)
+        logits = np.empty((len(prompts), 1 if self.last_only else ids.shape[1], self.vocab_size), np.float32)
+        self.binding.run(ids, mask, logits)
+        self.lengths = lens
+        self._step_logits = np.zeros((len(prompts), 1, self.vocab_size), np.float32)
         last = logits[:, 0] if self.last_only else logits[np.arange(len(prompts)), lens - 1]
         return last, logits
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         """One new token per row; returns logits [B, V] (a view reused by the next step)."""
-        lens = self.lengths
-        if int(lens.max()) + 1 > self.capacity:
+        if int(self.lengths.max()) + 1 > self.capacity:
             raise BadArgument("the KV cache is full; raise the capacity")
-        width = int(lens.max()) + 1
-        mask = (np.arange(width)[None, :] <= lens[:, None]).astype(np.int64)
-        out = self._run(np.asarray(tokens, np.int64).reshape(-1, 1), mask, logits_out=True)
-        self.lengths = lens + 1
-        return out
+        self.binding.run(np.asarray(tokens, np.int64).reshape(-1, 1), step_mask(self.lengths), self._step_logits)
+        self.lengths = self.lengths + 1
+        return self._step_logits[:, 0, :]
+
+
+class Binding:
+    """A KV cache bound to the graph as past and present: runs write new keys and values in place."""
+
+    def __init__(self, dec: DecoderSession, cache: list[tuple[np.ndarray, np.ndarray]]):
+        self.session, OV = dec.session, dec.ort.OrtValue
+        self.io = self.session.io_binding()
+        for i, (k, v) in enumerate(cache):
+            ko, vo = OV.ortvalue_from_numpy(k), OV.ortvalue_from_numpy(v)
+            self.io.bind_ortvalue_input(past(i, "key"), ko)
+            self.io.bind_ortvalue_input(past(i, "value"), vo)
+            self.io.bind_ortvalue_output(present(i, "key"), ko)
+            self.io.bind_ortvalue_output(present(i, "value"), vo)
+        self._ov, self._logits = OV, None
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, logits: np.ndarray) -> None:
+        """Tokens [B, S] with the attention mask over past and new positions [B, T]; the logits are
+        written into `logits` ([B, 1, V] for a last-token graph, else [B, S, V])."""
+        self.io.bind_cpu_input(INPUT_IDS, ids)
+        self.io.bind_cpu_input(ATTENTION_MASK, mask)
+        if logits is not self._logits:
+            self.io.bind_ortvalue_output(LOGITS, self._ov.ortvalue_from_numpy(logits))
+            self._logits = logits
+        self.session.run_with_iobinding(self.io)
+
+
+def right_padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention mask) [B, longest], each prompt left-aligned (how GroupQueryAttention reads
+    per-row lengths)."""
+    lens = [len(p) for p in prompts]
+    if min(lens) < 1:
+        raise BadArgument("empty prompt: give at least one token")
+    ids = np.zeros((len(prompts), max(lens)), np.int64)
+    mask = np.zeros((len(prompts), max(lens)), np.int64)
+    for b, p in enumerate(prompts):
+        ids[b, :len(p)] = p
+        mask[b, :len(p)] = 1
+    return ids, mask
+
+
+def step_mask(lengths: np.ndarray) -> np.ndarray:
+    """The attention mask of a one-token step for rows holding `lengths` positions each."""
+    return (np.arange(int(lengths.max()) + 1)[None, :] <= lengths[:, None]).astype(np.int64)
 
 
 def all_logits_variant(model_path: Path) -> bytes | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,9 @@ from pressa.artifact import read_json
 from pressa.capture.config import token_ids
 from pressa.errors import BadArgument
 from pressa.genai.decoder_session import DecoderSession
-from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose
+from pressa.genai.sampling import SamplingConfig
+from pressa.genai.sequence import Detokenizer, Sequence, check_request
+from pressa.genai.slots import SlotBatch
 from pressa.genai.tokenizer import TextTokenizer
 
 
@@ -23,53 +26,6 @@ class Event:
     text: str
     finish: str | None = None       # "stop" (EOS or stop string) | "length"
     generated: int = 0              # on a row's last event: the tokens it generated
-
-
-class _Row:
-    """Incremental detokenization of one sequence, holding back text that may still change:
-    an incomplete UTF-8 character, or the start of a stop string."""
-
-    def __init__(self, tok: TextTokenizer, stops: list[str]):
-        self.tok, self.stops = tok, stops
-        self.ids: list[int] = []
-        self.count = 0                  # tokens generated, an end-of-sequence token included
-        self.emitted = 0
-        self.text = ""
-        self.done: str | None = None
-        self.hold = max((len(s) for s in stops), default=1) - 1
-
-    def take(self, token: int, eos_ids: set[int], ignore_eos: bool) -> str:
-        """Feed one generated token; returns the text now safe to show. Sets `done` to "stop" on an
-        end-of-sequence token or a stop string."""
-        self.count += 1
-        if not ignore_eos and token in eos_ids:
-            self.done = "stop"
-            return self.flush()
-        return self.push(token)
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        self.text = self.tok.decode(self.ids)
-        for s in self.stops:
-            k = self.text.find(s, max(0, self.emitted - len(s)))
-            if k >= 0:
-                self.text = self.text[:k]
-                self.done = "stop"
-                return self.flush()
-        end = len(self.text) - self.hold
-        if self.text.endswith("\ufffd"):
-            end = min(end, len(self.text.rstrip("\ufffd")))
-        if end > self.emitted:
-            out, self.emitted = self.text[self.emitted:end], end
-            return out
-        return ""
-
-    def flush(self) -> str:
-        """The text not shown yet, at the end of the sequence. A character whose bytes were cut off by
-        the end (U+FFFD from an incomplete UTF-8 sequence) is dropped, not shown as U+FFFD."""
-        self.text = self.text.rstrip("\ufffd")
-        out, self.emitted = self.text[self.emitted:], len(self.text)
-        return out
 
 
 class Model:
@@ -125,53 +81,50 @@ class Model:
                 turns.pop(0)
                 dropped += 1
 
-    # -- generation -------------------------------------------------------------------------
+    # -- generation: a SlotBatch of its own (the engine serve's scheduler drives too) -----------
+    def sequences(self, prompts: list[list[int]], cfg: SamplingConfig, emit=None) -> Iterator[list[Sequence]]:
+        """Runs the prompts together to the end, yielding their sequences after the prefill and after
+        each decode step. Row i samples with seed + i; `emit(i, text, finish, generated)` gets row i's
+        text (no text is decoded without it)."""
+        for ids in prompts:
+            check_request(ids, cfg)
+        capacity = max(len(p) for p in prompts) + cfg.max_new_tokens
+        if capacity > self.session.context_length:
+            raise BadArgument(f"prompt plus new tokens ({capacity}) exceed the model's context length "
+                              f"{self.session.context_length}; shorten the prompt or lower --max-new-tokens")
+        seqs = []
+        for i, ids in enumerate(prompts):
+            c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
+            out = None if emit is None else (lambda t, f, g, i=i: emit(i, t, f, g))
+            detok = None if emit is None else Detokenizer(self.tokenizer, cfg.stop)
+            seqs.append(Sequence(list(ids), c, out, detok))
+        batch = SlotBatch(self.session, len(seqs), capacity, self.eos_ids)
+        batch.admit(seqs)
+        yield seqs
+        while batch.active:
+            batch.step()
+            yield seqs
+
     def generate_ids(self, prompts: list[list[int]], cfg: SamplingConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yields (tokens [B], active mask [B]) per step; rows stop at EOS unless ignore_eos."""
-        if cfg.max_new_tokens < 1:
-            raise BadArgument("max new tokens must be at least 1")
-        rng = np.random.default_rng(cfg.seed)
-        capacity = max(len(p) for p in prompts) + cfg.max_new_tokens
-        logits, _ = self.session.prefill(prompts, capacity)
-        seen = [np.asarray(p, np.int64) for p in prompts]
-        active = np.ones(len(prompts), bool)
-        eos = np.array(sorted(self.eos_ids), np.int64)
-        for step in range(cfg.max_new_tokens):
-            logits = np.array(logits, copy=True) if cfg.repetition_penalty != 1.0 else logits
-            apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-            tokens = choose(logits, cfg, rng).astype(np.int64)
-            yield tokens, active.copy()
-            if cfg.repetition_penalty != 1.0:
-                seen = [np.append(s, t) for s, t in zip(seen, tokens)]
-            if not cfg.ignore_eos:
-                active &= ~np.isin(tokens, eos)
-            if not active.any() or step == cfg.max_new_tokens - 1:
-                return
-            logits = self.session.step(tokens)
+        counts = np.zeros(len(prompts), np.int64)
+        for seqs in self.sequences(prompts, cfg):
+            now = np.array([s.count for s in seqs])
+            yield np.array([s.next_token for s in seqs], np.int64), now > counts
+            counts = now
 
     def stream_batch(self, prompts: list, cfg: SamplingConfig | None = None, chat: bool | None = None,
                      **kw) -> Iterator[Event]:
         cfg = cfg or SamplingConfig(**kw)
-        ids = [self.encode_prompt(p, chat) for p in prompts]
-        rows = [_Row(self.tokenizer, cfg.stop) for _ in ids]
-        gen = self.generate_ids(ids, cfg)
-        for tokens, active in gen:
-            for b, row in enumerate(rows):
-                if row.done or not active[b]:
-                    continue
-                piece = row.take(int(tokens[b]), self.eos_ids, cfg.ignore_eos)
-                if row.done:
-                    yield Event(b, piece, row.done, row.count)
-                elif piece:
-                    yield Event(b, piece)
-            if all(r.done for r in rows):
-                gen.close()
-                return
-        for b, row in enumerate(rows):
-            if not row.done:
-                row.done = "length"
-                yield Event(b, row.flush(), "length", row.count)
+        events: list[Event] = []
 
+        def emit(i, text, finish, generated):
+            if text or finish:
+                events.append(Event(i, text, finish, generated))
+
+        for _ in self.sequences([self.encode_prompt(p, chat) for p in prompts], cfg, emit):
+            yield from events
+            events.clear()
     def stream(self, prompt, chat: bool | None = None, **kw) -> Iterator[str]:
         """Text pieces of one prompt as they are produced."""
         for ev in self.stream_batch([prompt], chat=chat, **kw):

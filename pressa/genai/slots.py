@@ -1,0 +1,135 @@
+"""The one generation engine: sequences in the slots of one KV cache, advanced together.
+
+The cache has one row ("slot") per sequence that may run at once, each holding up to `capacity`
+positions, bound both as past and as present by the backend (pressa.genai.decoder_session). Waiting
+sequences are admitted into free slots by prefilling their prompts together (right-padded); then
+each `step()` runs one decode step for every occupied slot: one token per sequence, each at its own
+position (GroupQueryAttention reads per-row lengths from the attention mask). Each sequence chooses
+its own token (pressa.genai.sequence). `Model.generate` drives a batch of its own to the end;
+`serve`'s Scheduler lets sequences join and leave between any two steps.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+
+import numpy as np
+
+from pressa.genai.decoder_session import right_padded, step_mask
+from pressa.genai.sequence import Sequence
+
+
+def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
+    """Zeros in anonymous memory whose pages the kernel maps in 4 KB at first write. (NumPy asks for
+    transparent huge pages on large arrays: one key written per head would then fault in 2 MB.)"""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = mmap.mmap(-1, max(size, 1))
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, dtype, count=int(np.prod(shape))).reshape(shape)
+
+
+def prefill_groups(seqs: list[Sequence], waste: float = 0.25, budget: int = 4096) -> list[list[Sequence]]:
+    """Prompts grouped by length for prefilling together: a group pads at most `waste` of its tokens
+    and holds at most `budget` padded tokens."""
+    groups: list[list[Sequence]] = []
+    cur: list[Sequence] = []
+    total = 0
+    for s in sorted(seqs, key=lambda s: len(s.ids)):
+        n = len(s.ids)
+        padded = (len(cur) + 1) * n                  # sorted: the newest prompt is the longest
+        if cur and (padded > (1 + waste) * (total + n) or padded > budget):
+            groups.append(cur)
+            cur, total = [], 0
+        cur.append(s)
+        total += n
+    return groups + [cur] if cur else groups
+
+
+class SlotBatch:
+    def __init__(self, backend, slots: int, capacity: int, eos_ids: set[int]):
+        """`backend`: a decoder session (shape facts, new_cache, bind); `capacity`: positions per
+        slot. Memory grows with the positions really used, not with slots x capacity."""
+        self.backend, self.slots, self.capacity, self.eos_ids = backend, slots, capacity, eos_ids
+        self.cache = backend.new_cache(slots, capacity, zeros=lazy_zeros)
+        self.lengths = np.zeros(slots, np.int64)
+        self.running: list[Sequence | None] = [None] * slots
+        self.prefills = 0                 # prefill runs (each for one or more prompts)
+        self.steps = 0                    # decode steps run
+        self.step_rows = 0                # sequences advanced, summed over steps
+        self.generated = 0                # tokens generated
+        self.first_tokens = 0             # sequences that got their first token, and the time they
+        self.first_token_seconds = 0.0    # waited for it (queue and prefill), summed
+        self._logits = np.zeros((slots, 1, backend.vocab_size), np.float32)
+        self._bound_n, self._step = 0, None
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self.running)
+
+    @property
+    def free(self) -> int:
+        return self.running.count(None)
+
+    def release(self, s: Sequence) -> None:
+        self.running[s.slot] = None
+        self.lengths[s.slot] = 0
+        s.slot = -1
+
+    def admit(self, group: list[Sequence]) -> None:
+        """Prefill the group's prompts in one run, each into a free slot. Into free slots that lie
+        together the prompts run straight; otherwise over a cache of the longest one's length, and each
+        row's keys and values then move into its slot (a copy far smaller than the run)."""
+        ids, mask = right_padded([s.ids for s in group])
+        lens = mask.sum(axis=1)
+        b, width, dec = len(group), ids.shape[1], self.backend
+        slots = [i for i, r in enumerate(self.running) if r is None][:b]
+        direct = slots[-1] - slots[0] == b - 1
+        if direct:
+            cache = [(k[slots[0]:slots[0] + b], v[slots[0]:slots[0] + b]) for k, v in self.cache]
+        else:
+            cache = dec.new_cache(b, width)
+        logits = np.empty((b, 1 if dec.last_only else width, dec.vocab_size), np.float32)
+        dec.bind(cache).run(ids, mask, logits)
+        self.prefills += 1
+        for r, (s, slot) in enumerate(zip(group, slots)):
+            if not direct:
+                for (k, v), (ck, cv) in zip(self.cache, cache):
+                    k[slot, :, :lens[r]] = ck[r, :, :lens[r]]
+                    v[slot, :, :lens[r]] = cv[r, :, :lens[r]]
+            s.slot, self.running[slot], self.lengths[slot] = slot, s, lens[r]
+            self._take(s, logits[r, 0 if dec.last_only else lens[r] - 1][None, :])
+
+    def step(self) -> None:
+        """One decode step for every occupied slot (slots 0..n-1 for the highest occupied n-1: a free
+        slot inside that range costs one position of attention)."""
+        n = max(i for i, s in enumerate(self.running) if s is not None) + 1
+        if n != self._bound_n:
+            self._step = self.backend.bind([(k[:n], v[:n]) for k, v in self.cache])
+            self._step_logits, self._bound_n = self._logits[:n], n
+        tokens = np.zeros((n, 1), np.int64)
+        live = [s for s in self.running[:n] if s is not None]
+        for s in live:
+            tokens[s.slot, 0] = s.next_token
+        self._step.run(tokens, step_mask(self.lengths[:n]), self._step_logits)
+        for s in live:
+            self.lengths[s.slot] += 1
+        self.steps += 1
+        self.step_rows += len(live)
+        logits = self._step_logits[:, 0]
+        greedy = logits.argmax(axis=-1) if any(s.cfg.temperature <= 0 for s in live) else None
+        for s in live:
+            self._take(s, logits[s.slot][None, :], None if greedy is None else int(greedy[s.slot]))
+
+    def _take(self, s: Sequence, logits: np.ndarray, greedy: int | None = None) -> None:
+        """The sequence chooses and takes its next token from its logits [1, V]; its slot is freed
+        when it is done."""
+        token = s.choose(logits, greedy)
+        if s.count == 0:
+            self.first_token_seconds += time.perf_counter() - s.submitted
+            self.first_tokens += 1
+        self.generated += 1
+        s.accept(token, self.eos_ids)
+        if s.done:
+            self.release(s)
