@@ -137,3 +137,26 @@ def load_hf(folder: Path):
 def rng_rows(seed: int = 0, lengths=(7, 4)) -> list[list[int]]:
     r = np.random.default_rng(seed)
     return [r.integers(3, VOCAB, n).tolist() for n in lengths]
+
+
+@pytest.fixture(scope="session")
+def server(tiny_artifact, tmp_path_factory):
+    """A running server (the test_serve* modules) over a text encoder, a long-context fp32 LLM and a
+    small int4 LLM."""
+    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.llm import build_llm
+    from pressa.serve.models import load_models
+
+    from helpers import run_cli, running, write_bert
+
+    d = tmp_path_factory.mktemp("serve")
+    assert run_cli("capture", "--model", write_bert(d / "hf"), "-o", d / "enc").returncode == 0
+    # a long context (generations that outlast a client) and fp32 (a row's logits do not depend on
+    # the rows decoded beside it, so concurrent answers can be compared with solo ones exactly)
+    make_tiny("llama", d / "hf-llm", max_position_embeddings=4096)
+    build_llm(str(d / "hf-llm"), d / "llm", BuildOptions(precision="fp32"))
+    models = load_models([{"name": "llm", "path": str(d / "llm"), "max_concurrency": 4},
+                          {"name": "small", "path": str(tiny_artifact("llama", "int4"))},
+                          {"name": "enc", "path": str(d / "enc"), "max_wait_ms": 50}])
+    with running(models, max_tokens=4000) as port:
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "enc": d / "enc", "llm": d / "llm", "models": models}

@@ -109,15 +109,15 @@ def test_nncf_yaml_maps_onto_static_quantization(onnx_file):
 def test_kserve_binary_bytes_codec_hand_built():
     import numpy as np
 
-    from pressa.serve.app import _v2_bytes, _v2_strings
+    from pressa.serve.kserve import bytes_of, strings_of
 
     raw = b"\x02\x00\x00\x00hi" + b"\x00\x00\x00\x00" + b"\x04\x00\x00\x00\xf0\x9f\x8e\x89"
-    assert _v2_strings(raw) == ["hi", "", "🎉"]
-    assert _v2_bytes(np.array(["hi", "", "🎉"], dtype=object)) == raw
+    assert strings_of(raw) == ["hi", "", "🎉"]
+    assert bytes_of(np.array(["hi", "", "🎉"], dtype=object)) == raw
 
 
 def test_completions_logprobs_offsets_follow_the_text():
-    from pressa.serve.openai_routes import LogprobFormat
+    from pressa.serve.openai_api import LogprobFormat
 
     class Tok:
         def token_bytes(self, i):

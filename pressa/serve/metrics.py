@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 
+from pressa.serve.models import TensorModel, TextGenerator
+
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -35,8 +37,8 @@ class Stats:
         out += [f'pressa_queue_depth{{model="{m.name}"}} {m.depth}' for m in models.values()]
         out.append("# TYPE pressa_batch_rows_total counter")
         out += [f'pressa_batch_rows_total{{model="{m.name}"}} {sum(m.batcher.sizes)}' for m in models.values()
-                if m.batcher]
-        gens = [m for m in models.values() if m.scheduler]
+                if isinstance(m, TensorModel) and m.batcher]
+        gens = [m for m in models.values() if isinstance(m, TextGenerator)]
         for metric, kind, attr in (("generated_tokens_total", "counter", "generated"),
                                    ("running_sequences", "gauge", "active"),
                                    ("decode_steps_total", "counter", "steps"),

@@ -1,6 +1,7 @@
-"""Models behind the server, each loaded once. Text generators run every request's sequences through
-one continuous-batching scheduler (pressa.genai.scheduler); tensor models batch requests dynamically
-(pressa.serve.batching). Both within a concurrency limit and a bounded queue."""
+"""Models behind the server, each loaded once: a TextGenerator runs every request's sequences through
+one continuous-batching scheduler (pressa.genai.scheduler); a TensorModel batches requests dynamically
+(pressa.serve.batching). Both within a concurrency limit and a bounded queue. `models.yaml` entries
+are ModelEntry."""
 
 from __future__ import annotations
 
@@ -41,48 +42,31 @@ class TensorSpec:
 
 
 class ServedModel:
-    def __init__(self, name: str, path: Path, threads: int | None = None, max_concurrency: int = 8,
-                 max_queue: int = 64, max_batch: int = 32, max_wait: float = 0.005, context: int | None = None):
-        import pressa
+    """A model loaded once behind the server, within a concurrency limit and a bounded queue."""
 
-        self.name, self.path = name, Path(path)
-        self.model = pressa.load(path, threads=threads)
-        self.kind = "llm" if hasattr(self.model, "generate_ids") else "onnx"
+    def __init__(self, name: str, model, max_concurrency: int = 8, max_queue: int = 64):
+        self.name, self.model = name, model
         self.slots = threading.BoundedSemaphore(max_concurrency)
         self.max_queue = max_queue
         self.waiting = 0
         self._lock = threading.Lock()
-        if self.kind == "llm":           # text in, text out (the KV cache and logits stay inside)
-            self.inputs, self.outputs = [TensorSpec("text_input", "BYTES", [-1])], [TensorSpec("text_output", "BYTES",
-                                                                                                [-1])]
-        else:
-            sess = self.model.session
-            self.inputs = [TensorSpec(i.name, ORT_TO_V2.get(i.type, i.type), _dims(i.shape)) for i in sess.get_inputs()]
-            self.outputs = [TensorSpec(o.name, ORT_TO_V2.get(o.type, o.type), _dims(o.shape))
-                            for o in sess.get_outputs()]
-        self.batcher = self.scheduler = None
-        if self.kind == "llm":
-            from pressa.genai.scheduler import Scheduler
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
 
-            self.scheduler = Scheduler(self.model, slots=max_concurrency, max_queue=max_queue, capacity=context,
-                                       on_full=lambda: Busy(f"model {name} has {max_queue} generations queued; "
-                                                            "retry shortly"))
-        elif max_batch > 1 and all(t.shape and t.shape[0] == -1 for t in self.inputs):
-            from pressa.serve.batching import Batcher
-
-            self.batcher = Batcher(self._run, max_batch, max_wait, max_queue,
-                                   on_full=lambda: Busy(f"model {name} has {max_queue} requests queued; retry shortly"))
+    @property
+    def queued(self) -> int:
+        """What its scheduler or batcher holds beyond the requests waiting for a slot."""
+        return 0
 
     @property
     def depth(self) -> int:
-        queued = self.batcher or self.scheduler
-        return self.waiting + (queued.depth if queued else 0)
+        return self.waiting + self.queued
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            return self.model.run(feeds)
-        except Exception as err:              # ORT's own shape/type complaints: the client's fault
-            raise RequestError(f"the model could not run these inputs ({first_line(err, 200)})") from None
+    def close(self) -> None:
+        """End what still waits (at shutdown)."""
+
+    def busy(self, what: str) -> Busy:
+        return Busy(f"model {self.name} has {self.max_queue} {what} queued; retry shortly")
 
     # -- admission ---------------------------------------------------------------------------
     def acquire(self, timeout: float = 120.0) -> None:
@@ -103,11 +87,30 @@ class ServedModel:
     def release(self) -> None:
         self.slots.release()
 
+
+class TextGenerator(ServedModel):
+    """A decoder LLM: text in, text out (the KV cache and logits stay inside), every request's
+    sequences through one continuous-batching scheduler."""
+
+    def __init__(self, name: str, model, max_concurrency: int = 8, max_queue: int = 64, context: int | None = None):
+        from pressa.genai.scheduler import Scheduler
+
+        super().__init__(name, model, max_concurrency, max_queue)
+        self.inputs = [TensorSpec("text_input", "BYTES", [-1])]
+        self.outputs = [TensorSpec("text_output", "BYTES", [-1])]
+        self.scheduler = Scheduler(model, slots=max_concurrency, max_queue=max_queue, capacity=context,
+                                   on_full=lambda: self.busy("generations"))
+
+    @property
+    def queued(self) -> int:
+        return self.scheduler.depth
+
+    def close(self) -> None:
+        self.scheduler.close()
+
     def submit(self, prompts: list[list[int]], cfg, emit) -> list:
         """One sequence per prompt's token ids, sequence i sampling with seed + i; emit(i, text, finish,
         generated) for sequence i. Nothing is left running when one cannot start."""
-        if self.kind != "llm":
-            raise RequestError(f"model {self.name} does not generate text; use :predict, /infer or /v1/embeddings")
         seqs = []
         try:
             for i, ids in enumerate(prompts):
@@ -149,10 +152,34 @@ class ServedModel:
             raise RequestError(f"generation failed ({errors[0]})", 500)
         return texts
 
-    # -- tensors -----------------------------------------------------------------------------
+
+class TensorModel(ServedModel):
+    """Any other ONNX model: named tensors in and out (texts through its tokenizer, where it has one),
+    requests batched dynamically where every input has a free batch dimension."""
+
+    def __init__(self, name: str, model, max_concurrency: int = 8, max_queue: int = 64, max_batch: int = 32,
+                 max_wait: float = 0.005):
+        super().__init__(name, model, max_concurrency, max_queue)
+        sess = model.session
+        self.inputs = [TensorSpec(i.name, ORT_TO_V2.get(i.type, i.type), _dims(i.shape)) for i in sess.get_inputs()]
+        self.outputs = [TensorSpec(o.name, ORT_TO_V2.get(o.type, o.type), _dims(o.shape)) for o in sess.get_outputs()]
+        self.batcher = None
+        if max_batch > 1 and all(t.shape and t.shape[0] == -1 for t in self.inputs):
+            from pressa.serve.batching import Batcher
+
+            self.batcher = Batcher(self._run, max_batch, max_wait, max_queue, on_full=lambda: self.busy("requests"))
+
+    @property
+    def queued(self) -> int:
+        return self.batcher.depth if self.batcher else 0
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self.model.run(feeds)
+        except Exception as err:              # ORT's own shape/type complaints: the client's fault
+            raise RequestError(f"the model could not run these inputs ({first_line(err, 200)})") from None
+
     def predict(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.kind != "onnx":
-            raise RequestError(f"model {self.name} is a text generator; use /v1/chat/completions or /v1/completions")
         want = {t.name: t for t in self.inputs}
         unknown = [k for k in feeds if k not in want]
         if unknown:
@@ -176,7 +203,7 @@ class ServedModel:
             self.release()
 
     def text_feeds(self, texts: list[str]) -> dict[str, np.ndarray]:
-        if self.kind != "onnx" or not (self.model.folder / "tokenizer.json").is_file():
+        if not (self.model.folder / "tokenizer.json").is_file():
             raise RequestError(f"model {self.name} takes no text (no tokenizer beside it)")
         if not texts or not all(isinstance(t, str) for t in texts):
             raise RequestError("text inputs must be a non-empty list of strings")
@@ -192,6 +219,19 @@ class ServedModel:
             raise RequestError(f"the model could not embed these texts ({first_line(err, 200)})") from None
         finally:
             self.release()
+
+
+def served(models: dict[str, ServedModel], name: str, want: type[ServedModel] = ServedModel,
+           use: str = "") -> ServedModel:
+    """The model of that name (404 when none is served), of the kind the route takes (400 naming the
+    route to `use` otherwise)."""
+    if name not in models:
+        raise RequestError(f"no model named {name!r}; served: {', '.join(models)}", 404)
+    m = models[name]
+    if not isinstance(m, want):
+        what = "does not generate text" if want is TextGenerator else "is a text generator"
+        raise RequestError(f"model {name} {what}; use {use}")
+    return m
 
 
 def _dims(shape) -> list:
@@ -243,9 +283,18 @@ def model_entries(raw, defaults: dict, where: str = "models") -> list[ModelEntry
 
 
 def load_models(entries: list, threads: int | None = None) -> dict[str, ServedModel]:
-    """Each entry (a ModelEntry, or a mapping validated as one) loaded once."""
+    """Each entry (a ModelEntry, or a mapping validated as one) loaded once, as a TextGenerator or a
+    TensorModel by its artifact kind."""
+    import pressa
+    from pressa.artifact import ArtifactKind, kind_of
+
     if not all(isinstance(e, ModelEntry) for e in entries):
         entries = model_entries(entries, {})
-    return {e.name: ServedModel(e.name, e.path, threads, max_concurrency=e.max_concurrency, max_queue=e.max_queue,
-                                max_batch=e.max_batch, max_wait=e.max_wait_ms / 1000, context=e.context)
-            for e in entries}
+    out: dict[str, ServedModel] = {}
+    for e in entries:
+        model = pressa.load(e.path, threads=threads)
+        if kind_of(e.path) == ArtifactKind.DECODER_LLM:
+            out[e.name] = TextGenerator(e.name, model, e.max_concurrency, e.max_queue, e.context)
+        else:
+            out[e.name] = TensorModel(e.name, model, e.max_concurrency, e.max_queue, e.max_batch, e.max_wait_ms / 1000)
+    return out

@@ -1,90 +1,191 @@
-"""Request bodies as the OpenAPI document (`/openapi.json`) describes them, for clients, code
-generators and the fuzz test. The routes parse bodies themselves (the KServe binary extension is
-not JSON, and each protocol words its own errors), so these models document; they do not validate."""
+"""Request bodies: the one validation of every protocol's JSON, and what the OpenAPI document
+(`/openapi.json`) shows clients, code generators and the fuzz test. `parse` turns the first problem
+into one sentence naming the field. What depends on the model or the server's limits (a tensor's
+shape against the model's, max_tokens against --max-tokens) is checked where those are known."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pressa.serve.models import RequestError
 
 V2Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]
 
+# fields of OpenAI's requests this server does not implement: refused when they ask for something
+UNSUPPORTED = {"echo": (False, None), "best_of": (1, None), "suffix": (None, ""), "logit_bias": (None, {}),
+               "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"})}
 
-class ChatMessage(BaseModel):
+
+class Body(BaseModel):
+    """Strict JSON types (true is no number, 2.5 no integer); a null field takes its default, as
+    OpenAI's clients send unset fields; unknown fields are ignored."""
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_unset(cls, data):
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+class ChatMessage(Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: str
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class Sampling(BaseModel):
-    model: str = Field(description="A served model's name (GET /v1/models).")
+class GenerationParams(Body):
+    """Sampling settings; also the `parameters` of a predict or infer request to a text generator."""
     max_tokens: int | None = Field(None, ge=1, description="New tokens at most; the server's --max-tokens caps it.")
     max_completion_tokens: int | None = Field(None, ge=1, description="The newer name of max_tokens.")
-    temperature: float | None = Field(1.0, ge=0, le=2, description="0 picks the most likely token.")
-    top_p: float | None = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = Field(None, description="Text that ends a choice (not included).")
-    seed: int | None = Field(None, description="Choice i samples with seed + i.")
-    n: int | None = Field(1, ge=1, le=8, description="Choices to generate.")
-    stream: bool | None = Field(False, description="Server-sent events, ending with data: [DONE].")
-    stream_options: StreamOptions | None = None
-    ignore_eos: bool | None = Field(False, description="Generate max_tokens even past an end-of-sequence token.")
-    top_k: int | None = Field(0, ge=-1, description="Sample among the k most likely tokens (0 or -1: off).")
-    repetition_penalty: float | None = Field(1.0, gt=0, le=10, description="Above 1 discourages repeating tokens.")
+    temperature: float = Field(1.0, ge=0, le=2, description="0 picks the most likely token.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=-1, le=1 << 31, description="Sample among the k most likely tokens (0 or -1: off).")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Above 1 discourages repeating tokens.")
+    stop: str | list[str] = Field([], description="Text that ends a choice (not included).")
+    seed: int | None = Field(None, description="Choice i samples with seed + i (any integer, taken modulo 2**64).")
+    ignore_eos: bool = Field(False, description="Generate max_tokens even past an end-of-sequence token.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data):
+        for key, fine in UNSUPPORTED.items():
+            if isinstance(data, dict) and data.get(key) not in fine:
+                raise ValueError(f"{key} is not supported by this server; remove it from the request")
+        return data
+
+
+class Sampling(GenerationParams):
+    model: str = Field(min_length=1, description="A served model's name (GET /v1/models).")
+    n: int = Field(1, ge=1, le=8, description="Choices to generate.")
+    stream: bool = Field(False, description="Server-sent events, ending with data: [DONE].")
+    stream_options: StreamOptions = StreamOptions()
 
 
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    logprobs: bool | None = Field(False, description="Each generated token's log-probability.")
+    logprobs: bool = Field(False, description="Each generated token's log-probability.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: the most likely alternatives.")
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(description="A string (or a list of one).")
     logprobs: int | None = Field(None, ge=0, le=5, description="Log-probabilities of each token and this many "
                                  "alternatives.")
 
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list) and len(v) != 1:
+            raise ValueError("must be a string (or a list of one string)")
+        return v if isinstance(v, str) else v[0]
 
-class EmbeddingRequest(BaseModel):
-    model: str
+
+class EmbeddingRequest(Body):
+    model: str = Field(min_length=1)
     input: str | list[str]
-    encoding_format: Literal["float", "base64"] | None = Field(None, description="base64: float32 little-endian.")
+    encoding_format: Literal["float", "base64"] = Field("float", description="base64: float32 little-endian.")
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("must be a string or a non-empty list of strings")
+        return [v] if isinstance(v, str) else v
 
 
-class PredictRequest(BaseModel):
+class PredictRequest(Body):
     """TensorFlow-Serving predict: `instances` (rows) or `inputs` (columns); strings for text models.
     A text generator takes prompt strings and answers their completions."""
-    instances: list[Any] | None = None
-    inputs: dict[str, Any] | list[Any] | None = None
+    instances: list[Any] | None = Field(None, min_length=1)
+    inputs: dict[str, Any] | list[Any] | str | None = None
     parameters: dict[str, Any] | None = Field(None, description="Text generators: max_tokens, temperature, "
                                               "top_p, seed, stop, ignore_eos.")
 
+    @model_validator(mode="after")
+    def _one_format(self):
+        if self.instances is None and self.inputs is None:
+            raise ValueError("give 'instances' (row format) or 'inputs' (columnar format)")
+        return self
 
-class V2Tensor(BaseModel):
+
+class V2Tensor(Body):
     name: str
     shape: list[int]
     datatype: V2Datatype
     data: list[Any] | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] = {}
+
+    @field_validator("name", "datatype", mode="before")
+    @classmethod
+    def _strings(cls, v):
+        if not isinstance(v, str):
+            raise ValueError("an input's name and datatype must be strings")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, v):
+        if any(d < 0 for d in v):
+            raise ValueError("must be a list of non-negative integers")
+        return v
 
 
-class V2Output(BaseModel):
+class V2Output(Body):
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] = {}
 
 
-class V2InferRequest(BaseModel):
+class V2InferRequest(Body):
     """KServe v2 inference request (JSON; with `Inference-Header-Content-Length` binary tensors follow it)."""
-    id: str | None = None
+    id: str | int | None = None
     inputs: list[V2Tensor] = Field(min_length=1)
-    outputs: list[V2Output] | None = None
-    parameters: dict[str, Any] | None = None
+    outputs: list[V2Output] = []
+    parameters: dict[str, Any] = {}
 
 
 MODELS = (ChatRequest, CompletionRequest, EmbeddingRequest, PredictRequest, V2InferRequest)
+PHRASES = {"missing": "missing", "int_type": "must be an integer", "int_from_float": "must be an integer",
+           "float_type": "must be a number", "bool_type": "must be true or false", "string_type": "must be a string",
+           "list_type": "must be a list", "dict_type": "must be an object", "model_type": "must be an object",
+           "literal_error": "must be one of {expected}", "greater_than_equal": "must be at least {ge}",
+           "greater_than": "must be above {gt}", "less_than_equal": "must be at most {le}",
+           "too_short": "must not be empty"}
+HINTS = {"model": "; name a served model (GET /v1/models lists them)"}
+
+
+def parse(schema: type[BaseModel], data, where: str = ""):
+    """`data` validated as `schema`; RequestError (400) naming the first problem's field otherwise."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        raise RequestError(explain(err.errors()[0], where)) from None
+
+
+def explain(error: dict, where: str = "") -> str:
+    """One pydantic error as a sentence: "<field> must be ...", or the validator's own words."""
+    path = [str(p) for p in error["loc"] if isinstance(p, int) or not ("[" in p or p in ("str", "int", "float"))]
+    field = ".".join([where] * bool(where) + path)
+    if error["type"] == "value_error":
+        text = str(error["ctx"]["error"])
+        return f"{field}: {text}" if field and text.startswith("must") else text
+    phrase = PHRASES.get(error["type"])
+    if phrase is None:
+        return f"{field}: {error['msg']}" if field else error["msg"]
+    phrase = phrase.format(**{k: v for k, v in (error.get("ctx") or {}).items()})
+    if phrase == "missing":
+        return f"{field}: missing{HINTS.get(field, '')}"
+    return f"{field} {phrase}" if field else phrase
 
 
 def body(model: type[BaseModel]) -> dict:
