@@ -20,6 +20,7 @@ from pressa.capture.onnx_writer import MS, GraphWriter
 from pressa.capture.rope import rope_cache
 from pressa.errors import BadArgument, CorruptModel
 from pressa.quant.packing import matmulnbits_tensors
+from pressa.quant.plan import LINEARS, LayerPlan, QuantSettings, plan_layer
 from pressa.quant.rtn import fp16_exact, quantize_rtn
 from pressa.sources.base import WeightReader
 
@@ -66,10 +67,6 @@ class DecoderBuilder:
                               f"{cfg.hidden_size}; use {cfg.hidden_size} or less")
         self.cfg, self.w, self.o = cfg, weights, opts
         self.calib = calib or {}
-        self._awq_w: dict[str, np.ndarray] = {}        # scaled weights by key (AWQ)
-        self._gamma_div: dict[str, np.ndarray] = {}    # norm weight name -> divisor (AWQ scales folded)
-        self._input_scale: dict[str, np.ndarray] = {}  # key -> 1/s applied by a Mul (AWQ, o_proj)
-        self._up_bias_div: dict[int, np.ndarray] = {}  # layer -> down's AWQ scales, for the up bias
         self._captured: set[str] = set()
         self.fp16 = opts.precision == "fp16"
         self.np_dtype = np.float16 if self.fp16 else np.float32
@@ -95,15 +92,14 @@ class DecoderBuilder:
         return self.o.layer_bits.get(key, 4 if self.o.precision == "int4" else 8)
 
     def linear(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bias: np.ndarray | None,
-               key: str) -> str:
-        """y = x @ w.T (+ bias); w is [N, K]. Quantized precisions use MatMulNBits."""
+               key: str, bits: int | None, input_scale: np.ndarray | None = None) -> str:
+        """y = (x / input_scale) @ w.T (+ bias); w is [N, K]. Quantized precisions use MatMulNBits."""
         if self.o.capture_inputs and key not in self._captured:
             self._captured.add(key)
             g.node("Identity", [x], f"/calib/{key}", outputs=[f"calib.{key}"])
             g.add_output(f"calib.{key}", self.onnx_dtype, None)
-        bits = self.bits_for(key)
-        if key in self._input_scale:
-            inv = self.fw(g, f"{name}.input_scale", 1.0 / self._input_scale.pop(key))
+        if input_scale is not None:
+            inv = self.fw(g, f"{name}.input_scale", 1.0 / input_scale)
             x = g.op("Mul", [x, inv], f"{name}/awq_Mul")
         if bits is None:
             y = g.op("MatMul", [x, self.fw(g, f"{name}.weight", w.T)], f"{name}/MatMul")
@@ -152,20 +148,19 @@ class DecoderBuilder:
         search on top, SmolLM2's PPL went 21.10 -> 21.36)."""
         return self.o.scale_search and (bits == 4 or self.o.symmetric) and self.o.algorithm != "awq"
 
-    def norm_weight(self, name: str) -> np.ndarray:
+    def norm_weight(self, name: str, divisor: np.ndarray | None = None) -> np.ndarray:
         w = self.read(name) + self.cfg.arch.norm_offset
-        if name in self._gamma_div:
-            w = w / self._gamma_div.pop(name)
-        return w
+        return w if divisor is None else w / divisor
 
-    def rms(self, g: GraphWriter, x: str, wname: str, label: str) -> str:
-        w = self.fw(g, wname, self.norm_weight(wname))
+    def rms(self, g: GraphWriter, x: str, wname: str, label: str, divisor: np.ndarray | None = None) -> str:
+        w = self.fw(g, wname, self.norm_weight(wname, divisor))
         return g.node("SimplifiedLayerNormalization", [x, w], label, axis=-1, epsilon=self.cfg.rms_eps,
                       stash_type=1)[0]
 
-    def skip_rms(self, g: GraphWriter, x: str, skip: str, wname: str, label: str) -> tuple[str, str]:
+    def skip_rms(self, g: GraphWriter, x: str, skip: str, wname: str, label: str,
+                 divisor: np.ndarray | None = None) -> tuple[str, str]:
         """(normed, x + skip) in one fused op."""
-        w = self.fw(g, wname, self.norm_weight(wname))
+        w = self.fw(g, wname, self.norm_weight(wname, divisor))
         out = g.node("SkipSimplifiedLayerNormalization", [x, skip, w], label, 4, MS, epsilon=self.cfg.rms_eps)
         return out[0], out[3]
 
@@ -207,24 +202,24 @@ class DecoderBuilder:
         total_len = g.op("Cast", [width], "/model/attn_mask/Cast_total", to=TensorProto.INT32)
         ctx = dict(seqlens=seqlens, total=total_len, rope=self._rope(g))
 
-        x = self._embed(g, ids)
+        x, tied = self._embed(g, ids)
         resid, pending = None, None
         for i in range(cfg.num_layers):
             step(i + 1, f"layer {i + 1}/{cfg.num_layers}")
-            if self.o.algorithm == "awq":
-                self._prepare_awq(i)
-            p = f"model.layers.{i}."
+            plan = self.plan(i)
+            p, div = f"model.layers.{i}.", plan.norm_divisors.get
             if resid is None:
-                h, resid = self.rms(g, x, p + "input_layernorm.weight", f"/model/layers.{i}/input_layernorm"), x
+                h, resid = self.rms(g, x, p + "input_layernorm.weight", f"/model/layers.{i}/input_layernorm",
+                                    div("input")), x
             else:
                 h, resid = self.skip_rms(g, pending, resid, p + "input_layernorm.weight",
-                                         f"/model/layers.{i}/input_layernorm")
-            a = self._attention(g, h, i, ctx)
+                                         f"/model/layers.{i}/input_layernorm", div("input"))
+            a = self._attention(g, h, i, ctx, plan)
             if cfg.arch.post_attn_norm:
                 a = self.rms(g, a, p + cfg.arch.post_attn_norm + ".weight", f"/model/layers.{i}/post_attn_norm")
             h, resid = self.skip_rms(g, a, resid, p + cfg.arch.mlp_norm + ".weight",
-                                     f"/model/layers.{i}/{cfg.arch.mlp_norm}")
-            m = self._mlp(g, h, i)
+                                     f"/model/layers.{i}/{cfg.arch.mlp_norm}", div("mlp"))
+            m = self._mlp(g, h, i, plan)
             if cfg.arch.post_mlp_norm:
                 m = self.rms(g, m, p + cfg.arch.post_mlp_norm + ".weight", f"/model/layers.{i}/post_mlp_norm")
             pending = m
@@ -232,7 +227,7 @@ class DecoderBuilder:
         h, _ = self.skip_rms(g, pending, resid, "model.norm.weight", "/model/norm")
         if self.o.last_token_logits:
             h = self._last_token(g, h, ids, ctx)
-        self._lm_head(g, h, ids)
+        self._lm_head(g, h, ids, tied)
         step(total, "done")
         return {}
 
@@ -260,8 +255,10 @@ class DecoderBuilder:
             out["local"] = (self.fw(g, "cos_cache_local", cos), self.fw(g, "sin_cache_local", sin))
         return out
 
-    def _embed(self, g: GraphWriter, ids: str) -> str:
-        cfg = self.cfg
+    def _embed(self, g: GraphWriter, ids: str) -> tuple[str, tuple | None]:
+        """(embeddings, tied): with a tied quantized embedding, (its weight, its packed tensors) for the
+        lm_head to read the same bytes."""
+        cfg, tied = self.cfg, None
         e = self.read("model.embed_tokens.weight")
         if self.o.precision in ("int4", "int8") and cfg.tie_embeddings:
             # one quantized copy on disk, read by GatherBlockQuantized here and MatMulNBits in lm_head
@@ -272,7 +269,7 @@ class DecoderBuilder:
             qw = quantize_rtn(e, bits, block, sym, self.o.scale_search and (bits == 4 or sym))
             t = matmulnbits_tensors(qw)
             v, nb = qw.scales.shape
-            self._tied = (e, t)          # lm_head reuses these bytes
+            tied = (e, t)          # lm_head reuses these bytes
             ins = [g.weight("model.embed_tokens.qweight", t["B"], share_key=1, dims=(v, t["B"].size // v)),
                    ids,
                    self.scales(g, "model.embed_tokens.scales", t["scales"], share_key=2, dims=(v, nb))]
@@ -286,7 +283,7 @@ class DecoderBuilder:
         if cfg.arch.embed_scale:
             scale = np.asarray(np.float32(cfg.hidden_size ** 0.5), dtype=self.np_dtype)
             x = g.op("Mul", [x, g.weight("/model/embed_tokens/scale", scale)], "/model/embed_tokens/Mul")
-        return x
+        return x, tied
 
     def embedding_block(self) -> int:
         """Group size of the tied embedding: GatherBlockQuantized returns rows as wide as its padded
@@ -296,52 +293,20 @@ class DecoderBuilder:
         return next((b for b in (self.o.block_size, 128, 64, 32, 16) if b <= self.o.block_size and h % b == 0),
                     self.o.block_size)
 
-    def _prepare_awq(self, i: int) -> None:
-        """Search AWQ scales for the layer's four weights and fold them: into the norms before qkv
-        and gate_up, into the up rows before down, and a Mul before o_proj."""
-        from pressa.quant.awq import search_scales
-
-        cfg, p = self.cfg, f"model.layers.{i}."
-        bits = {k: self.bits_for(f"{i}.{k}") for k in ("qkv", "o", "gate_up", "down")}
-
-        def scales(key, w):
-            st = self.calib.get(key)
-            if st is None or bits[key.split(".", 1)[1]] is None:
-                return None
-            return search_scales(w, st.absmean, st.sample(), bits[key.split(".", 1)[1]], self.o.block_size,
-                                 self.o.symmetric)[0]
-
-        w_gu = self._gate_up_weight(i)
-        w_down = self.read(p + "mlp.down_proj.weight")
-        s = scales(f"{i}.down", w_down)
-        if s is not None:                      # down's input is act(gate) * up: scale the up rows
-            w_gu[cfg.intermediate_size:] /= s[:, None]
-            self._awq_w[f"{i}.down"] = w_down * s[None, :]
-            self._up_bias_div[i] = s
-        s = scales(f"{i}.gate_up", w_gu)
-        self._awq_w[f"{i}.gate_up"] = w_gu * s[None, :] if s is not None else w_gu
-        if s is not None:
-            self._gamma_div[p + cfg.arch.mlp_norm + ".weight"] = s
-        w_qkv = self._qkv_weight(i)
-        s = scales(f"{i}.qkv", w_qkv)
-        if s is not None:
-            self._awq_w[f"{i}.qkv"] = w_qkv * s[None, :]
-            self._gamma_div[p + "input_layernorm.weight"] = s
-        w_o = self.read(p + "self_attn.o_proj.weight")
-        s = scales(f"{i}.o", w_o)
-        if s is not None:
-            self._awq_w[f"{i}.o"] = w_o * s[None, :]
-            self._input_scale[f"{i}.o"] = s
+    def plan(self, i: int) -> LayerPlan:
+        """Layer i's quantization plan (pressa.quant.plan): the weights to write and what is folded."""
+        p = f"model.layers.{i}."
+        load = {"qkv": lambda: self._qkv_weight(i), "o": lambda: self.read(p + "self_attn.o_proj.weight"),
+                "gate_up": lambda: self._gate_up_weight(i), "down": lambda: self.read(p + "mlp.down_proj.weight")}
+        bits = {k: self.bits_for(f"{i}.{k}") for k in LINEARS}
+        settings = QuantSettings(self.o.algorithm, self.o.block_size, self.o.symmetric)
+        return plan_layer(i, load, bits, self.calib, settings, self.cfg.intermediate_size)
 
     def _gate_up_weight(self, i: int) -> np.ndarray:
         cfg, p = self.cfg, f"model.layers.{i}.mlp."
         if cfg.arch.fused_gate_up:
             return self.read(p + cfg.arch.fused_gate_up + ".weight")
         return np.concatenate([self.read(p + "gate_proj.weight"), self.read(p + "up_proj.weight")])
-
-    def weight(self, key: str, load: Callable[[], np.ndarray]) -> np.ndarray:
-        """The weight for `key`: AWQ's scaled copy when the layer prepared one, else read it."""
-        return self._awq_w.pop(key) if key in self._awq_w else load()
 
     def _qkv_weight(self, i: int) -> np.ndarray:
         cfg, p = self.cfg, f"model.layers.{i}.self_attn."
@@ -356,11 +321,11 @@ class DecoderBuilder:
         bs = [self.opt(p + f"{n}_proj.bias") for n in "qkv"]
         return np.concatenate(bs) if all(x is not None for x in bs) else None
 
-    def _attention(self, g: GraphWriter, h: str, i: int, ctx: dict) -> str:
+    def _attention(self, g: GraphWriter, h: str, i: int, ctx: dict, plan: LayerPlan) -> str:
         cfg, p, lab = self.cfg, f"model.layers.{i}.self_attn.", f"/model/layers.{i}/attn"
         sizes = [cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim]
-        w = self.weight(f"{i}.qkv", lambda: self._qkv_weight(i))
-        qkv = self.linear(g, h, f"{p}qkv_proj", w, self._qkv_bias(i), f"{i}.qkv")
+        w = plan.weight("qkv")
+        qkv = self.linear(g, h, f"{p}qkv_proj", w, self._qkv_bias(i), f"{i}.qkv", plan.bits["qkv"])
         del w
         if cfg.arch.qk_norm:
             q, k, v = g.node("Split", [qkv, g.const(f"{lab}/split_sizes", sizes)], f"{lab}/Split", 3, axis=-1)
@@ -382,8 +347,8 @@ class DecoderBuilder:
         for kv in ("key", "value"):
             g.add_output(present(i, kv), self.onnx_dtype,
                          ["batch_size", cfg.num_kv_heads, "total_sequence_length", cfg.head_dim])
-        wo = self.weight(f"{i}.o", lambda: self.read(p + "o_proj.weight"))
-        return self.linear(g, outs[0], f"{p}o_proj", wo, self.opt(p + "o_proj.bias"), f"{i}.o")
+        return self.linear(g, outs[0], f"{p}o_proj", plan.weight("o"), self.opt(p + "o_proj.bias"), f"{i}.o",
+                           plan.bits["o"], plan.input_scales.get("o"))
 
     def _head_norm(self, g: GraphWriter, x: str, wname: str, lab: str) -> str:
         cfg = self.cfg
@@ -393,22 +358,21 @@ class DecoderBuilder:
         n = self.rms(g, x4, wname, f"{lab}/SimplifiedLayerNormalization")
         return g.op("Reshape", [n, shape3], f"{lab}/Reshape_back")
 
-    def _mlp(self, g: GraphWriter, h: str, i: int) -> str:
+    def _mlp(self, g: GraphWriter, h: str, i: int, plan: LayerPlan) -> str:
         cfg, p, lab = self.cfg, f"model.layers.{i}.mlp.", f"/model/layers.{i}/mlp"
-        w = self.weight(f"{i}.gate_up", lambda: self._gate_up_weight(i))
+        w = plan.weight("gate_up")
         bias = None
         if cfg.mlp_bias:
-            bias = np.concatenate([self.read(p + "gate_proj.bias"),
-                                   self.read(p + "up_proj.bias") / self._up_bias_div.pop(i, 1.0)])
-        self._up_bias_div.pop(i, None)
-        gu = self.linear(g, h, f"{p}gate_up_proj", w, bias, f"{i}.gate_up")
+            up = self.read(p + "up_proj.bias") / plan.up_bias_divisor
+            bias = np.concatenate([self.read(p + "gate_proj.bias"), up])
+        gu = self.linear(g, h, f"{p}gate_up_proj", w, bias, f"{i}.gate_up", plan.bits["gate_up"])
         del w
         gate, up = g.node("Split", [gu, g.const(f"{lab}/split_sizes", [cfg.intermediate_size] * 2)],
                           f"{lab}/Split", 2, axis=-1)
         act = self._act(g, gate, lab)
         y = g.op("Mul", [act, up], f"{lab}/Mul")
-        w = self.weight(f"{i}.down", lambda: self.read(p + "down_proj.weight"))
-        return self.linear(g, y, f"{p}down_proj", w, self.opt(p + "down_proj.bias"), f"{i}.down")
+        return self.linear(g, y, f"{p}down_proj", plan.weight("down"), self.opt(p + "down_proj.bias"), f"{i}.down",
+                           plan.bits["down"])
 
     def _act(self, g: GraphWriter, x: str, lab: str) -> str:
         act = self.cfg.hidden_act
@@ -420,14 +384,13 @@ class DecoderBuilder:
             return g.op("Gelu", [x], f"{lab}/Gelu", domain=MS)
         raise BadArgument(f"activation {act!r} is not supported (silu, gelu, gelu_pytorch_tanh)")
 
-    def _lm_head(self, g: GraphWriter, h: str, ids: str) -> None:
+    def _lm_head(self, g: GraphWriter, h: str, ids: str, tied: tuple | None) -> None:
         cfg = self.cfg
         name = "lm_head"
-        if cfg.tie_embeddings and self.o.precision in ("int4", "int8"):
-            w, packed = self._tied
+        if tied is not None:
+            w, packed = tied
             logits = self.matmul_nbits(g, h, name, w, self.o.embedding_bits, share_key=1, packed=packed,
                                        block_size=self.embedding_block())
-            self._tied = None
         elif cfg.tie_embeddings:
             # Gemm with transB reads the embedding initializer itself: one copy on disk
             flat = g.op("Reshape", [h, g.const("/lm_head/flat", [-1, cfg.hidden_size])], "/lm_head/Reshape")
@@ -437,7 +400,7 @@ class DecoderBuilder:
             logits = g.op("Reshape", [y, shape], "/lm_head/Reshape_out")
         else:
             w = self.read("lm_head.weight")
-            logits = self.linear(g, h, name, w, self.opt("lm_head.bias"), "lm_head")
+            logits = self.linear(g, h, name, w, self.opt("lm_head.bias"), "lm_head", self.bits_for("lm_head"))
         if self.fp16:
             logits = g.op("Cast", [logits], "/lm_head/Cast", to=TensorProto.FLOAT)
         if cfg.final_softcap:
