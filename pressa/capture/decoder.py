@@ -43,18 +43,21 @@ class BuildOptions:
     capture_inputs: bool = False         # extra outputs "calib.<key>": every linear's input (calibration)
 
     def validate(self) -> None:
-        if self.precision not in ("fp32", "fp16", "int8", "int4"):
-            raise BadArgument(f"precision {self.precision!r}: use fp32, fp16, int8 or int4")
-        if self.block_size not in (16, 32, 64, 128, 256):
-            raise BadArgument(f"group size {self.block_size}: use 16, 32, 64, 128 or 256")
-        if self.embedding_bits not in (4, 8):
-            raise BadArgument(f"embedding bits {self.embedding_bits}: use 4 or 8")
-        if self.accuracy_level not in (0, 1, 2, 3, 4):
-            raise BadArgument(f"accuracy level {self.accuracy_level}: use 0 to 4")
-        if self.algorithm not in ("rtn", "awq", "gptq"):
-            raise BadArgument(f"algorithm {self.algorithm!r}: use rtn, awq or gptq")
-        if self.algorithm != "rtn" and self.precision not in ("int4", "int8"):
-            raise BadArgument(f"--algorithm {self.algorithm} applies to int4/int8 precisions")
+        """The options' rules are ModelBuilder's (pressa.passes.builder.BuilderConfig), declared there once."""
+        from pydantic import ValidationError
+
+        from pressa.passes.builder import BuilderConfig
+
+        try:
+            BuilderConfig(precision=self.precision, group_size=self.block_size, symmetric=self.symmetric,
+                          accuracy_level=self.accuracy_level, embedding_bits=self.embedding_bits,
+                          algorithm=self.algorithm, scale_search=self.scale_search)
+        except ValidationError as err:
+            e = err.errors()[0]
+            where = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "value_error":                 # the validator's own sentence names the value
+                raise BadArgument(str(e["ctx"]["error"])) from None
+            raise BadArgument(f"{where}: {e['msg']}") from None
 
 
 class DecoderBuilder:

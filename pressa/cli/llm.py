@@ -10,12 +10,16 @@ import typer
 
 from pressa import log
 from pressa.cli.app import DEVICE, THREADS, app, print_result
+from pressa.cli.options import validated, with_config_options
+from pressa.passes.builder import BuilderConfig
 from pressa.textio import check_text, read_stdin, read_text
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
+AUTO_OPT_FLAGS = {"group_size": ("--group-size", "--block_size"), "symmetric": ("--sym/--asym",),
+                  "calibration_data": ("--calibration-data",)}
 
 
 @app.command("auto-opt")
+@with_config_options(BuilderConfig, AUTO_OPT_FLAGS, skip=("execution_provider",))
 def auto_opt(
     model: str | None = typer.Option(None, "--model_name_or_path", "-m", "--model",
                                         help="HF folder, .gguf file, Hub id (org/name), or a bundled name. "
@@ -28,43 +32,20 @@ def auto_opt(
     use_ort_genai: bool = typer.Option(True, "--use_ort_genai/--no-ort-genai",
                                        help="Write genai_config.json so onnxruntime-genai loads the folder "
                                             "(always written; accepted for Olive compatibility)."),
-    precision: str = typer.Option("int4", "--precision", help="fp32, fp16 (GPU), int8 or int4 weights."),
-    group_size: int = typer.Option(32, "--group-size", "--block_size",
-                                   help="Quantization group size along the input axis: 16, 32, 64, 128 or 256."),
-    sym: bool = typer.Option(False, "--sym/--asym", help="Symmetric (no zero point) or asymmetric groups."),
-    scale_search: bool = typer.Option(True, "--scale-search/--no-scale-search",
-                                      help="Pick each group's scale and zero point by least squared error "
-                                           "(else plain min/max)."),
-    ratio: float = typer.Option(1.0, "--ratio", min=0.0, max=1.0,
-                                help="int4 only: fraction of MatMul weights (by size) in int4, the rest int8; "
-                                     "the most sensitive weights stay int8."),
-    accuracy_level: int = typer.Option(4, "--accuracy-level",
-                                       help="MatMulNBits compute: 0 float activations, 4 int8 activations "
-                                            "(fastest on CPU)."),
-    embedding_bits: int = typer.Option(8, "--embedding-bits",
-                                       help="Bits of the tied embedding / lm_head in int4/int8 builds."),
-    algorithm: str = typer.Option("rtn", "--algorithm",
-                                  help="rtn (round to nearest, no data), awq (activation-aware scales) or "
-                                       "gptq (second-order, Hessian from calibration inputs)."),
-    calibration_data: Path | None = typer.Option(None, "--calibration-data",
-                                                 help="Text file for awq/gptq and data-aware --ratio."),
-    calibration_samples: int = typer.Option(64, "--calibration-samples", min=1,
-                                            help="Calibration windows drawn from the text."),
-    calibration_seqlen: int = typer.Option(256, "--calibration-seqlen", min=8, help="Tokens per window."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     log_level: int = typer.Option(1, "--log_level", "--log-level", min=0, max=4,
                                   help="0 debug, 1 info, 2 warnings, 3 errors, 4 critical."),
+    options: dict | None = None,
 ):
     """Optimize a decoder LLM for ONNX Runtime (Olive's `auto-opt` flags accepted as Olive spells them).
 
-    Runs as a one-pass workflow (ModelBuilder); the artifact's pressa.json records it, so
-    `pressa run --config ARTIFACT/pressa.json -o NEW` rebuilds the same model."""
+    Runs as a one-pass workflow (ModelBuilder, whose options these are: `pressa passes` lists them);
+    the artifact's pressa.json records it, so `pressa run --config ARTIFACT/pressa.json -o NEW`
+    rebuilds the same model."""
     from pressa.engine.execute import execute, job
     from pressa.errors import BadArgument
 
     log.set_level(log_level)
-    if precision not in PRECISIONS:
-        raise BadArgument(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     dev = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}.get(provider)
     if dev is None:
         raise BadArgument(f"--provider {provider!r}: use CPUExecutionProvider or CUDAExecutionProvider")
@@ -72,14 +53,10 @@ def auto_opt(
         raise BadArgument(f"--device {device!r}: use cpu or gpu")
     if device != "cpu" and dev == "cpu":
         dev = "cuda"
-    if ratio < 1.0 and precision != "int4":
-        raise BadArgument("--ratio applies to --precision int4 only")
-    options = dict(precision=precision, group_size=group_size, symmetric=sym, scale_search=scale_search,
-                   ratio=ratio, algorithm=algorithm, calibration_data=calibration_data,
-                   calibration_samples=calibration_samples, calibration_seqlen=calibration_seqlen,
-                   accuracy_level=accuracy_level, embedding_bits=embedding_bits, execution_provider=dev)
+    config = validated(BuilderConfig, {**options, "execution_provider": dev}, AUTO_OPT_FLAGS)
     with log.progress_bar("auto-opt") as bar:
-        manifest = execute(job(model, [("auto-opt", "model-builder", options)]), output, overwrite, bar, log.info)
+        manifest = execute(job(model, [("auto-opt", "model-builder", config.model_dump(exclude_unset=True))]),
+                           output, overwrite, bar, log.info)
     log.info(f"wrote {output} ({manifest['size_bytes'] / 1e6:.1f} MB, {manifest['build_seconds']:.1f} s)")
 
 

@@ -10,6 +10,9 @@ import typer
 
 from pressa import log
 from pressa.cli.app import OUTPUT, OVERWRITE, SOURCE, THREADS, app, done, print_result
+from pressa.cli.options import validated, with_config_options
+from pressa.passes.fp16 import Fp16Config
+from pressa.passes.optimize import OptimizeConfig
 
 
 def _scope(names: list[str] | None, types: list[str] | None, patterns: list[str] | None) -> dict:
@@ -35,21 +38,20 @@ def capture(
     done(output, m)
 
 
+OPTIMIZE_FLAGS = {"model_type": ("--model-type", "--model_type"), "fuse_attention": ("--attention/--no-attention",)}
+
+
 @app.command()
-def optimize(
-    model: Path = SOURCE, output: Path = OUTPUT,
-    model_type: str | None = typer.Option(None, "--model-type", "--model_type",
-                                          help="Family for the fusions (bert, gpt2, vit...); default: config.json."),
-    num_heads: int | None = typer.Option(None, "--num-heads", help="Attention heads, if not in config.json."),
-    attention: bool = typer.Option(True, "--attention/--no-attention", help="Fuse self-attention."),
-    overwrite: bool = OVERWRITE,
-):
-    """Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm, bias) and cleanups, each checked."""
+@with_config_options(OptimizeConfig, OPTIMIZE_FLAGS)
+def optimize(model: Path = SOURCE, output: Path = OUTPUT, overwrite: bool = OVERWRITE, options: dict | None = None):
+    """Transformer fusions (attention, LayerNorm, GELU, SkipLayerNorm, bias) and cleanups, each checked.
+
+    The options are the optimize pass's (`pressa passes`)."""
     from pressa.passes.base import apply_pass
 
+    validated(OptimizeConfig, options, OPTIMIZE_FLAGS)
     with log.progress_bar("optimize") as bar:
-        m = apply_pass("optimize", model, output, {"model_type": model_type, "num_heads": num_heads,
-                                                   "fuse_attention": attention}, overwrite, bar, log.message)
+        m = apply_pass("optimize", model, output, options, overwrite, bar, log.message)
     fired = m["passes"][-1].get("fusions", {})
     log.info("fusions: " + (", ".join(f"{k} x{v}" for k, v in fired.items()) or "none matched"))
     done(output, m)
@@ -105,16 +107,19 @@ def quantize(
     done(output, m)
 
 
+FP16_FLAGS = {"keep_io_types": ("--keep-io-types/--fp16-io",), "op_block_list": ("--op-block-list", "--keep-op")}
+
+
 @app.command("convert-fp16")
-def convert_fp16(model: Path = SOURCE, output: Path = OUTPUT,
-                 keep_io_types: bool = typer.Option(True, "--keep-io-types/--fp16-io",
-                                                    help="Keep float32 inputs and outputs."),
-                 overwrite: bool = OVERWRITE):
+@with_config_options(Fp16Config, FP16_FLAGS)
+def convert_fp16(model: Path = SOURCE, output: Path = OUTPUT, overwrite: bool = OVERWRITE,
+                 options: dict | None = None):
     """Convert weights and compute to float16 (GPU inference; CPUs usually run fp32 faster)."""
     from pressa.passes.base import apply_pass
 
+    validated(Fp16Config, options, FP16_FLAGS)
     with log.progress_bar("convert-fp16") as bar:
-        m = apply_pass("convert-fp16", model, output, {"keep_io_types": keep_io_types}, overwrite, bar, log.message)
+        m = apply_pass("convert-fp16", model, output, options, overwrite, bar, log.message)
     done(output, m)
 
 

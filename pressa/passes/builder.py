@@ -13,23 +13,25 @@ from pressa.passes.base import Pass, PassConfig, PassContext, olive
 
 class BuilderConfig(PassConfig):
     """auto-opt's options, declared here only: the CLI, workflow configs and pressa.json all use them."""
-    precision: Literal["fp32", "fp16", "int8", "int4"] = Field("int4", description="weight precision")
+    precision: Literal["fp32", "fp16", "int8", "int4"] = Field("int4", description="weight precision (fp16 for GPU)")
     group_size: int = Field(32, description="quantization group size along the input axis: 16, 32, 64, 128 or 256",
                             json_schema_extra=olive("int4_block_size", "block_size"))
-    symmetric: bool = Field(False, description="groups without zero points",
+    symmetric: bool = Field(False, description="symmetric groups (no zero points) or asymmetric",
                             json_schema_extra=olive("int4_is_symmetric"))
-    scale_search: bool = Field(True, description="each group's scale and zero point by least squared error "
+    scale_search: bool = Field(True, description="pick each group's scale and zero point by least squared error "
                                                  "(else plain min/max)")
-    ratio: float = Field(1.0, ge=0, le=1, description="int4 share of MatMul weights; the most sensitive stay int8",
-                         json_schema_extra=olive("int4_ratio"))
-    algorithm: Literal["rtn", "awq", "gptq"] = Field("rtn", description="rtn, or awq/gptq with calibration_data")
+    ratio: float = Field(1.0, ge=0, le=1, description="int4 only: fraction of MatMul weights (by size) in int4, the "
+                         "rest int8; the most sensitive weights stay int8", json_schema_extra=olive("int4_ratio"))
+    algorithm: Literal["rtn", "awq", "gptq"] = Field("rtn", description="rtn (round to nearest, no data), awq "
+                                                     "(activation-aware scales) or gptq (second-order, Hessian "
+                                                     "from calibration inputs)")
     calibration_data: str | None = Field(None, description="text file for awq/gptq and data-aware ratio")
     calibration_samples: int = Field(64, ge=1, description="calibration windows drawn from the text")
     calibration_seqlen: int = Field(256, ge=8, description="tokens per calibration window")
-    accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute on CPU: 0 float, 4 int8 "
-                                                           "activations (CUDA always uses 0)",
+    accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute on CPU: 0 float activations, 4 int8 "
+                                                           "activations (fastest; CUDA always uses 0)",
                                 json_schema_extra=olive("int4_accuracy_level"))
-    embedding_bits: Literal[4, 8] = Field(8, description="tied embedding / lm_head bits")
+    embedding_bits: Literal[4, 8] = Field(8, description="bits of the tied embedding / lm_head in int4/int8 builds")
     execution_provider: Literal["cpu", "cuda"] = Field("cpu", description="cpu or cuda (genai_config's provider)")
 
     @field_validator("group_size")

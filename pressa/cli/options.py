@@ -1,0 +1,81 @@
+"""Command-line options made from a pass's Config: its fields' defaults, help and choices are the one
+declaration; a command adds only its spellings (`--group-size`, Olive's `--block_size`). Values are
+validated by the Config itself, and a bad one is reported under the flag the user typed."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import typing
+from pathlib import Path
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from pressa.errors import BadArgument
+
+
+def _field_type(annotation) -> tuple[type, tuple | None]:
+    """(the type typer parses, the choices of a Literal)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(args[0]), tuple(args)
+    if args and typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return _field_type(args[0])
+    return annotation, None
+
+
+def config_parameters(config: type[BaseModel], flags: dict[str, tuple[str, ...]], skip: tuple[str, ...] = ()
+                      ) -> list[inspect.Parameter]:
+    """One keyword parameter per field (not in `skip`), a typer option spelt `--field-name` unless
+    `flags` spells it otherwise; a bool spelt `--x/--no-x` by default."""
+    params = []
+    for name, f in config.model_fields.items():
+        if name in skip:
+            continue
+        typ, choices = _field_type(f.annotation)
+        spell = flags.get(name) or ((f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}",) if typ is bool
+                                    else (f"--{name.replace('_', '-')}",))
+        text = (f.description or "").rstrip(".")
+        text = text[:1].upper() + text[1:] + (f" ({', '.join(map(str, choices))})" if choices else "") + "."
+        default = f.get_default(call_default_factory=True)
+        option = typer.Option(default, *spell, help=text, show_default=default not in (None, []))
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=Path | None if name.endswith("_data") else typ | None))
+    return params
+
+
+def with_config_options(config: type[BaseModel], flags: dict[str, tuple[str, ...]] | None = None,
+                        skip: tuple[str, ...] = ()):
+    """A command decorator: the Config's fields become options, and the command receives them as
+    `options` (a dict of the values given or defaulted)."""
+    flags = flags or {}
+
+    def decorate(command):
+        own = [p for p in inspect.signature(command).parameters.values() if p.name != "options"]
+        extra = config_parameters(config, flags, skip)
+        names = [p.name for p in extra]
+
+        @functools.wraps(command)
+        def wrapper(**kw):
+            options = {n: str(v) if isinstance(v, Path) else v for n, v in ((n, kw.pop(n)) for n in names)}
+            return command(options=options, **kw)
+
+        wrapper.__signature__ = inspect.Signature(own + extra)
+        del wrapper.__wrapped__
+        return wrapper
+    return decorate
+
+
+def validated(config: type[BaseModel], options: dict, flags: dict[str, tuple[str, ...]] | None = None):
+    """`options` as the Config; a bad value is one line naming the flag."""
+    try:
+        return config(**options)
+    except ValidationError as err:
+        e = err.errors()[0]
+        if e["type"] == "value_error":                     # the validator's own sentence names the value
+            raise BadArgument(str(e["ctx"]["error"])) from None
+        field = str(e["loc"][0]) if e["loc"] else ""
+        flag = (flags or {}).get(field, (f"--{field.replace('_', '-')}",))[0].split("/")[0] if field else ""
+        value = f" {options[field]!r}" if field in options else ""
+        raise BadArgument(f"{flag}{value}: {e['msg']}" if flag else e["msg"]) from None
