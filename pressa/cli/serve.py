@@ -65,6 +65,15 @@ def serve(
     _check_port_free(host, port)
     with log.status("loading models"):
         models = load_models(entries, threads)
+    _run_server(create_app(models, api_key, max_body, max_tokens, body_timeout=body_timeout,
+                           metrics_public=metrics_public), host, port, log_format, access_log, header_timeout,
+                shutdown_timeout)
+
+
+def _run_server(app_, host: str, port: int, log_format: str, access_log: bool, header_timeout: float,
+                shutdown_timeout: float) -> None:
+    import signal
+
     import uvicorn
 
     from pressa.serve.logs import log_config
@@ -73,13 +82,10 @@ def serve(
     cfg = log_config(log_format)
     if not access_log:
         cfg["loggers"]["pressa.access"]["level"] = "WARNING"
-    import signal
-
     # uvicorn handles SIGINT/SIGTERM itself (stop accepting, finish in-flight requests, shut down), then
     # raises the signal again for the handler it found: a stop that went as planned exits 0
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stopped)
-    app_ = create_app(models, api_key, max_body, max_tokens, body_timeout=body_timeout, metrics_public=metrics_public)
     uvicorn.run(app_, host=host, port=port, log_config=cfg, access_log=False, http=header_timeout_protocol(
         header_timeout), timeout_graceful_shutdown=shutdown_timeout)
 

@@ -38,33 +38,7 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
     app.add_middleware(Guard, api_key=api_key, max_body=max_body, stats=stats, body_timeout=body_timeout,
                        metrics_public=metrics_public)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request, exc):
-        return error_response(exc.status_code, str(exc.detail), request.url.path)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request, exc):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body"
-        return error_response(400, message, request.url.path)
-
-    @app.exception_handler(RequestError)
-    async def bad_request(request, exc):
-        return error_response(exc.status, str(exc), request.url.path)
-
-    @app.exception_handler(Busy)
-    async def busy(request, exc):
-        return error_response(503, str(exc), request.url.path, {"Retry-After": "1"})
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_gone(request, exc):       # nobody reads this answer; the log notes the departure
-        return Response(status_code=CLIENT_GONE)
-
-    @app.exception_handler(Exception)
-    async def crash(request, exc):
-        SERVER.error("unhandled error", exc_info=exc, extra={"fields": {"path": request.url.path}})
-        return error_response(500, "internal error; the server log has the details", request.url.path)
+    add_error_handlers(app)
 
     @app.get("/health")
     @app.get("/v2/health/live")
@@ -94,3 +68,34 @@ def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_b
 
     app.openapi = openapi
     return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON in the shape of the route's protocol (middleware.error_response)."""
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):
+        return error_response(exc.status_code, str(exc.detail), request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request body"
+        return error_response(400, message, request.url.path)
+
+    @app.exception_handler(RequestError)
+    async def bad_request(request, exc):
+        return error_response(exc.status, str(exc), request.url.path)
+
+    @app.exception_handler(Busy)
+    async def busy(request, exc):
+        return error_response(503, str(exc), request.url.path, {"Retry-After": "1"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request, exc):       # nobody reads this answer; the log notes the departure
+        return Response(status_code=CLIENT_GONE)
+
+    @app.exception_handler(Exception)
+    async def crash(request, exc):
+        SERVER.error("unhandled error", exc_info=exc, extra={"fields": {"path": request.url.path}})
+        return error_response(500, "internal error; the server log has the details", request.url.path)

@@ -52,6 +52,19 @@ class Guard:
         self.body_timeout = body_timeout
         self.open_paths = HEALTH_PATHS + (("/metrics",) if metrics_public else ())
 
+    def refusal(self, path: str, headers: dict[str, str]):
+        """The answer to a request refused before it is read (a missing or wrong key, a declared body
+        over the limit), or None."""
+        if self.api_key and not path.startswith(self.open_paths):
+            auth = headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key")
+            if not (given and hmac.compare_digest(given.encode(), self.api_key.encode())):
+                return error_response(401, "missing or wrong API key (Authorization: Bearer KEY)", path)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            return error_response(413, f"request body over {self.max_body} bytes", path)
+        return None
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -98,16 +111,9 @@ class Guard:
             return msg
 
         try:
-            if self.api_key and not path.startswith(self.open_paths):
-                auth = headers.get("authorization", "")
-                given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key")
-                if not (given and hmac.compare_digest(given.encode(), self.api_key.encode())):
-                    return await error_response(401, "missing or wrong API key (Authorization: Bearer KEY)", path)(
-                        scope, receive, send_logged)
-            length = headers.get("content-length", "")
-            if length.isdigit() and int(length) > self.max_body:
-                return await error_response(413, f"request body over {self.max_body} bytes", path)(
-                    scope, receive, send_logged)
+            refused = self.refusal(path, headers)
+            if refused is not None:
+                return await refused(scope, receive, send_logged)
             await self.app(scope, receive_limited, send_logged)
         except Exception:
             if not state["done"]:            # the server's own fault: answered 500 further out
