@@ -149,3 +149,13 @@ def test_onnxruntime_genai_loads_the_folder(tiny_artifact):
         got.append(int(gen.get_next_tokens()[0]))
     ours = greedy_ids(Model.load(folder, threads=1), [prompt], len(got))[0]
     assert got == ours
+
+
+def test_a_vanishing_temperature_samples_the_greedy_token():
+    """Scaled logits that overflow float64 (temperature 1e-320, as a fuzzer sends) are the limit of
+    sampling as the temperature goes to 0: the most likely token, not NaN."""
+    logits = np.array([[1.0, 3.5, -2.0, 3.4], [0.0, -1.0, 2.0, 1.9]], np.float32)
+    cfg = SamplingConfig(temperature=1e-320, seed=0)
+    with np.errstate(invalid="raise"):                  # NaN from inf - inf fails here
+        got = choose(logits.copy(), cfg, np.random.default_rng(0))
+    assert got.tolist() == [1, 2]

@@ -47,7 +47,10 @@ def choose(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     """One token per row. `logits` may be modified."""
     if cfg.temperature <= 0:
         return logits.argmax(axis=-1)
-    x = logits.astype(np.float64) / cfg.temperature
+    with np.errstate(over="ignore"):
+        x = logits.astype(np.float64) / cfg.temperature
+    if not np.isfinite(x).all():          # a temperature so small the scaled logits overflow: its limit, greedy
+        return logits.argmax(axis=-1)
     if cfg.top_k and cfg.top_k < x.shape[-1]:
         kth = np.partition(x, -cfg.top_k, axis=-1)[:, -cfg.top_k][:, None]
         x = np.where(x < kth, -np.inf, x)
