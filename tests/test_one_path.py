@@ -119,3 +119,37 @@ def test_every_manifest_follows_one_schema(tiny_artifact, tmp_path):
         m = Manifest.model_validate_json((folder / "pressa.json").read_text())
         assert m.kind == kind == kind_of(folder)
         assert m.passes[0]["pass"] == "source" and m.size_bytes > 0
+
+
+def test_cli_flags_are_made_from_the_pass_configs(tmp_path):
+    """Every option of a command's pass Config is a flag of the command, with the Config's help and
+    default; a bad value is refused by the Config, named by the flag the user typed."""
+    from pressa.cli.llm import AUTO_OPT_FLAGS
+    from pressa.cli.onnx import FP16_FLAGS, OPTIMIZE_FLAGS, QUANTIZE_FLAGS, QUANTIZE_MODES
+    from pressa.cli.options import flag_of
+    from pressa.passes.builder import BuilderConfig
+    from pressa.passes.fp16 import Fp16Config
+    from pressa.passes.optimize import OptimizeConfig
+
+    from helpers import assert_user_error
+
+    cases = [("auto-opt", [BuilderConfig], AUTO_OPT_FLAGS, {"execution_provider"}),
+             ("optimize", [OptimizeConfig], OPTIMIZE_FLAGS, set()), ("convert-fp16", [Fp16Config], FP16_FLAGS, set()),
+             ("quantize", list(QUANTIZE_MODES.values()), QUANTIZE_FLAGS, {"ignored_scope"})]
+    for command, configs, flags, skipped in cases:
+        res = run_cli(command, "--help")
+        assert res.returncode == 0, res.stderr
+        text = " ".join(res.stdout.split())
+        for config in configs:
+            for name, field in config.model_fields.items():
+                if name in skipped:
+                    continue
+                assert flag_of(name, flags)[:14] in text, (command, name)
+                assert field.description.split()[1] in text, (command, name)
+    assert "Bits of the tied embedding / lm_head in int4/int8 builds (4, 8)" in " ".join(
+        run_cli("auto-opt", "--help").stdout.split()).replace("│ ", "")
+    assert_user_error(run_cli("auto-opt", "-o", tmp_path / "o", "--embedding-bits", "3"), "--embedding-bits 3",
+                      "4 or 8")
+    assert_user_error(run_cli("quantize", tmp_path / "m.onnx", "-o", tmp_path / "q", "--mode", "weight-only",
+                              "--bits", "3"), "--bits 3")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "q").exists()

@@ -10,9 +10,10 @@ import typer
 
 from pressa import log
 from pressa.cli.app import OUTPUT, OVERWRITE, SOURCE, THREADS, app, done, print_result
-from pressa.cli.options import validated, with_config_options
+from pressa.cli.options import flag_of, validated, with_config_options
 from pressa.passes.fp16 import Fp16Config
 from pressa.passes.optimize import OptimizeConfig
+from pressa.passes.quantize import DynamicConfig, StaticConfig, WeightOnlyConfig
 
 
 def _scope(names: list[str] | None, types: list[str] | None, patterns: list[str] | None) -> dict:
@@ -57,46 +58,42 @@ def optimize(model: Path = SOURCE, output: Path = OUTPUT, overwrite: bool = OVER
     done(output, m)
 
 
+QUANTIZE_MODES = {"static": StaticConfig, "dynamic": DynamicConfig, "weight-only": WeightOnlyConfig}
+QUANTIZE_FLAGS = {"calibration_data": ("--calibration-data",), "per_channel": ("--per-channel/--per-tensor",),
+                  "group_size": ("--group-size", "--block_size"), "symmetric": ("--sym/--asym",),
+                  "op_types": ("--op-type",)}
+
+
 @app.command()
+@with_config_options(QUANTIZE_MODES, QUANTIZE_FLAGS, skip=("ignored_scope",))
 def quantize(
     model: Path = SOURCE, output: Path = OUTPUT,
     mode: str = typer.Option("static", "--mode", help="static (QDQ int8, calibrated), dynamic (int8 weights), "
                              "or weight-only (MatMulNBits int4/int8)."),
-    calibration_data: Path | None = typer.Option(None, "--calibration-data", help="Text file, image folder, "
-                                                  ".npy or .npz (static)."),
-    samples: int = typer.Option(300, "--samples", min=1, help="Calibration samples (static)."),
-    method: str = typer.Option("minmax", "--method", help="minmax, entropy or percentile (static)."),
-    per_channel: bool | None = typer.Option(None, "--per-channel/--per-tensor",
-                                            help="Weight scales per output channel (default) or one per tensor."),
-    bits: int = typer.Option(4, "--bits", help="4 or 8 (weight-only)."),
-    group_size: int = typer.Option(32, "--group-size", "--block_size", help="Group size (weight-only)."),
     ignore_node: list[str] | None = typer.Option(None, "--ignore-node", help="Keep this node in float (repeatable)."),
     ignore_type: list[str] | None = typer.Option(None, "--ignore-type", help="Keep this op type in float."),
     ignore_regex: list[str] | None = typer.Option(None, "--ignore-regex", help="Keep nodes whose name matches."),
-    max_drop: float | None = typer.Option(None, "--max-drop", min=0.0, max=1.0,
-                                          help="Static: keep the most harmful nodes in float until agreement with "
-                                               "the original drops by at most this (e.g. 0.01)."),
-    fallback: str = typer.Option("dynamic", "--fallback", help="With --max-drop: dynamic (int8, per-batch "
-                                 "ranges) or float for the nodes taken out of static quantization."),
     overwrite: bool = OVERWRITE,
+    options: dict | None = None,
 ):
-    """Quantize any ONNX model: static QDQ int8, dynamic int8, or weight-only int4/int8."""
+    """Quantize any ONNX model: static QDQ int8, dynamic int8, or weight-only int4/int8.
+
+    The options are the three quantize passes' (`pressa passes`); each mode takes its own, with its own
+    defaults, and says which it ignores."""
     from pressa.errors import BadArgument
     from pressa.passes.base import apply_pass
 
-    scope = {"ignored_scope": _scope(ignore_node, ignore_type, ignore_regex)}
-    if mode == "static":
-        opts = {**scope, "calibration_data": str(calibration_data) if calibration_data else None, "samples": samples,
-                "method": method, "max_drop": max_drop, "per_channel": True if per_channel is None else per_channel,
-                "fallback": fallback}
-    elif mode == "dynamic":
-        opts = {**scope, "per_channel": True if per_channel is None else per_channel}
-    elif mode in ("weight-only", "weight_only", "int4"):
-        mode, opts = "weight-only", {**scope, "bits": bits, "group_size": group_size}
-    else:
+    mode = "weight-only" if mode in ("weight_only", "int4") else mode
+    if mode not in QUANTIZE_MODES:
         raise BadArgument(f"--mode {mode!r}: use static, dynamic or weight-only")
-    if max_drop is not None and mode != "static":
+    config = QUANTIZE_MODES[mode]
+    if "max_drop" in options and mode != "static":
         raise BadArgument("--max-drop applies to --mode static")
+    for name in [n for n in options if n not in config.model_fields]:
+        log.warn(f"{flag_of(name, QUANTIZE_FLAGS)} does not apply to --mode {mode}; ignored")
+        options.pop(name)
+    opts = {**options, "ignored_scope": _scope(ignore_node, ignore_type, ignore_regex)}
+    validated(config, opts, QUANTIZE_FLAGS)
     with log.progress_bar(f"quantize ({mode})") as bar:
         m = apply_pass(f"quantize-{mode}", model, output, opts, overwrite, bar, log.message)
     rep = m["passes"][-1]

@@ -25,46 +25,73 @@ def _field_type(annotation) -> tuple[type, tuple | None]:
     return annotation, None
 
 
+def _option(name: str, f, flags: dict, default, note: str = "") -> inspect.Parameter:
+    typ, choices = _field_type(f.annotation)
+    dashed = name.replace("_", "-")
+    spell = flags.get(name) or ((f"--{dashed}/--no-{dashed}",) if typ is bool else (f"--{dashed}",))
+    text = (f.description or "").rstrip(".")
+    text = text[:1].upper() + text[1:] + (f" ({', '.join(map(str, choices))})" if choices else "") + note + "."
+    option = typer.Option(default, *spell, help=text, show_default=default not in (None, []))
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=Path | None if name.endswith("_data") else typ | None)
+
+
 def config_parameters(config: type[BaseModel], flags: dict[str, tuple[str, ...]], skip: tuple[str, ...] = ()
                       ) -> list[inspect.Parameter]:
     """One keyword parameter per field (not in `skip`), a typer option spelt `--field-name` unless
     `flags` spells it otherwise; a bool spelt `--x/--no-x` by default."""
+    return [_option(name, f, flags, f.get_default(call_default_factory=True))
+            for name, f in config.model_fields.items() if name not in skip]
+
+
+def union_parameters(configs: dict[str, type[BaseModel]], flags: dict[str, tuple[str, ...]],
+                     skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One option per field of any of the Configs (one per mode of a command), unset by default so that
+    each mode's own default applies; the help names the modes a field belongs to and their defaults."""
+    seen: dict[str, list[str]] = {}
+    for mode, config in configs.items():
+        for name in config.model_fields:
+            if name not in skip:
+                seen.setdefault(name, []).append(mode)
     params = []
-    for name, f in config.model_fields.items():
-        if name in skip:
-            continue
-        typ, choices = _field_type(f.annotation)
-        spell = flags.get(name) or ((f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}",) if typ is bool
-                                    else (f"--{name.replace('_', '-')}",))
-        text = (f.description or "").rstrip(".")
-        text = text[:1].upper() + text[1:] + (f" ({', '.join(map(str, choices))})" if choices else "") + "."
-        default = f.get_default(call_default_factory=True)
-        option = typer.Option(default, *spell, help=text, show_default=default not in (None, []))
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=Path | None if name.endswith("_data") else typ | None))
+    for name, modes in seen.items():
+        f = configs[modes[0]].model_fields[name]
+        defaults = {repr(configs[m].model_fields[name].get_default(call_default_factory=True)) for m in modes}
+        shown = f"default {defaults.pop()}" if len(defaults) == 1 and "None" not in defaults else ""
+        where = f"{', '.join(modes)} only" if len(modes) < len(configs) else ""
+        note = f"; {'; '.join(x for x in (where, shown) if x)}" if where or shown else ""
+        params.append(_option(name, f, flags, None, note))
     return params
 
 
-def with_config_options(config: type[BaseModel], flags: dict[str, tuple[str, ...]] | None = None,
-                        skip: tuple[str, ...] = ()):
+def with_config_options(config: type[BaseModel] | dict[str, type[BaseModel]],
+                        flags: dict[str, tuple[str, ...]] | None = None, skip: tuple[str, ...] = ()):
     """A command decorator: the Config's fields become options, and the command receives them as
-    `options` (a dict of the values given or defaulted)."""
+    `options` (a dict of the values given or defaulted). Given several Configs by mode, every field
+    of any becomes an option and `options` holds only the values given."""
     flags = flags or {}
 
     def decorate(command):
         own = [p for p in inspect.signature(command).parameters.values() if p.name != "options"]
-        extra = config_parameters(config, flags, skip)
+        extra = (union_parameters(config, flags, skip) if isinstance(config, dict)
+                 else config_parameters(config, flags, skip))
         names = [p.name for p in extra]
 
         @functools.wraps(command)
         def wrapper(**kw):
             options = {n: str(v) if isinstance(v, Path) else v for n, v in ((n, kw.pop(n)) for n in names)}
+            if isinstance(config, dict):
+                options = {n: v for n, v in options.items() if v is not None and v != []}
             return command(options=options, **kw)
 
         wrapper.__signature__ = inspect.Signature(own + extra)
         del wrapper.__wrapped__
         return wrapper
     return decorate
+
+
+def flag_of(field: str, flags: dict[str, tuple[str, ...]] | None = None) -> str:
+    return (flags or {}).get(field, (f"--{field.replace('_', '-')}",))[0].split("/")[0]
 
 
 def validated(config: type[BaseModel], options: dict, flags: dict[str, tuple[str, ...]] | None = None):
@@ -76,6 +103,6 @@ def validated(config: type[BaseModel], options: dict, flags: dict[str, tuple[str
         if e["type"] == "value_error":                     # the validator's own sentence names the value
             raise BadArgument(str(e["ctx"]["error"])) from None
         field = str(e["loc"][0]) if e["loc"] else ""
-        flag = (flags or {}).get(field, (f"--{field.replace('_', '-')}",))[0].split("/")[0] if field else ""
+        flag = flag_of(field, flags) if field else ""
         value = f" {options[field]!r}" if field in options else ""
         raise BadArgument(f"{flag}{value}: {e['msg']}" if flag else e["msg"]) from None
