@@ -34,7 +34,21 @@ def _root(
 
 
 THREADS = typer.Option(None, "--threads", min=1, help="Intra-op threads (default: physical cores).")
-DEVICE = typer.Option("cpu", "--device", help="cpu or gpu.")
+
+
+def runtime_flags(command):
+    """The runtime options (pressa.runtime.options.RuntimeOptions: --backend, --device, --hint, --threads,
+    --streams, --precision-hint, --cache-dir) as flags; the command receives them as `runtime`, validated."""
+    import functools
+
+    from pressa.cli.options import validated, with_config_options
+    from pressa.runtime.options import RuntimeOptions
+
+    @functools.wraps(command)
+    def checked(*args, runtime: dict, **kw):
+        return command(*args, runtime=validated(RuntimeOptions, runtime), **kw)
+
+    return with_config_options(RuntimeOptions, into="runtime")(checked)
 
 OUTPUT = typer.Option(..., "--output", "-o", "--output_path", help="Artifact folder to write (written atomically).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder.")

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from pressa import log
-from pressa.cli.app import DEVICE, THREADS, app, print_result
+from pressa.cli.app import app, print_result, runtime_flags
 from pressa.cli.options import validated, with_config_options
 from pressa.passes.builder import BuilderConfig
 from pressa.textio import check_text, read_stdin, read_text
@@ -83,6 +83,7 @@ _STOP = typer.Option(None, "--stop", help="Stop when this text appears (repeatab
 
 
 @app.command()
+@runtime_flags
 def generate(
     model: Path = typer.Argument(..., help="Artifact folder written by auto-opt."),
     prompts: list[str] = typer.Argument(..., help="One or more prompts (several run as one batch); - reads stdin."),
@@ -90,7 +91,7 @@ def generate(
     repetition_penalty: float = _REP, seed: int | None = _SEED, stop: list[str] | None = _STOP,
     chat: bool | None = typer.Option(None, "--chat/--no-chat",
                                         help="Wrap prompts in the model's chat template (default: when it has one)."),
-    threads: int | None = THREADS, device: str = DEVICE,
+    runtime=None,
 ):
     """Generate text. Only the generated text goes to stdout, streamed as it is produced."""
     import pressa
@@ -99,7 +100,7 @@ def generate(
     require_kind(model, ArtifactKind.DECODER_LLM, "generate")
     cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
     prompts = [read_stdin() if p == "-" else check_text(p, "the prompt") for p in prompts]
-    m = pressa.load(model, device=device, threads=threads)
+    m = pressa.load(model, **runtime.model_dump())
     if len(prompts) == 1:
         for piece in m.stream(prompts[0], chat=chat, cfg=cfg):
             sys.stdout.write(piece)
@@ -114,13 +115,14 @@ def generate(
 
 
 @app.command()
+@runtime_flags
 def chat(
     model: Path = typer.Argument(..., help="Artifact folder written by auto-opt."),
     system: str | None = typer.Option(None, "--system", help="System prompt."),
     max_new_tokens: int = _MAXNEW, temperature: float = typer.Option(0.7, "--temperature", min=0.0),
     top_k: int = typer.Option(50, "--top-k", min=0), top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
     repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", min=0.01),
-    seed: int | None = _SEED, threads: int | None = THREADS, device: str = DEVICE,
+    seed: int | None = _SEED, runtime=None,
 ):
     """Chat in the terminal with the model's chat template. /reset clears history, /exit or Ctrl-D quits.
 
@@ -133,7 +135,7 @@ def chat(
     require_kind(model, ArtifactKind.DECODER_LLM, "chat")
     system = check_text(system, "--system") if system else None
     cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None)
-    m = pressa.load(model, device=device, threads=threads)
+    m = pressa.load(model, **runtime.model_dump())
     if not m.has_chat_template:
         raise BadArgument("this model has no chat template; use `pressa generate --no-chat`")
     if max_new_tokens >= m.session.context_length:
@@ -179,6 +181,7 @@ def _chat_turn(m, history: list[dict], line: str, cfg) -> list[dict]:
 
 
 @app.command("eval")
+@runtime_flags
 def eval_cmd(
     model: Path = typer.Argument(..., help="Artifact folder to evaluate."),
     perplexity: Path | None = typer.Option(None, "--perplexity", help="Text file: perplexity by the shared "
@@ -190,14 +193,18 @@ def eval_cmd(
                                             "bundled name, or a pressa artifact) to measure agreement with."),
     data: Path | None = typer.Option(None, "--data", help="Text file for --reference: one sample per line."),
     samples: int = typer.Option(32, "--samples", min=1, help="Lines of --data to use."),
-    threads: int | None = THREADS,
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    runtime=None,
 ):
     """Measure how much worse: perplexity on a text file, and/or agreement (top-1, KL) with the original."""
     from pressa.artifact import ArtifactKind, require_kind
     from pressa.errors import BadArgument
 
     require_kind(model, ArtifactKind.DECODER_LLM, "eval")
+    from pressa.genai.decoder_session import decoder_backend
+
+    decoder_backend(runtime)
+    threads = runtime.threads
     if perplexity is None and reference is None:
         raise BadArgument("give --perplexity FILE and/or --reference MODEL --data FILE")
     result: dict = {"artifact": str(model)}
@@ -226,28 +233,33 @@ def eval_cmd(
 
 
 @app.command()
+@runtime_flags
 def benchmark(
-    model: Path = typer.Argument(..., help="Artifact folder to time."),
-    prompt_tokens: int = typer.Option(512, "--prompt-tokens", min=1, help="Prompt length for TTFT and prefill."),
-    new_tokens: int = typer.Option(128, "--new-tokens", min=2, help="Greedy tokens to time decoding."),
+    model: Path = typer.Argument(..., help="Artifact folder to time: a decoder LLM, an encoder or any ONNX model."),
+    prompt_tokens: int = typer.Option(512, "--prompt-tokens", min=1, help="LLM: prompt length for TTFT and prefill."),
+    new_tokens: int = typer.Option(128, "--new-tokens", min=2, help="LLM: greedy tokens to time decoding."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Other models: rows per batch for rows/s."),
+    seq_len: int = typer.Option(128, "--seq-len", min=1, help="Other models: tokens per row."),
     runs: int = typer.Option(5, "--runs", min=1, help="Timed repetitions (median reported)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed repetitions first."),
-    threads: int | None = THREADS,
-    hint: str = typer.Option("latency", "--hint", help="latency (spinning threads, physical cores) or throughput."),
-    device: str = DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    runtime=None,
 ):
-    """Time an artifact: decode tokens/s, time to first token, prefill tokens/s, peak RSS."""
-    from pressa.artifact import ArtifactKind, require_kind
-    from pressa.errors import BadArgument
+    """Time an artifact. LLMs: decode tokens/s, time to first token, prefill tokens/s; encoders and other
+    ONNX models: rows (sentences)/s at --batch-size x --seq-len and latency at batch 1. Peak RSS for both."""
+    from pressa.artifact import ArtifactKind, kind_of
     from pressa.evaluate.latency import benchmark as run_benchmark
+    from pressa.evaluate.latency import benchmark_tensor_model
+    from pressa.genai.decoder_session import decoder_backend
 
-    require_kind(model, ArtifactKind.DECODER_LLM, "benchmark")
-    if hint not in ("latency", "throughput"):
-        raise BadArgument("--hint: use latency or throughput")
     with log.progress_bar("benchmark") as bar:
-        result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, threads, hint, device,
-                               progress=bar)
+        if kind_of(model) == ArtifactKind.DECODER_LLM:
+            decoder_backend(runtime)
+            result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, runtime.threads,
+                                   "latency" if runtime.hint == "latency" else "throughput", runtime.device,
+                                   progress=bar)
+        else:
+            result = benchmark_tensor_model(model, runtime, batch_size, seq_len, runs, warmup, bar)
     print_result(result, as_json, f"benchmark {model}")
 
 
@@ -271,6 +283,13 @@ def info():
         except ImportError:
             ver = "not installed"
         rows.append((mod.replace("_", "-"), ver))
+    try:
+        import openvino as ov
+
+        rows += [("openvino", ov.__version__), ("openvino devices", ", ".join(
+            f"{d} ({ov.Core().get_property(d, 'FULL_DEVICE_NAME')})" for d in ov.Core().available_devices))]
+    except ImportError:
+        rows.append(("openvino", "not installed (pip install 'pressa[openvino]')"))
     cpu = cpu_name()
     rows.append(("cpu", f"{cpu}, {physical_cores()} physical cores"))
     for k, v in rows:

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from pressa import log
-from pressa.cli.app import OUTPUT, OVERWRITE, SOURCE, THREADS, app, done, print_result
+from pressa.cli.app import OUTPUT, OVERWRITE, SOURCE, app, done, print_result, runtime_flags
 from pressa.cli.options import flag_of, validated, with_config_options
 from pressa.passes.fp16 import Fp16Config
 from pressa.passes.optimize import OptimizeConfig
@@ -121,6 +121,7 @@ def convert_fp16(model: Path = SOURCE, output: Path = OUTPUT, overwrite: bool = 
 
 
 @app.command()
+@runtime_flags
 def compare(
     reference: Path = typer.Argument(..., help="The original model (.onnx or artifact folder)."),
     candidate: Path = typer.Argument(..., help="The optimized model."),
@@ -128,14 +129,14 @@ def compare(
                                      "(default: made-up inputs)."),
     samples: int = typer.Option(100, "--samples", min=1, help="Samples of --data."),
     runs: int = typer.Option(20, "--runs", min=1, help="Timed runs at batch 1 (median)."),
-    threads: int | None = THREADS,
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    runtime=None,
 ):
     """How much worse and how much faster: agreement of outputs, latency and size against the original."""
     from pressa.evaluate.compare import compare as run_compare
 
     with log.progress_bar("compare") as bar:
-        r = run_compare(reference, candidate, data, samples, runs=runs, threads=threads, progress=bar)
+        r = run_compare(reference, candidate, data, samples, runs=runs, runtime=runtime, progress=bar)
     if as_json:
         typer.echo(json.dumps(r, indent=2))
         return
@@ -148,12 +149,13 @@ def compare(
 
 
 @app.command()
+@runtime_flags
 def embed(
     model: Path = typer.Argument(..., help="An encoder artifact (e.g. from capture/quantize)."),
     texts: list[str] = typer.Argument(..., help="Texts to embed; - reads lines from stdin."),
     normalize: bool | None = typer.Option(None, "--normalize/--no-normalize",
                                           help="L2-normalize (default: as the model's config says)."),
-    threads: int | None = THREADS,
+    runtime=None,
 ):
     """Sentence embeddings, one JSON array per text on stdout (pooling as the model's config says)."""
     from pressa.artifact import ArtifactKind, require_kind
@@ -164,7 +166,7 @@ def embed(
     if texts == ["-"]:
         texts = [ln for ln in read_stdin().splitlines() if ln.strip()]
     texts = [check_text(t, "the text") for t in texts]
-    vecs = EncoderModel(model, threads=threads).embed(texts, normalize=normalize)
+    vecs = EncoderModel(model, **runtime.model_dump()).embed(texts, normalize=normalize)
     for v in vecs:
         typer.echo(json.dumps([round(float(x), 7) for x in v]))
 

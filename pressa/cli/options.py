@@ -65,14 +65,15 @@ def union_parameters(configs: dict[str, type[BaseModel]], flags: dict[str, tuple
 
 
 def with_config_options(config: type[BaseModel] | dict[str, type[BaseModel]],
-                        flags: dict[str, tuple[str, ...]] | None = None, skip: tuple[str, ...] = ()):
+                        flags: dict[str, tuple[str, ...]] | None = None, skip: tuple[str, ...] = (),
+                        into: str = "options"):
     """A command decorator: the Config's fields become options, and the command receives them as
-    `options` (a dict of the values given or defaulted). Given several Configs by mode, every field
-    of any becomes an option and `options` holds only the values given."""
+    `options` (or the parameter `into` names: a dict of the values given or defaulted). Given several
+    Configs by mode, every field of any becomes an option and the dict holds only the values given."""
     flags = flags or {}
 
     def decorate(command):
-        own = [p for p in inspect.signature(command).parameters.values() if p.name != "options"]
+        own = [p for p in inspect.signature(command).parameters.values() if p.name != into]
         extra = (union_parameters(config, flags, skip) if isinstance(config, dict)
                  else config_parameters(config, flags, skip))
         names = [p.name for p in extra]
@@ -82,7 +83,7 @@ def with_config_options(config: type[BaseModel] | dict[str, type[BaseModel]],
             options = {n: str(v) if isinstance(v, Path) else v for n, v in ((n, kw.pop(n)) for n in names)}
             if isinstance(config, dict):
                 options = {n: v for n, v in options.items() if v is not None and v != []}
-            return command(options=options, **kw)
+            return command(**{into: options}, **kw)
 
         wrapper.__signature__ = inspect.Signature(own + extra)
         del wrapper.__wrapped__

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 
 from pressa import log
-from pressa.cli.app import THREADS, app
+from pressa.cli.app import app, runtime_flags
 
 
 @app.command()
+@runtime_flags
 def serve(
     model_name: str | None = typer.Option(None, "--model_name", "--model-name", help="Name clients use."),
     model_path: Path | None = typer.Option(None, "--model_path", "--model-path", help="Artifact folder to serve."),
@@ -45,15 +46,15 @@ def serve(
                                          "send a request's line and headers (then it is closed)."),
     metrics_public: bool = typer.Option(False, "--metrics-public", help="Answer /metrics without the API key "
                                         "(for a Prometheus scraper that sends none)."),
-    threads: int | None = THREADS,
+    runtime=None,
 ):
     """Serve artifacts over HTTP: TensorFlow-Serving REST, KServe v2, OpenAI-compatible chat/completions/embeddings."""
     from pressa.errors import BadArgument
     from pressa.serve.app import create_app
     from pressa.serve.models import load_models, model_entries
 
-    defaults = dict(max_concurrency=max_concurrency, max_queue=max_queue, max_batch=max_batch,
-                    max_wait_ms=max_wait_ms, context=context)
+    defaults = dict(**runtime.model_dump(), max_concurrency=max_concurrency, max_queue=max_queue,
+                    max_batch=max_batch, max_wait_ms=max_wait_ms, context=context)
     if config is not None:
         entries = _serve_config(config, defaults)
     elif model_name and model_path:
@@ -64,7 +65,7 @@ def serve(
         raise BadArgument(f"--log-format {log_format!r}: use json or text")
     _check_port_free(host, port)
     with log.status("loading models"):
-        models = load_models(entries, threads)
+        models = load_models(entries)
     _run_server(create_app(models, api_key, max_body, max_tokens, body_timeout=body_timeout,
                            metrics_public=metrics_public), host, port, log_format, access_log, header_timeout,
                 shutdown_timeout)

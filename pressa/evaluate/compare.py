@@ -10,11 +10,11 @@ from pathlib import Path
 from pressa.errors import BadArgument
 
 
-def _session(path: Path, threads: int | None):
+def _session(path: Path, runtime):
     from pressa.graph.onnx_io import find_model
     from pressa.runtime.session import open_session
 
-    return open_session(find_model(path), "cpu", threads)
+    return open_session(find_model(path), runtime=runtime)
 
 
 def _size(path: Path) -> int:
@@ -32,14 +32,20 @@ def _latency(session, feeds: dict, runs: int) -> float:
 
 
 def compare(reference: Path, candidate: Path, data: Path | None = None, samples: int = 100, batch: int = 8,
-            max_length: int = 128, runs: int = 20, threads: int | None = None,
+            max_length: int = 128, runs: int = 20, runtime=None,
             progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """`runtime` (RuntimeOptions, default ONNX Runtime): both models run on it ("auto" means ONNX Runtime here:
+    a comparison needs one runtime for both)."""
     from pressa.evaluate.outputs import Agreement
     from pressa.graph.inputs import sample_inputs
     from pressa.graph.onnx_io import load_model, model_folder
     from pressa.quant.calib_data import batches
+    from pressa.runtime.options import RuntimeOptions
 
-    ref_s, cand_s = _session(reference, threads), _session(candidate, threads)
+    runtime = runtime or RuntimeOptions()
+    if runtime.backend == "auto":
+        runtime = runtime.model_copy(update={"backend": "onnxruntime"})
+    ref_s, cand_s = _session(reference, runtime), _session(candidate, runtime)
     ref_out = [o.name for o in ref_s.get_outputs()]
     if ref_out != [o.name for o in cand_s.get_outputs()]:
         raise BadArgument(f"the models' outputs differ ({', '.join(ref_out)} vs "

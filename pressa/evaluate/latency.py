@@ -102,3 +102,38 @@ def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, run
         out["ttft_chat_s"] = statistics.median(chat_ttfts)
         out["chat_prompt_tokens"] = len(chat_ids)
     return out
+
+
+def benchmark_tensor_model(folder: Path, runtime, batch_size: int = 32, seq_len: int = 128, runs: int = 5,
+                           warmup: int = 1, progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """An encoder (or any tensor model) on made-up inputs: rows/s at `batch_size` x `seq_len` (with a
+    throughput hint on OpenVINO, batches in flight on its asynchronous request queue), latency at
+    batch 1, peak RSS."""
+    from pressa.graph.inputs import sample_inputs
+    from pressa.graph.onnx_io import find_model, load_model
+    from pressa.runtime.encoder import EncoderModel
+
+    t_load = time.perf_counter()
+    m = EncoderModel(folder, **runtime.model_dump())
+    load_s = time.perf_counter() - t_load
+    graph = load_model(find_model(folder), load_data=False)
+    batch = sample_inputs(graph, batch=batch_size, seq=seq_len)
+    if "attention_mask" in batch:
+        batch["attention_mask"][:] = 1              # every row full length: rows/s at seq_len tokens
+    one = {k: v[:1] for k, v in batch.items()}
+    in_flight = m.session.parallel_requests() if hasattr(m.session, "parallel_requests") else 1
+    if in_flight > 1:
+        times = [t / in_flight for t in run_times(lambda: m.session.run_many([batch] * in_flight), runs, warmup)]
+    else:
+        times = run_times(lambda: m.session.run(None, batch), runs, warmup)
+    if progress:
+        progress(1, 2, "latency at batch 1")
+    latency = run_times(lambda: m.session.run(None, one), max(runs, 10), warmup)
+    if progress:
+        progress(2, 2, "done")
+    return {"artifact": str(folder), "backend": m.runtime.backend, "device": m.runtime.device,
+            "hint": m.runtime.hint, "rows_per_s": batch_size / statistics.median(times),
+            "latency_batch1_ms": statistics.median(latency) * 1e3, "batch_size": batch_size, "seq_len": seq_len,
+            "requests_in_flight": in_flight, "peak_rss_mb": peak_rss_mb(), "load_s": load_s, "runs": runs,
+            "batch_s_spread": spread(times),
+            "size_mb": sum(f.stat().st_size for f in Path(m.folder).iterdir() if f.is_file()) / 1e6}

@@ -22,6 +22,16 @@ from pressa.runtime.session import open_session
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
+def decoder_backend(runtime) -> str:
+    """The backend a decoder LLM runs on: ONNX Runtime (auto picks it). OpenVINO reads pressa's decoder
+    graphs once their float16 scale Casts are folded, but a stateful OpenVINO decoder behind the slot
+    primitives is not built yet."""
+    if runtime is not None and runtime.backend == "openvino":
+        raise BadArgument("decoder LLMs do not run on OpenVINO in pressa yet (encoders and other ONNX models do); "
+                          "use --backend onnxruntime or auto")
+    return "onnxruntime"
+
+
 class DecoderSession:
     def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
                  all_logits: bool = False):

@@ -29,7 +29,14 @@ class Event:
 
 
 class Model:
-    def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency"):
+    def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
+                 **runtime):
+        """`runtime`: the other RuntimeOptions (backend, streams, precision_hint, cache_dir)."""
+        from pressa.genai.decoder_session import decoder_backend
+        from pressa.runtime.options import runtime_options
+
+        decoder_backend(runtime_options(device=device, threads=threads, hint=hint, **runtime))
+        hint = "latency" if hint == "latency" else "throughput"
         self.folder = Path(folder)
         self.session = DecoderSession(self.folder, device, threads, hint)
         self.tokenizer = TextTokenizer(self.folder)

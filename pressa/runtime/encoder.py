@@ -45,16 +45,28 @@ def pool(hidden: np.ndarray, mask: np.ndarray, mode: str = "mean") -> np.ndarray
 
 
 class EncoderModel:
-    def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency"):
+    def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
+                 backend: str = "onnxruntime", streams: int | str | None = None, precision_hint: str | None = None,
+                 cache_dir: Path | None = None):
+        """`backend`: onnxruntime, openvino, or auto (the faster here, measured once and remembered);
+        `streams`, `precision_hint`, `cache_dir`: OpenVINO's NUM_STREAMS, INFERENCE_PRECISION_HINT, CACHE_DIR."""
         from pressa.artifact import read_manifest
         from pressa.graph.onnx_io import find_model, model_folder
+        from pressa.runtime.options import runtime_options
         from pressa.runtime.session import open_session
 
         path = find_model(folder)
         self.folder = model_folder(folder)
         self.manifest = read_manifest(self.folder)
         self.task = self.manifest.get("task")
-        self.session = open_session(path, device, threads, hint)
+        self.runtime = runtime_options(backend=backend, device=device, hint=hint, threads=threads, streams=streams,
+                                       precision_hint=precision_hint, cache_dir=cache_dir)
+        if backend == "auto":
+            from pressa import log
+            from pressa.runtime.choose import pick_backend
+
+            self.runtime = self.runtime.model_copy(update={"backend": pick_backend(path, self.runtime, log.info)[0]})
+        self.session = open_session(path, runtime=self.runtime)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.pooling = pooling_config(self.folder)

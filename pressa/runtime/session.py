@@ -47,13 +47,24 @@ def session_options(threads: int | None = None, hint: str = "latency"):
 
 
 def open_session(model_path: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
-                 model_bytes: bytes | None = None):
-    """`model_bytes`: an edited copy of the graph at `model_path`, whose external data stays there."""
-    import onnxruntime as ort
-
+                 model_bytes: bytes | None = None, runtime=None):
+    """`model_bytes`: an edited copy of the graph at `model_path`, whose external data stays there.
+    `runtime` (pressa.runtime.openvino.RuntimeOptions): the backend and its hints; OpenVINO gives an
+    OpenVINOSession, which answers the calls pressa makes of an ONNX Runtime session."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise CorruptModel(f"{model_path}: no such ONNX model; pass an artifact folder made by pressa")
+    if runtime is not None and runtime.backend == "openvino":
+        from pressa.runtime.openvino import OpenVINOSession
+
+        if model_bytes is not None:
+            raise BadArgument("this run needs an edited graph, which only --backend onnxruntime opens")
+        return OpenVINOSession(model_path, runtime)
+    if runtime is not None:
+        device, threads, hint = runtime.device, runtime.threads, runtime.hint
+        device = {"CPU": "cpu", "GPU": "gpu"}.get(device, device)
+    import onnxruntime as ort
+
     provider = PROVIDERS.get(device)
     if provider is None:
         raise BadArgument(f"device {device!r}: use cpu or gpu")

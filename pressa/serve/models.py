@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from pressa.errors import BadArgument, PressaError, first_line
+from pressa.runtime.options import RuntimeOptions
 
 V2_TYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
             "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
@@ -238,9 +239,10 @@ def _dims(shape) -> list:
     return [d if isinstance(d, int) else -1 for d in shape]
 
 
-class ModelEntry(BaseModel):
-    """One served model, as `models.yaml` lists it (unset options take the command line's values)."""
-    model_config = ConfigDict(extra="forbid")
+class ModelEntry(RuntimeOptions):
+    """One served model, as `models.yaml` lists it (unset options take the command line's values); the
+    runtime keys (backend, device, hint, threads, streams, precision_hint, cache_dir) are RuntimeOptions'."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1, pattern=r"^[\w.\-]+$", description="the name clients use")
     path: Path = Field(description="an artifact folder (or .onnx file)")
     max_concurrency: int = Field(8, ge=1)
@@ -292,7 +294,8 @@ def load_models(entries: list, threads: int | None = None) -> dict[str, ServedMo
         entries = model_entries(entries, {})
     out: dict[str, ServedModel] = {}
     for e in entries:
-        model = pressa.load(e.path, threads=threads)
+        runtime = e.model_dump(include=set(RuntimeOptions.model_fields))
+        model = pressa.load(e.path, **{**runtime, "threads": e.threads or threads})
         if kind_of(e.path) == ArtifactKind.DECODER_LLM:
             out[e.name] = TextGenerator(e.name, model, e.max_concurrency, e.max_queue, e.context)
         else:

@@ -1,0 +1,91 @@
+"""`--backend auto`: the faster runtime for this model, this machine and this hint, from a short
+measurement made once and remembered in a cache keyed by model file, machine and hint
+($XDG_CACHE_HOME/pressa/backends.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from pressa.runtime.options import RuntimeOptions
+
+
+def cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "pressa" / "backends.json"
+
+
+def _key(model_path: Path, opts: RuntimeOptions) -> str:
+    from pressa.runtime.session import cpu_name
+
+    st = Path(model_path).stat()
+    return "|".join(map(str, (Path(model_path).resolve(), st.st_size, int(st.st_mtime), cpu_name(), os.cpu_count(),
+                              opts.device.lower(), opts.hint, opts.threads, opts.precision_hint)))
+
+
+def _time(session, feeds: dict, runs: int = 5) -> float:
+    session.run(None, feeds)                        # warm-up (first-run allocations)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(model_path: Path, opts: RuntimeOptions) -> dict:
+    """Median seconds per run of both runtimes on made-up inputs (batch 1 for a latency hint, 8 for
+    throughput; 128 tokens, or 16 for a model that takes fewer); a runtime that cannot open or run
+    the model gets None and its error."""
+    from pressa.graph.inputs import sample_inputs
+    from pressa.graph.onnx_io import load_model
+    from pressa.runtime.session import open_session
+
+    graph = load_model(model_path, load_data=False)
+    sessions, out = {}, {}
+    for backend in ("onnxruntime", "openvino"):
+        try:
+            sessions[backend] = open_session(model_path, runtime=opts.model_copy(update={"backend": backend}))
+        except Exception as err:                    # not installed, cannot read the graph, ...
+            out[backend], out[f"{backend}_error"] = None, str(err).splitlines()[0][:200]
+    for seq in (128, 16):
+        feeds = sample_inputs(graph, batch=1 if opts.hint == "latency" else 8, seq=seq)
+        for backend, session in sessions.items():
+            try:
+                out[backend] = _time(session, feeds)
+                out.pop(f"{backend}_error", None)
+            except Exception as err:                # inputs longer than the model takes, ...
+                out[backend], out[f"{backend}_error"] = None, str(err).splitlines()[0][:200]
+        if any(out.get(b) is not None for b in sessions):
+            out["seq_len"] = seq
+            break
+    return out
+
+
+def pick_backend(model_path: Path, opts: RuntimeOptions, log=None) -> tuple[str, dict]:
+    """(the faster backend, its figures), measured once per model file, machine and hint."""
+    path, key = cache_file(), _key(model_path, opts)
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    figures = known.get(key)
+    if figures is None:
+        figures = measure(model_path, opts)
+        known[key] = figures
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known, indent=1))
+            tmp.replace(path)
+        except OSError:                             # a read-only home: measure again next time
+            pass
+    timed = {b: figures.get(b) for b in ("onnxruntime", "openvino") if figures.get(b) is not None}
+    choice = min(timed, key=timed.get) if timed else "onnxruntime"
+    if log:
+        shown = ", ".join(f"{b} {t * 1e3:.2f} ms" for b, t in timed.items())
+        log(f"backend auto: {choice} ({shown}; {opts.hint}, measured once, cached in {path})")
+    return choice, figures

@@ -1,0 +1,105 @@
+"""OpenVINO as the second runtime for encoders and other ONNX models, checked against ONNX Runtime on
+the same artifact: equal outputs (f32 precision hint), hints and the model cache read back from the
+compiled model, `auto` choosing the faster runtime from a cached measurement, `benchmark` and
+`serve` on OpenVINO, and decoders refused on it in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import SENTENCES, call, run_cli, running, write_bert
+
+ov = pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ov")
+    assert run_cli("capture", "-m", write_bert(d / "hf"), "-o", d / "enc").returncode == 0
+    return d / "enc"
+
+
+def test_openvino_outputs_equal_onnxruntime(encoder):
+    import pressa
+
+    ort_model = pressa.load(encoder)
+    ov_model = pressa.load(encoder, backend="openvino", precision_hint="f32")
+    feeds = ort_model.encode_text(SENTENCES[:5])
+    want, got = ort_model.run(dict(feeds)), ov_model.run(dict(feeds))
+    assert set(want) == set(got)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(ov_model.embed(SENTENCES[:5]), ort_model.embed(SENTENCES[:5]), atol=1e-5)
+    assert [i.name for i in ov_model.session.get_inputs()] == [i.name for i in ort_model.session.get_inputs()]
+    assert [i.type for i in ov_model.session.get_inputs()] == [i.type for i in ort_model.session.get_inputs()]
+
+
+def test_hints_and_cache_dir_reach_the_runtime(encoder, tmp_path):
+    import pressa
+
+    m = pressa.load(encoder, backend="openvino", hint="throughput", streams=2, threads=2, precision_hint="f32",
+                    cache_dir=tmp_path / "cache")
+    props = m.session.properties()
+    assert props["PERFORMANCE_HINT"] == "THROUGHPUT" and props["NUM_STREAMS"] == "2"
+    assert props["INFERENCE_NUM_THREADS"] == "2" and props["INFERENCE_PRECISION_HINT"] == "f32"
+    assert any((tmp_path / "cache").iterdir())                       # the compiled blob was written
+    latency = pressa.load(encoder, backend="openvino").session.properties()
+    assert latency["PERFORMANCE_HINT"] == "LATENCY" and latency["NUM_STREAMS"] == "1"
+    rows = [m.encode_text([s]) for s in SENTENCES[:4]]
+    many = m.session.run_many(rows)                                  # the asynchronous queue, in order
+    for feeds, out in zip(rows, many):
+        np.testing.assert_allclose(out["last_hidden_state"], m.run(dict(feeds))["last_hidden_state"], atol=1e-5)
+
+
+def test_auto_measures_once_and_picks_the_faster(encoder, tmp_path, monkeypatch):
+    import pressa
+    from pressa.runtime import choose
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    real = choose.measure
+    monkeypatch.setattr(choose, "measure", lambda *a: calls.append(a) or real(*a))
+    m = pressa.load(encoder, backend="auto")
+    figures = next(iter(json.loads((tmp_path / "pressa" / "backends.json").read_text()).values()))
+    assert figures["onnxruntime"] > 0 and figures["openvino"] > 0
+    assert m.runtime.backend == min(("onnxruntime", "openvino"), key=figures.get)
+    pressa.load(encoder, backend="auto")
+    assert len(calls) == 1                                          # remembered, not measured again
+
+
+def test_benchmark_and_embed_cli_on_openvino(encoder):
+    res = run_cli("benchmark", encoder, "--backend", "openvino", "--batch-size", "4", "--seq-len", "16", "--runs", "2",
+                  "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["backend"] == "openvino" and out["rows_per_s"] > 0 and out["latency_batch1_ms"] > 0
+    a = run_cli("embed", encoder, SENTENCES[0])
+    b = run_cli("embed", encoder, SENTENCES[0], "--backend", "openvino", "--precision-hint", "f32")
+    assert a.returncode == b.returncode == 0, b.stderr
+    np.testing.assert_allclose(json.loads(b.stdout), json.loads(a.stdout), atol=1e-5)
+
+
+def test_serve_runs_a_model_on_openvino(encoder):
+    from pressa.runtime.encoder import EncoderModel
+    from pressa.serve.models import load_models
+
+    models = load_models([{"name": "enc", "path": str(encoder), "backend": "openvino", "precision_hint": "f32"}])
+    assert models["enc"].model.runtime.backend == "openvino"
+    want = EncoderModel(encoder).run(SENTENCES[:2])["last_hidden_state"]
+    with running(models) as port:
+        server = {"url": f"http://127.0.0.1:{port}", "port": port}
+        status, body = call(server, "/v1/models/enc:predict", {"instances": SENTENCES[:2]})
+    assert status == 200
+    np.testing.assert_allclose(np.array(body["predictions"]), want, atol=1e-4)
+
+
+def test_decoders_are_refused_on_openvino_in_one_line(tiny_artifact):
+    import pressa
+    from pressa.errors import BadArgument
+
+    with pytest.raises(BadArgument, match="onnxruntime"):
+        pressa.load(tiny_artifact("llama"), backend="openvino")
+    assert pressa.load(tiny_artifact("llama"), backend="auto").generate("t5 t6", max_new_tokens=2) is not None
