@@ -96,10 +96,72 @@ def test_serve_runs_a_model_on_openvino(encoder):
     np.testing.assert_allclose(np.array(body["predictions"]), want, atol=1e-4)
 
 
-def test_decoders_are_refused_on_openvino_in_one_line(tiny_artifact):
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3", "phi3"])
+def test_openvino_decoder_equals_onnxruntime(kind, tiny_artifact):
+    """Logits of a prefill (two rows of different lengths) and three decode steps, f32 precision hint;
+    the keys and values OpenVINO writes into the cache are ONNX Runtime's."""
+    from pressa.genai.decoder_session import DecoderSession
+    from pressa.genai.openvino_decoder import OpenVINODecoder
+    from pressa.runtime.options import RuntimeOptions
+
+    folder = tiny_artifact(kind)
+    ort, ov_dec = DecoderSession(folder, threads=1), OpenVINODecoder(folder, RuntimeOptions(precision_hint="f32"))
+    rows = [[5, 9, 17, 33, 4, 70, 8, 9, 12, 40, 41, 3], [7, 8, 9]]          # past gemma3's sliding window
+    a, _ = ort.prefill(rows, 20)
+    b, _ = ov_dec.prefill(rows, 20)
+    np.testing.assert_allclose(b, a, atol=1e-3)
+    for t in ([3, 4], [8, 1], [2, 2]):
+        np.testing.assert_allclose(ov_dec.step(np.array(t)), ort.step(np.array(t)), atol=1e-3)
+    for (k1, v1), (k2, v2) in zip(ort.cache, ov_dec.cache):
+        for row, length in enumerate((15, 6)):                      # prompt plus three steps
+            np.testing.assert_allclose(k2[row, :, :length], k1[row, :, :length], atol=1e-3)
+            np.testing.assert_allclose(v2[row, :, :length], v1[row, :, :length], atol=1e-3)
+        assert not k2[1, :, 6:].any()                                # nothing past the row's length
+
+
+def test_greedy_text_scheduler_and_auto_on_openvino(tiny_artifact, tmp_path, monkeypatch):
+    """Greedy generations equal on both runtimes; the continuous-batching scheduler runs on OpenVINO;
+    auto measures prefill and decode once and may split them, with the same text."""
+    import pressa
+    from pressa.genai.sampling import SamplingConfig
+    from pressa.genai.scheduler import Scheduler
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = tiny_artifact("llama")
+    prompts = ["t5 t6 t7", "t9 t10 t11 t12 t13 t14"]
+    want = pressa.load(folder).generate(prompts, chat=False, max_new_tokens=12, ignore_eos=True)
+    on_ov = pressa.load(folder, backend="openvino", precision_hint="f32")
+    assert on_ov.generate(prompts, chat=False, max_new_tokens=12, ignore_eos=True) == want
+    auto = pressa.load(folder, backend="auto", precision_hint="f32")
+    assert auto.generate(prompts, chat=False, max_new_tokens=12, ignore_eos=True) == want
+    figures = next(iter(json.loads((tmp_path / "pressa" / "backends.json").read_text()).values()))
+    assert {"prefill_onnxruntime", "prefill_openvino", "step_onnxruntime", "step_openvino"} <= set(figures)
+    sch = Scheduler(on_ov, slots=2)
+    texts, done = ["", ""], []
+    for i, p in enumerate(prompts):
+        def emit(text, finish, generated, i=i):
+            texts[i] += text or ""
+            if finish:
+                done.append(finish)
+        sch.submit(on_ov.encode_prompt(p, chat=False), SamplingConfig(max_new_tokens=12, ignore_eos=True), emit)
+    import time
+
+    for _ in range(300):
+        if len(done) == 2:
+            break
+        time.sleep(0.02)
+    sch.close()
+    assert texts == want
+
+
+def test_openvino_refuses_soft_capping_in_one_line_and_auto_falls_back(tiny_artifact):
     import pressa
     from pressa.errors import BadArgument
 
-    with pytest.raises(BadArgument, match="onnxruntime"):
-        pressa.load(tiny_artifact("llama"), backend="openvino")
-    assert pressa.load(tiny_artifact("llama"), backend="auto").generate("t5 t6", max_new_tokens=2) is not None
+    with pytest.raises(BadArgument, match="soft-capping"):
+        pressa.load(tiny_artifact("gemma2"), backend="openvino")
+    m = pressa.load(tiny_artifact("gemma2"), backend="auto")
+    assert type(m.session).__name__ == "DecoderSession"
+    assert isinstance(m.generate("t5 t6", chat=False, max_new_tokens=2), str)
+    res = run_cli("eval", tiny_artifact("llama"), "--perplexity", __file__, "--backend", "openvino")
+    assert res.returncode == 2 and "onnxruntime" in res.stderr

@@ -118,7 +118,8 @@ class DecoderBuilder:
         n, k = w.shape
         t = packed or matmulnbits_tensors(self.quantize(w, bits, key))
         ins = [x, g.weight(f"{name}.qweight", t["B"], share_key=share_key),
-               self.scales(g, f"{name}.scales", t["scales"], None if share_key is None else share_key + 1)]
+               self.scales(g, f"{name}.scales", t["scales"], None if share_key is None else share_key + 1,
+                           constant=share_key is not None)]          # the tied embedding's, shared
         if "zero_points" in t:
             ins.append(g.weight(f"{name}.zero_points", t["zero_points"],
                                 share_key=None if share_key is None else share_key + 2))
@@ -126,11 +127,13 @@ class DecoderBuilder:
                     block_size=block_size or self.o.block_size, accuracy_level=self.o.accuracy_level)
 
     def scales(self, g: GraphWriter, name: str, scales: np.ndarray, share_key: int | None = None,
-               dims: tuple[int, ...] | None = None) -> str:
+               dims: tuple[int, ...] | None = None, constant: bool = False) -> str:
         """Quantization scales as the graph's float type. An fp32 graph stores them as float16 on
         disk when that is lossless (the quantizers round scales to float16 first) and casts them
-        back; ONNX Runtime folds the Cast before MatMulNBits prepacks, so only the file shrinks."""
-        if self.fp16 or not fp16_exact(scales):
+        back; ONNX Runtime folds the Cast before MatMulNBits prepacks, so only the file shrinks.
+        `constant`: stored as the graph's type, no Cast (OpenVINO's GatherBlockQuantized takes only
+        constant scales)."""
+        if self.fp16 or constant or not fp16_exact(scales):
             return g.weight(name, scales.astype(self.np_dtype), share_key=share_key, dims=dims)
         half = g.weight(name + "_fp16", scales.astype(np.float16), share_key=share_key, dims=dims)
         return g.op("Cast", [half], name + "/Cast", to=TensorProto.FLOAT)
@@ -275,7 +278,8 @@ class DecoderBuilder:
             tied = (e, t)          # lm_head reuses these bytes
             ins = [g.weight("model.embed_tokens.qweight", t["B"], share_key=1, dims=(v, t["B"].size // v)),
                    ids,
-                   self.scales(g, "model.embed_tokens.scales", t["scales"], share_key=2, dims=(v, nb))]
+                   self.scales(g, "model.embed_tokens.scales", t["scales"], share_key=2, dims=(v, nb),
+                               constant=True)]
             if "zero_points" in t:
                 ins.append(g.weight("model.embed_tokens.zero_points", t["zero_points"], share_key=3,
                                     dims=(v, t["zero_points"].size // v)))

@@ -201,9 +201,8 @@ def eval_cmd(
     from pressa.errors import BadArgument
 
     require_kind(model, ArtifactKind.DECODER_LLM, "eval")
-    from pressa.genai.decoder_session import decoder_backend
-
-    decoder_backend(runtime)
+    if runtime.backend == "openvino":
+        raise BadArgument("eval (logits at every position) runs on --backend onnxruntime only")
     threads = runtime.threads
     if perplexity is None and reference is None:
         raise BadArgument("give --perplexity FILE and/or --reference MODEL --data FILE")
@@ -250,14 +249,10 @@ def benchmark(
     from pressa.artifact import ArtifactKind, kind_of
     from pressa.evaluate.latency import benchmark as run_benchmark
     from pressa.evaluate.latency import benchmark_tensor_model
-    from pressa.genai.decoder_session import decoder_backend
 
     with log.progress_bar("benchmark") as bar:
         if kind_of(model) == ArtifactKind.DECODER_LLM:
-            decoder_backend(runtime)
-            result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, runtime.threads,
-                                   "latency" if runtime.hint == "latency" else "throughput", runtime.device,
-                                   progress=bar)
+            result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, progress=bar, runtime=runtime)
         else:
             result = benchmark_tensor_model(model, runtime, batch_size, seq_len, runs, warmup, bar)
     print_result(result, as_json, f"benchmark {model}")

@@ -46,7 +46,8 @@ def prompt_of(model, tokens: int, text: str | None = None) -> list[int]:
 
 def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
               threads: int | None = None, hint: str = "latency", device: str = "cpu", text: str | None = None,
-              chat_prompt: str | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+              chat_prompt: str | None = None, progress: Callable[[int, int, str], None] | None = None,
+              runtime=None) -> dict:
     """Warm-up, then `runs` repetitions of: TTFT of a `prompt_tokens` prompt, and decode speed of
     `new_tokens` greedy tokens (EOS ignored) after it; with `chat_prompt`, decode speed is timed
     after that (short) chat prompt instead, as chat users see it. Medians and spread."""
@@ -54,7 +55,10 @@ def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, run
     from pressa.genai.sampling import SamplingConfig
 
     t_load = time.perf_counter()
-    m = pressa.load(folder, threads=threads, hint=hint, device=device)
+    if runtime is not None:
+        threads, hint, device = runtime.threads, runtime.hint, runtime.device
+    m = pressa.load(folder, **(runtime.model_dump() if runtime is not None else
+                               {"threads": threads, "hint": hint, "device": device}))
     load_s = time.perf_counter() - t_load
     ids = prompt_of(m, prompt_tokens, text)
     cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
@@ -94,6 +98,7 @@ def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, run
         "runs": runs,
         "threads": threads,
         "hint": hint,
+        "backend": type(m.session).__name__,
         "decode_tokens_per_s_spread": spread(decodes),
         "ttft_s_spread": spread(ttfts),
         "size_mb": sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file()) / 1e6,

@@ -22,24 +22,14 @@ from pressa.runtime.session import open_session
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def decoder_backend(runtime) -> str:
-    """The backend a decoder LLM runs on: ONNX Runtime (auto picks it). OpenVINO reads pressa's decoder
-    graphs once their float16 scale Casts are folded, but a stateful OpenVINO decoder behind the slot
-    primitives is not built yet."""
-    if runtime is not None and runtime.backend == "openvino":
-        raise BadArgument("decoder LLMs do not run on OpenVINO in pressa yet (encoders and other ONNX models do); "
-                          "use --backend onnxruntime or auto")
-    return "onnxruntime"
+class DecoderBackend:
+    """What every decoder backend shares: the model's shape facts from genai_config.json, the cache
+    layout, and whole-batch prefill/step over `bind` (evaluation, tests). A backend sets `last_only`
+    and `kv_dtype` and implements `bind(cache)` -> an object with `run(ids, mask, logits)`."""
+    last_only = True
+    kv_dtype = np.float32
 
-
-class DecoderSession:
-    def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
-                 all_logits: bool = False):
-        """`all_logits`: logits for every prompt position (evaluation); by default graphs built
-        with last-token logits compute the vocabulary projection for each row's last token only."""
-        import onnxruntime as ort
-
-        self.ort = ort
+    def __init__(self, folder: Path):
         folder = Path(folder)
         self.config = read_genai_config(folder)
         d = self.config["model"]["decoder"]
@@ -47,13 +37,7 @@ class DecoderSession:
         self.head_size = d["head_size"]
         self.context_length = self.config["model"]["context_length"]
         self.vocab_size = self.config["model"]["vocab_size"]
-        model_path = folder / d.get("filename", "model.onnx")
-        variant = all_logits_variant(model_path) if all_logits else None
-        self.session = open_session(model_path, device, threads, hint, model_bytes=variant)
-        out = {o.name: o.shape for o in self.session.get_outputs()}[LOGITS]
-        self.last_only = out[1] == 1
-        types = {i.name: i.type for i in self.session.get_inputs()}
-        self.kv_dtype = _NP.get(types.get(past(0, "key")), np.float32)
+        self.model_path = folder / d.get("filename", "model.onnx")
         self.lengths: np.ndarray | None = None
 
     # -- slot primitives (what the engine in pressa.genai.slots uses) --------------------------
@@ -61,10 +45,6 @@ class DecoderSession:
         """One key and one value buffer [rows, kv_heads, capacity, head_size] per layer."""
         shape = (rows, self.kv_heads, capacity, self.head_size)
         return [(zeros(shape, self.kv_dtype), zeros(shape, self.kv_dtype)) for _ in range(self.num_layers)]
-
-    def bind(self, cache: list[tuple[np.ndarray, np.ndarray]]) -> Binding:
-        """The graph with `cache` (rows of the buffers, or views of them) as both past and present."""
-        return Binding(self, cache)
 
     # -- whole-batch use (evaluation, tests): prefill prompts, then step every row ------------
     def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +54,8 @@ class DecoderSession:
             raise BadArgument(f"prompt plus new tokens ({capacity}) exceed the model's context length "
                               f"{self.context_length}; shorten the prompt or lower --max-new-tokens")
         self.capacity, self.batch = capacity, len(prompts)
-        self.binding = self.bind(self.new_cache(len(prompts), capacity))
+        self.cache = self.new_cache(len(prompts), capacity)
+        self.binding = self.bind(self.cache)
         ids, mask = right_padded(prompts)
         lens = mask.sum(axis=1)
         logits = np.empty((len(prompts), 1 if self.last_only else ids.shape[1], self.vocab_size), np.float32)
@@ -91,6 +72,31 @@ class DecoderSession:
         self.binding.run(np.asarray(tokens, np.int64).reshape(-1, 1), step_mask(self.lengths), self._step_logits)
         self.lengths = self.lengths + 1
         return self._step_logits[:, 0, :]
+
+    def bind(self, cache: list[tuple[np.ndarray, np.ndarray]]):
+        raise NotImplementedError
+
+
+class DecoderSession(DecoderBackend):
+    def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
+                 all_logits: bool = False):
+        """`all_logits`: logits for every prompt position (evaluation); by default graphs built
+        with last-token logits compute the vocabulary projection for each row's last token only."""
+        import onnxruntime as ort
+
+        super().__init__(folder)
+        self.ort = ort
+        model_path = self.model_path
+        variant = all_logits_variant(model_path) if all_logits else None
+        self.session = open_session(model_path, device, threads, hint, model_bytes=variant)
+        out = {o.name: o.shape for o in self.session.get_outputs()}[LOGITS]
+        self.last_only = out[1] == 1
+        types = {i.name: i.type for i in self.session.get_inputs()}
+        self.kv_dtype = _NP.get(types.get(past(0, "key")), np.float32)
+
+    def bind(self, cache: list[tuple[np.ndarray, np.ndarray]]) -> Binding:
+        """The graph with `cache` (rows of the buffers, or views of them) as both past and present."""
+        return Binding(self, cache)
 
 
 class Binding:

@@ -12,7 +12,6 @@ import numpy as np
 from pressa.artifact import read_json
 from pressa.capture.config import token_ids
 from pressa.errors import BadArgument
-from pressa.genai.decoder_session import DecoderSession
 from pressa.genai.sampling import SamplingConfig
 from pressa.genai.sequence import Detokenizer, Sequence, check_request
 from pressa.genai.slots import SlotBatch
@@ -31,14 +30,15 @@ class Event:
 class Model:
     def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
                  **runtime):
-        """`runtime`: the other RuntimeOptions (backend, streams, precision_hint, cache_dir)."""
-        from pressa.genai.decoder_session import decoder_backend
+        """`runtime`: the other RuntimeOptions (backend: onnxruntime, openvino or auto; streams,
+        precision_hint, cache_dir)."""
+        from pressa import log
+        from pressa.genai.openvino_decoder import open_decoder
         from pressa.runtime.options import runtime_options
 
-        decoder_backend(runtime_options(device=device, threads=threads, hint=hint, **runtime))
-        hint = "latency" if hint == "latency" else "throughput"
+        self.runtime = runtime_options(device=device, threads=threads, hint=hint, **runtime)
         self.folder = Path(folder)
-        self.session = DecoderSession(self.folder, device, threads, hint)
+        self.session = open_decoder(self.folder, self.runtime, log=log.info)
         self.tokenizer = TextTokenizer(self.folder)
         self.eos_ids = set(token_ids(self.session.config["model"].get("eos_token_id")))
         gen = self.folder / "generation_config.json"

@@ -18,7 +18,7 @@ def cache_file() -> Path:
     return Path(root) / "pressa" / "backends.json"
 
 
-def _key(model_path: Path, opts: RuntimeOptions) -> str:
+def key_of(model_path: Path, opts: RuntimeOptions) -> str:
     from pressa.runtime.session import cpu_name
 
     st = Path(model_path).stat()
@@ -65,17 +65,15 @@ def measure(model_path: Path, opts: RuntimeOptions) -> dict:
     return out
 
 
-def pick_backend(model_path: Path, opts: RuntimeOptions, log=None) -> tuple[str, dict]:
-    """(the faster backend, its figures), measured once per model file, machine and hint."""
-    path, key = cache_file(), _key(model_path, opts)
+def remembered(key: str, measure) -> dict:
+    """The figures stored under `key`, or `measure()`'s, stored for next time."""
+    path = cache_file()
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
-    figures = known.get(key)
-    if figures is None:
-        figures = measure(model_path, opts)
-        known[key] = figures
+    if key not in known:
+        known[key] = measure()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -83,9 +81,20 @@ def pick_backend(model_path: Path, opts: RuntimeOptions, log=None) -> tuple[str,
             tmp.replace(path)
         except OSError:                             # a read-only home: measure again next time
             pass
-    timed = {b: figures.get(b) for b in ("onnxruntime", "openvino") if figures.get(b) is not None}
-    choice = min(timed, key=timed.get) if timed else "onnxruntime"
+    return known[key]
+
+
+def fastest(figures: dict, prefix: str = "") -> str:
+    timed = {b: figures.get(prefix + b) for b in ("onnxruntime", "openvino") if figures.get(prefix + b) is not None}
+    return min(timed, key=timed.get) if timed else "onnxruntime"
+
+
+def pick_backend(model_path: Path, opts: RuntimeOptions, log=None) -> tuple[str, dict]:
+    """(the faster backend, its figures), measured once per model file, machine and hint."""
+    figures = remembered(key_of(model_path, opts), lambda: measure(model_path, opts))
+    choice = fastest(figures)
     if log:
-        shown = ", ".join(f"{b} {t * 1e3:.2f} ms" for b, t in timed.items())
-        log(f"backend auto: {choice} ({shown}; {opts.hint}, measured once, cached in {path})")
+        shown = ", ".join(f"{b} {figures[b] * 1e3:.2f} ms" for b in ("onnxruntime", "openvino")
+                          if figures.get(b) is not None)
+        log(f"backend auto: {choice} ({shown}; {opts.hint}, measured once, cached in {cache_file()})")
     return choice, figures
