@@ -24,12 +24,15 @@ CHAT_QUESTION = "What is machine learning? Explain it in simple terms for a begi
 WIKI = ROOT.parent / "shared" / "data" / "wikitext2-valid.txt"
 
 
-def measure(folder: str, runs: int, threads: int | None, new_tokens: int = 128) -> dict:
+def measure(folder: str, runs: int, threads: int | None, new_tokens: int = 128, backend: str = "onnxruntime") -> dict:
     from pressa.evaluate.latency import benchmark
+    from pressa.runtime.options import RuntimeOptions
 
     text = WIKI.read_text()[:40000] if WIKI.is_file() else None
-    return benchmark(Path(folder), prompt_tokens=512, new_tokens=new_tokens, runs=runs, threads=threads,
-                     text=text, chat_prompt=CHAT_QUESTION)
+    r = benchmark(Path(folder), prompt_tokens=512, new_tokens=new_tokens, runs=runs, text=text,
+                  chat_prompt=CHAT_QUESTION, runtime=RuntimeOptions(backend=backend, threads=threads))
+    r["artifact"] = f"{folder} ({backend}: {r['backend']})"
+    return r
 
 
 def measure_genai(folder: str, runs: int, new_tokens: int = 128) -> dict:
@@ -66,8 +69,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--genai", action="store_true", help="also time onnxruntime-genai on the same folders")
+    ap.add_argument("--backends", default="onnxruntime", help="comma-separated: onnxruntime, openvino, auto")
     a = ap.parse_args()
-    results = [measure(f, a.runs, a.threads) for f in a.artifacts]
+    results = [measure(f, a.runs, a.threads, backend=b) for b in a.backends.split(",") for f in a.artifacts]
     genai = [measure_genai(f, a.runs) for f in a.artifacts] if a.genai else []
     rows = [(r["artifact"], f"{r['size_mb']:.1f}", f"{r['decode_tokens_per_s']:.1f}",
              f"{r['ttft_chat_s'] * 1000:.0f} ({r['chat_prompt_tokens']} tok)",

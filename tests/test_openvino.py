@@ -135,7 +135,8 @@ def test_greedy_text_scheduler_and_auto_on_openvino(tiny_artifact, tmp_path, mon
     auto = pressa.load(folder, backend="auto", precision_hint="f32")
     assert auto.generate(prompts, chat=False, max_new_tokens=12, ignore_eos=True) == want
     figures = next(iter(json.loads((tmp_path / "pressa" / "backends.json").read_text()).values()))
-    assert {"prefill_onnxruntime", "prefill_openvino", "step_onnxruntime", "step_openvino"} <= set(figures)
+    assert {f"{phase}_{b}" for phase in ("prefill_short", "prefill_long", "step")
+            for b in ("onnxruntime", "openvino")} <= set(figures)
     sch = Scheduler(on_ov, slots=2)
     texts, done = ["", ""], []
     for i, p in enumerate(prompts):

@@ -47,12 +47,12 @@ def med(xs):
 
 # -- tools: each returns (ttft(ids) -> s, decode(ids) -> tok/s, logits(ids) -> [S, V]) ----------------
 
-def tool_pressa(path):
+def tool_pressa(path, backend="onnxruntime"):
     import pressa
     from pressa.genai.decoder_session import DecoderSession
     from pressa.genai.sampling import SamplingConfig
 
-    m = pressa.load(path, threads=2)
+    m = pressa.load(path, threads=2, backend=backend)
     full = DecoderSession(path, threads=2, all_logits=True)
 
     def ttft(ids):
@@ -65,6 +65,15 @@ def tool_pressa(path):
         return (len(st) - 1) / (st[-1] - st[0])
 
     return ttft, decode, lambda ids: full.prefill([ids], len(ids))[1][0]
+
+
+def tool_pressa_openvino(path):
+    return tool_pressa(path, "openvino")
+
+
+def tool_pressa_auto(path):
+    """Each phase on the runtime pressa measured faster for it (prefill and decode may differ)."""
+    return tool_pressa(path, "auto")
 
 
 def tool_olive(path):

@@ -144,7 +144,8 @@ def convert(tool: str, hf: Path, gguf: Path) -> tuple[Path, dict]:
 def measure(tool: str, model: Path, hf: Path, runs: int) -> dict:
     py = venv(tool) / "bin" / "python"
     env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "2"}
-    kind = "pressa" if tool.startswith("pressa") else tool
+    kind = {"pressa-openvino": "pressa_openvino", "pressa-auto": "pressa_auto"}.get(tool, tool)
+    kind = "pressa" if kind.startswith("pressa-") else kind
     res = subprocess.run([str(py), str(HERE / "measure.py"), kind, str(model), str(hf), str(DATA), "--runs",
                           str(runs)],
                          capture_output=True, text=True, env=env)

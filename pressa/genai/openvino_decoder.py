@@ -95,26 +95,30 @@ class OpenVINOBinding:
                 logits[r, :new] = out[0, -new:]
 
 
-class SplitDecoder(DecoderBackend):
-    """Prefill on one backend, decode steps on another, over the same cache."""
+LONG_PROMPT = 128            # tokens from which a prefill counts as long (measured at 32 and 256)
 
-    def __init__(self, folder, prefill: DecoderBackend, decode: DecoderBackend):
+
+class SplitDecoder(DecoderBackend):
+    """Short prefills, long prefills and decode steps each on its own backend, over the same cache."""
+
+    def __init__(self, folder, short: DecoderBackend, long: DecoderBackend, decode: DecoderBackend):
         super().__init__(folder)
-        self.prefill_backend, self.decode_backend = prefill, decode
+        self.phases = (short, long, decode)
         self.last_only, self.kv_dtype = decode.last_only, decode.kv_dtype
-        if prefill.kv_dtype != decode.kv_dtype:
+        if len({b.kv_dtype for b in self.phases}) > 1:
             raise BadArgument("the two runtimes keep the cache in different types; pick one --backend")
 
     def bind(self, cache):
-        return SplitBinding(self.prefill_backend.bind(cache), self.decode_backend.bind(cache))
+        return SplitBinding(*(b.bind(cache) for b in self.phases))
 
 
 class SplitBinding:
-    def __init__(self, prefill, decode):
-        self.prefill, self.decode = prefill, decode
+    def __init__(self, short, long, decode):
+        self.short, self.long, self.decode = short, long, decode
 
     def run(self, ids: np.ndarray, mask: np.ndarray, logits: np.ndarray) -> None:
-        (self.prefill if ids.shape[1] > 1 else self.decode).run(ids, mask, logits)
+        width = ids.shape[1]
+        (self.decode if width == 1 else self.short if width < LONG_PROMPT else self.long).run(ids, mask, logits)
 
 
 def open_decoder(folder, runtime, all_logits: bool = False, log=None) -> DecoderBackend:
@@ -137,48 +141,50 @@ def open_decoder(folder, runtime, all_logits: bool = False, log=None) -> Decoder
             log(f"backend auto: onnxruntime ({first_line(err, 160)})")
         return ort
     backends = {"onnxruntime": ort, "openvino": ov}
-    prefill, decode = pick_phases(folder, runtime, backends, log)
-    if prefill == decode:
-        return backends[prefill]
-    return SplitDecoder(folder, backends[prefill], backends[decode])
+    chosen = pick_phases(runtime, backends, log)
+    if len(set(chosen)) == 1:
+        return backends[chosen[0]]
+    return SplitDecoder(folder, *(backends[c] for c in chosen))
 
 
-def measure_phases(backends: dict[str, DecoderBackend], prompt_tokens: int = 128, steps: int = 8) -> dict:
-    """Seconds of a `prompt_tokens` prefill and of one decode step after it, on each backend (median of
-    3 prefills and of `steps` steps, after a warm-up)."""
+def measure_phases(backends: dict[str, DecoderBackend], steps: int = 8) -> dict:
+    """Seconds of a short (32-token) and a long (256-token) prefill and of one decode step after it, on
+    each backend (medians of 3 after a warm-up, and of `steps` steps)."""
     import statistics
     import time
 
     rng = np.random.default_rng(0)
     out = {}
     for name, dec in backends.items():
-        n = min(prompt_tokens, dec.context_length - steps - 1)
-        prompt = rng.integers(3, dec.vocab_size, n).tolist()
-        prefills, stepped = [], []
-        for rep in range(4):
+        for label, n in (("short", 32), ("long", min(256, dec.context_length - steps - 1))):
+            prompt = rng.integers(3, dec.vocab_size, n).tolist()
+            times = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                dec.prefill([prompt], n + steps + 1)
+                times.append(time.perf_counter() - t0)
+            out[f"prefill_{label}_{name}"] = statistics.median(times[1:])
+        stepped = []
+        for _ in range(steps):
             t0 = time.perf_counter()
-            dec.prefill([prompt], n + steps + 1)
-            prefills.append(time.perf_counter() - t0)
-            if rep == 3:
-                for _ in range(steps):
-                    t0 = time.perf_counter()
-                    dec.step(np.array([5]))
-                    stepped.append(time.perf_counter() - t0)
-        out[f"prefill_{name}"] = statistics.median(prefills[1:])
+            dec.step(np.array([5]))
+            stepped.append(time.perf_counter() - t0)
         out[f"step_{name}"] = statistics.median(stepped)
     return out
 
 
-def pick_phases(folder, runtime, backends: dict[str, DecoderBackend], log=None) -> tuple[str, str]:
-    """(prefill backend, decode backend): each phase's faster, measured once per model, machine, hint."""
+def pick_phases(runtime, backends: dict[str, DecoderBackend], log=None) -> tuple[str, str, str]:
+    """(short prefill, long prefill, decode) backends: each phase's faster, measured once per model,
+    machine and hint."""
     from pressa.runtime.choose import cache_file, fastest, key_of, remembered
 
     figures = remembered("decoder|" + key_of(backends["onnxruntime"].model_path, runtime),
                          lambda: measure_phases(backends))
-    prefill, decode = fastest(figures, "prefill_"), fastest(figures, "step_")
+    chosen = tuple(fastest(figures, p) for p in ("prefill_short_", "prefill_long_", "step_"))
     if log:
-        ms = {k: f"{v * 1e3:.1f} ms" for k, v in figures.items()}
-        log(f"backend auto: prefill on {prefill} (onnxruntime {ms['prefill_onnxruntime']}, openvino "
-            f"{ms['prefill_openvino']}), decode on {decode} (onnxruntime {ms['step_onnxruntime']}, openvino "
-            f"{ms['step_openvino']} a step); measured once, cached in {cache_file()}")
-    return prefill, decode
+        def both(p):
+            return ", ".join(f"{b} {figures[p + b] * 1e3:.1f} ms" for b in backends)
+        log(f"backend auto: prompts under {LONG_PROMPT} tokens on {chosen[0]} ({both('prefill_short_')} for 32), "
+            f"longer on {chosen[1]} ({both('prefill_long_')} for 256), decode on {chosen[2]} ({both('step_')} a "
+            f"step); measured once, cached in {cache_file()}")
+    return chosen
