@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 
+from pressa.genai.sampling import SamplingConfig
+
 from helpers import SENTENCES, call, run_cli, running, write_bert
 
 ov = pytest.importorskip("openvino")
@@ -166,3 +168,67 @@ def test_openvino_refuses_soft_capping_in_one_line_and_auto_falls_back(tiny_arti
     assert isinstance(m.generate("t5 t6", chat=False, max_new_tokens=2), str)
     res = run_cli("eval", tiny_artifact("llama"), "--perplexity", __file__, "--backend", "openvino")
     assert res.returncode == 2 and "onnxruntime" in res.stderr
+
+
+def test_ir_export_loads_in_openvino_genai_and_generates_pressa_text(tiny_artifact, tmp_path):
+    """The IR folder of a decoder (stateful, GroupQueryAttention in standard operators) gives OpenVINO
+    GenAI's LLMPipeline pressa's greedy tokens (fp32, f32 hint); an int4 export keeps its weights
+    compressed and generates too."""
+    og = pytest.importorskip("openvino_genai")
+    import pressa
+
+    def pipeline(folder, out):
+        res = run_cli("export", folder, "--format", "openvino", "-o", out)
+        assert res.returncode == 0, res.stderr
+        names = {f.name for f in out.iterdir()}
+        assert {"openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml",
+                "config.json", "generation_config.json"} <= names
+        return og.LLMPipeline(str(out), "CPU", INFERENCE_PRECISION_HINT="f32")
+
+    def greedy(pipe, ids, n=8):
+        cfg = og.GenerationConfig()
+        cfg.max_new_tokens, cfg.min_new_tokens, cfg.do_sample = n, n, False
+        return list(pipe.generate(ov.Tensor(np.array([ids], np.int64)), cfg).tokens[0])
+
+    folder = tiny_artifact("llama")
+    m = pressa.load(folder)
+    ids = m.encode_prompt("t5 t6 t7", chat=False)
+    want = [int(t[0]) for t, _ in m.generate_ids([ids], SamplingConfig(max_new_tokens=8, ignore_eos=True))]
+    assert greedy(pipeline(folder, tmp_path / "ir"), ids) == want
+    assert run_cli("export", folder, "--format", "openvino", "-o", tmp_path / "ir").returncode == 2   # no --overwrite
+    q = tiny_artifact("llama", "int4")
+    assert len(greedy(pipeline(q, tmp_path / "ir4"), ids)) == 8
+    ir = (tmp_path / "ir4" / "openvino_model.bin").stat().st_size
+    onnx_bytes = sum(f.stat().st_size for f in q.glob("model.onnx*"))
+    assert ir < 1.05 * onnx_bytes, (ir, onnx_bytes)
+
+
+def test_portable_attention_equals_group_query_attention(tiny_artifact):
+    """GroupQueryAttention spelled in standard operators (the IR export's form) against ONNX Runtime's
+    contrib operator on the fp32 graph: a prefill and three steps, past passed back in."""
+    import onnx
+    import onnxruntime as ort
+
+    from pressa.artifact.llm_io import read_genai_config
+    from pressa.graph.portable_attention import portable_attention
+
+    for kind in ("llama", "gemma2", "gemma3", "qwen3"):
+        folder = tiny_artifact(kind, last_token_logits=False)
+        d = read_genai_config(folder)["model"]["decoder"]
+        m = onnx.load(str(folder / "model.onnx"))
+        a = ort.InferenceSession(m.SerializeToString())
+        b = ort.InferenceSession(portable_attention(m, d["head_size"]).SerializeToString())
+        assert "GroupQueryAttention" not in {n.op_type for n in m.graph.node}
+        shape = (1, d["num_key_value_heads"], 0, d["head_size"])
+        past = {f"past_key_values.{i}.{kv}": np.zeros(shape, np.float32)
+                for i in range(d["num_hidden_layers"]) for kv in ("key", "value")}
+        ids = [5, 9, 17, 33, 4, 70, 8, 9, 12, 40, 41, 3]
+        pa = pb = past
+        for step, new in enumerate([ids, [3], [8], [2]]):
+            total = len(ids) + step
+            feeds = {"input_ids": np.array([new], np.int64), "attention_mask": np.ones((1, total), np.int64)}
+            oa = dict(zip([o.name for o in a.get_outputs()], a.run(None, {**feeds, **pa})))
+            ob = dict(zip([o.name for o in b.get_outputs()], b.run(None, {**feeds, **pb})))
+            np.testing.assert_allclose(ob["logits"], oa["logits"], atol=1e-4)
+            pa = {k: oa[k.replace("past_key_values", "present")] for k in past}
+            pb = {k: ob[k.replace("past_key_values", "present")] for k in past}

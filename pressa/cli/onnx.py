@@ -120,6 +120,24 @@ def convert_fp16(model: Path = SOURCE, output: Path = OUTPUT, overwrite: bool = 
     done(output, m)
 
 
+@app.command("export")
+def export_cmd(
+    model: Path = SOURCE, output: Path = OUTPUT,
+    format: str = typer.Option("openvino", "--format", help="openvino: IR (openvino_model.xml/.bin) with OpenVINO "
+                               "tokenizers; decoders stateful, loadable by OpenVINO GenAI and Model Server."),
+    overwrite: bool = OVERWRITE,
+):
+    """Write an artifact in another runtime's format (OpenVINO IR), weights still compressed."""
+    from pressa.errors import BadArgument
+    from pressa.runtime.ir_export import export_openvino
+
+    if format != "openvino":
+        raise BadArgument(f"--format {format!r}: use openvino")
+    with log.status("exporting to OpenVINO IR"):
+        r = export_openvino(model, output, overwrite)
+    log.info(f"wrote {output} (IR {r['ir_bytes'] / 1e6:.1f} MB from {r['source_bytes'] / 1e6:.1f} MB of ONNX)")
+
+
 @app.command()
 @runtime_flags
 def compare(
