@@ -53,12 +53,11 @@ def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, run
     after that (short) chat prompt instead, as chat users see it. Medians and spread."""
     import pressa
     from pressa.genai.sampling import SamplingConfig
+    from pressa.runtime.options import RuntimeOptions
 
+    runtime = runtime or RuntimeOptions(threads=threads, hint=hint, device=device)
     t_load = time.perf_counter()
-    if runtime is not None:
-        threads, hint, device = runtime.threads, runtime.hint, runtime.device
-    m = pressa.load(folder, **(runtime.model_dump() if runtime is not None else
-                               {"threads": threads, "hint": hint, "device": device}))
+    m = pressa.load(folder, **runtime.model_dump())
     load_s = time.perf_counter() - t_load
     ids = prompt_of(m, prompt_tokens, text)
     cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
@@ -86,23 +85,12 @@ def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, run
                 chat_ttfts.append(chat_t)
         if progress:
             progress(r + 1, total, "warm-up" if r < warmup else f"run {r + 1 - warmup}/{runs}")
-    out = {
-        "artifact": str(folder),
-        "decode_tokens_per_s": statistics.median(decodes),
-        "ttft_s": statistics.median(ttfts),
-        "prefill_tokens_per_s": prompt_tokens / statistics.median(ttfts),
-        "peak_rss_mb": peak_rss_mb(),
-        "load_s": load_s,
-        "prompt_tokens": prompt_tokens,
-        "new_tokens": new_tokens,
-        "runs": runs,
-        "threads": threads,
-        "hint": hint,
-        "backend": type(m.session).__name__,
-        "decode_tokens_per_s_spread": spread(decodes),
-        "ttft_s_spread": spread(ttfts),
-        "size_mb": sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file()) / 1e6,
-    }
+    out = {"artifact": str(folder), "decode_tokens_per_s": statistics.median(decodes),
+           "ttft_s": statistics.median(ttfts), "prefill_tokens_per_s": prompt_tokens / statistics.median(ttfts),
+           "peak_rss_mb": peak_rss_mb(), "load_s": load_s, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+           "runs": runs, "threads": runtime.threads, "hint": runtime.hint, "backend": type(m.session).__name__,
+           "decode_tokens_per_s_spread": spread(decodes), "ttft_s_spread": spread(ttfts),
+           "size_mb": sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file()) / 1e6}
     if chat_ttfts:
         out["ttft_chat_s"] = statistics.median(chat_ttfts)
         out["chat_prompt_tokens"] = len(chat_ids)
