@@ -170,10 +170,10 @@ def test_openvino_refuses_soft_capping_in_one_line_and_auto_falls_back(tiny_arti
     assert res.returncode == 2 and "onnxruntime" in res.stderr
 
 
-def test_ir_export_loads_in_openvino_genai_and_generates_pressa_text(tiny_artifact, tmp_path):
-    """The IR folder of a decoder (stateful, GroupQueryAttention in standard operators) gives OpenVINO
-    GenAI's LLMPipeline pressa's greedy tokens (fp32, f32 hint); an int4 export keeps its weights
-    compressed and generates too."""
+def test_ir_export_loads_in_openvino_genai_and_generates_pressa_text(tiny_artifact, tiny_dir, tmp_path):
+    """The IR folder of a decoder (stateful, GroupQueryAttention in standard operators), exported or built
+    by `auto-opt --format openvino`, gives OpenVINO GenAI's LLMPipeline pressa's greedy tokens (fp32, f32
+    hint); an int4 export keeps its weights compressed and generates too."""
     og = pytest.importorskip("openvino_genai")
     import pressa
 
@@ -196,6 +196,11 @@ def test_ir_export_loads_in_openvino_genai_and_generates_pressa_text(tiny_artifa
     want = [int(t[0]) for t, _ in m.generate_ids([ids], SamplingConfig(max_new_tokens=8, ignore_eos=True))]
     assert greedy(pipeline(folder, tmp_path / "ir"), ids) == want
     assert run_cli("export", folder, "--format", "openvino", "-o", tmp_path / "ir").returncode == 2   # no --overwrite
+    res = run_cli("auto-opt", "-m", tiny_dir("llama"), "--precision", "fp32", "--format", "openvino", "-o",
+                  tmp_path / "built")                                         # the same build, straight to IR
+    assert res.returncode == 0, res.stderr
+    built = og.LLMPipeline(str(tmp_path / "built"), "CPU", INFERENCE_PRECISION_HINT="f32")
+    assert greedy(built, ids) == want
     q = tiny_artifact("llama", "int4")
     assert len(greedy(pipeline(q, tmp_path / "ir4"), ids)) == 8
     ir = (tmp_path / "ir4" / "openvino_model.bin").stat().st_size

@@ -32,6 +32,9 @@ def auto_opt(
     use_ort_genai: bool = typer.Option(True, "--use_ort_genai/--no-ort-genai",
                                        help="Write genai_config.json so onnxruntime-genai loads the folder "
                                             "(always written; accepted for Olive compatibility)."),
+    output_format: str = typer.Option("onnx", "--format", help="onnx (the ONNX Runtime GenAI folder pressa runs) "
+                                      "or openvino (OpenVINO IR for OpenVINO GenAI / Model Server, as `pressa "
+                                      "export --format openvino` writes)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     log_level: int = typer.Option(1, "--log_level", "--log-level", min=0, max=4,
                                   help="0 debug, 1 info, 2 warnings, 3 errors, 4 critical."),
@@ -54,10 +57,31 @@ def auto_opt(
     if device != "cpu" and dev == "cpu":
         dev = "cuda"
     config = validated(BuilderConfig, {**options, "execution_provider": dev}, AUTO_OPT_FLAGS)
+    if output_format not in ("onnx", "openvino"):
+        raise BadArgument(f"--format {output_format!r}: use onnx or openvino")
+    workflow = job(model, [("auto-opt", "model-builder", config.model_dump(exclude_unset=True))])
+    if output_format == "openvino":
+        _auto_opt_openvino(workflow, output, overwrite)
+        return
     with log.progress_bar("auto-opt") as bar:
-        manifest = execute(job(model, [("auto-opt", "model-builder", config.model_dump(exclude_unset=True))]),
-                           output, overwrite, bar, log.info)
+        manifest = execute(workflow, output, overwrite, bar, log.info)
     log.info(f"wrote {output} ({manifest['size_bytes'] / 1e6:.1f} MB, {manifest['build_seconds']:.1f} s)")
+
+
+def _auto_opt_openvino(workflow: dict, output: Path, overwrite: bool) -> None:
+    """The ONNX build in a temporary folder, then its OpenVINO IR export at `output`."""
+    from pressa.artifact import check_output
+    from pressa.engine.execute import execute
+    from pressa.runtime.ir_export import export_openvino
+    from pressa.tempdirs import temp_dir
+
+    check_output(Path(output), overwrite, [workflow["input_model"]])
+    with temp_dir("auto-opt-") as tmp:
+        with log.progress_bar("auto-opt") as bar:
+            execute(workflow, Path(tmp) / "model", False, bar, log.info)
+        with log.status("exporting to OpenVINO IR"):
+            r = export_openvino(Path(tmp) / "model", output, overwrite)
+    log.info(f"wrote {output} (OpenVINO IR, {r['ir_bytes'] / 1e6:.1f} MB)")
 
 
 def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
