@@ -129,3 +129,29 @@ def test_completions_logprobs_offsets_follow_the_text():
     assert first == {"tokens": ["Hello"], "token_logprobs": [-0.5], "top_logprobs": [{"Hello": -0.5, " w": -2.0}],
                      "text_offset": [0]}
     assert rest["text_offset"] == [5, 7] and rest["tokens"] == [" w", "orld"]
+
+
+def test_workflow_runtime_from_olive_systems_and_pressa_runtime(onnx_file):
+    """Olive's target system (its first accelerator's execution provider and device) and pressa's own
+    `runtime` section map onto the RuntimeOptions the metrics run on; a bad runtime key is one line."""
+    from pressa.passes.base import BadConfig
+
+    def wf(**more):
+        return parse_workflow({"input_model": str(onnx_file), "passes": {"q": {"type": "OnnxDynamicQuantization"}},
+                               **more})
+
+    def system(ep, device="cpu"):
+        return {"systems": {"s": {"type": "LocalSystem", "config": {"accelerators": [
+            {"device": device, "execution_providers": [ep]}]}}}, "engine": {"target": "s", "host": "s"}}
+
+    assert wf().runtime.backend == "onnxruntime" and not wf().notes
+    ov = wf(**system("OpenVINOExecutionProvider"))
+    assert (ov.runtime.backend, ov.runtime.device) == ("openvino", "CPU") and "OpenVINO" in ov.notes[0]
+    gpu = wf(**system("CUDAExecutionProvider", "gpu"))
+    assert (gpu.runtime.backend, gpu.runtime.device) == ("onnxruntime", "gpu")
+    other = wf(**system("DmlExecutionProvider"))
+    assert other.runtime.backend == "onnxruntime" and "not one of pressa's runtimes" in other.notes[0]
+    own = wf(engine={"runtime": {"backend": "openvino", "hint": "throughput", "streams": "2"}})
+    assert (own.runtime.backend, own.runtime.hint, own.runtime.streams) == ("openvino", "throughput", "2")
+    with pytest.raises(BadConfig, match="runtime.backend"):
+        wf(runtime={"backend": "tensorrt"})

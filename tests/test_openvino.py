@@ -237,3 +237,20 @@ def test_portable_attention_equals_group_query_attention(tiny_artifact):
             np.testing.assert_allclose(ob["logits"], oa["logits"], atol=1e-4)
             pa = {k: oa[k.replace("past_key_values", "present")] for k in past}
             pb = {k: ob[k.replace("past_key_values", "present")] for k in past}
+
+
+def test_workflow_measures_candidates_on_openvino(encoder, tmp_path):
+    """An Olive config whose target system names OpenVINOExecutionProvider: the candidates' latency is
+    measured on OpenVINO, and the report says so."""
+    cfg = {"input_model": str(encoder), "passes": {"q": {"type": "OnnxDynamicQuantization"}},
+           "systems": {"ov": {"type": "LocalSystem", "config": {"accelerators": [
+               {"device": "cpu", "execution_providers": ["OpenVINOExecutionProvider"]}]}}},
+           "evaluators": {"e": {"metrics": [{"name": "latency", "type": "latency", "sub_types": [{"name": "avg"}]}]}},
+           "engine": {"target": "ov", "evaluator": "e", "cache_dir": str(tmp_path / "cache"),
+                      "output_dir": str(tmp_path / "out")}}
+    (tmp_path / "wf.json").write_text(json.dumps(cfg))
+    res = run_cli("run", "--config", tmp_path / "wf.json")
+    assert res.returncode == 0, res.stderr
+    foot = json.loads((tmp_path / "out" / "footprints.json").read_text())
+    assert any("OpenVINOExecutionProvider" in n and "OpenVINO" in n for n in foot["notes"])
+    assert foot["trials"][0]["metrics"]["latency"]["avg"] > 0

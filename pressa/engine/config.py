@@ -12,15 +12,16 @@ from pathlib import Path
 
 from pressa.errors import first_line
 from pressa.passes.base import BadConfig, get_pass, make_config
+from pressa.runtime.options import RuntimeOptions
 
 TOP_KEYS = {"input_model", "systems", "evaluators", "passes", "engine", "search_strategy", "evaluator", "host",
             "target", "cache_dir", "output_dir", "data_configs", "workflow_id", "log_severity_level",
             "clean_cache", "evaluate_input_model", "output_name", "packaging_config", "pass_flows", "model",
             "input_info", "compression", "target_device", "accuracy_check", "calibration_data", "log_level",
-            "no_artifacts", "verbose"}
+            "no_artifacts", "verbose", "runtime"}
 ENGINE_KEYS = {"search_strategy", "evaluator", "host", "target", "cache_dir", "output_dir", "log_severity_level",
                "clean_cache", "evaluate_input_model", "output_name", "packaging_config", "plot_pareto_frontier",
-               "log_to_file", "no_artifacts"}
+               "log_to_file", "no_artifacts", "runtime"}
 METRIC_TYPES = {"latency", "throughput", "accuracy", "perplexity", "size", "memory"}
 LATENCY_STATS = ("avg", "min", "max", "p50", "p75", "p90", "p95", "p99", "p999")
 GOALS = {"threshold", "min-improvement", "max-degradation", "percent-min-improvement", "percent-max-degradation"}
@@ -65,6 +66,7 @@ class Workflow:
     output_dir: Path = Path("models/optimized")
     accuracy_data: str | None = None
     notes: list[str] = field(default_factory=list)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)     # what metrics run the candidates on
 
     def candidates(self) -> list[dict]:
         """Every combination of searched options: [{pass key: {option: value}}]."""
@@ -374,11 +376,46 @@ def parse_workflow(cfg: dict, base: Path = Path("."), model_override: str | None
             if isinstance(opts.get("calibration_data"), str):
                 opts["calibration_data"] = _rebase(opts["calibration_data"], base)
     wf.accuracy_data = _rebase(wf.accuracy_data, base)
-    for host in ("systems", "host", "target"):
-        if host in cfg or host in engine:
-            wf.notes.append(f"{host}: runs on this machine (local system, CPU)")
-            break
+    wf.runtime, note = _runtime(cfg, engine)
+    if note:
+        wf.notes.append(note)
     return wf
+
+
+EP_BACKENDS = {"OpenVINOExecutionProvider": ("openvino", "cpu"), "CPUExecutionProvider": ("onnxruntime", "cpu"),
+               "CUDAExecutionProvider": ("onnxruntime", "gpu")}
+
+
+def _runtime(cfg: dict, engine: dict) -> tuple[RuntimeOptions, str | None]:
+    """What the candidates are measured on: pressa's `runtime` section (RuntimeOptions' keys), or Olive's
+    target system (its first accelerator's device and execution provider), this machine either way."""
+    from pydantic import ValidationError
+
+    own = engine.get("runtime", cfg.get("runtime"))
+    if own is not None:
+        if not isinstance(own, dict):
+            raise BadConfig("runtime: must be a mapping of backend, device, hint, threads, ...")
+        try:
+            return RuntimeOptions(**own), f"runtime: {RuntimeOptions(**own).backend} on {own.get('device', 'cpu')}"
+        except ValidationError as err:
+            e = err.errors()[0]
+            raise BadConfig(f"runtime.{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
+    systems = cfg.get("systems") or {}
+    name = engine.get("target", cfg.get("target")) or engine.get("host", cfg.get("host"))
+    system = systems.get(name) if isinstance(name, str) else next(iter(systems.values()), None)
+    if not isinstance(system, dict):
+        return RuntimeOptions(), ("target: runs on this machine (local system, CPU)"
+                                  if systems or name else None)
+    acc = ((system.get("config") or {}).get("accelerators") or [{}])[0] or {}
+    eps = acc.get("execution_providers") or ["CPUExecutionProvider"]
+    backend, device = EP_BACKENDS.get(eps[0], ("onnxruntime", "cpu"))
+    device = str(acc.get("device") or device).lower()
+    if backend == "openvino":
+        device = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}.get(device, device.upper())
+    note = f"target: {eps[0]} on {device} ({'OpenVINO' if backend == 'openvino' else 'ONNX Runtime'}), this machine"
+    if eps[0] not in EP_BACKENDS:
+        note += f"; {eps[0]} is not one of pressa's runtimes, so ONNX Runtime's CPU provider measures"
+    return RuntimeOptions(backend=backend, device=device), note
 
 
 def load_workflow(path: Path, model: str | None = None, output: Path | None = None) -> Workflow:

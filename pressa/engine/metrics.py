@@ -53,7 +53,11 @@ def _rss_mb() -> float:
 
 class Evaluator:
     def __init__(self, metrics: list[MetricSpec], original: Path | None = None, runs: int = 20,
-                 guard: bool = False, guard_data: str | None = None):
+                 guard: bool = False, guard_data: str | None = None, runtime=None):
+        """`runtime` (RuntimeOptions): the runtime the candidates are measured on (default ONNX Runtime, CPU)."""
+        from pressa.runtime.options import RuntimeOptions
+
+        self.runtime = runtime or RuntimeOptions()
         self.metrics, self.original, self.runs = metrics, original, runs
         self.guard, self.guard_data = guard, guard_data
         self._ref_cache: dict = {}
@@ -86,7 +90,7 @@ class Evaluator:
         if m.type == "accuracy":
             return {"agreement": self._llm_agreement(art, m.data)}
         before = _rss_mb()
-        model = pressa.load(art)
+        model = pressa.load(art, **self.runtime.model_dump())
         prompt = model.tokenizer.encode(DEFAULT_TEXT[:400], add_special_tokens=False)[:64]
         cfg = SamplingConfig(max_new_tokens=self.runs + 1, ignore_eos=True)
         stamps = [time.perf_counter()]
@@ -131,7 +135,7 @@ class Evaluator:
         if m.type == "accuracy":
             return self._onnx_agreement(art, m.data)
         before = _rss_mb()
-        s = open_session(find_model(art), "cpu", None, "latency")
+        s = open_session(find_model(art), runtime=self.runtime)
         graph = load_model(art, load_data=False)
         batch = 8 if m.type == "throughput" else 1
         feeds = sample_inputs(graph, batch=batch, seq=_seq_len(art))
@@ -149,7 +153,7 @@ class Evaluator:
 
         if self.original is None:
             return {"agreement": float("nan")}
-        r = compare(self.original, art, Path(data) if data else None, samples=32, runs=1)
+        r = compare(self.original, art, Path(data) if data else None, samples=32, runs=1, runtime=self.runtime)
         first = next(iter(r["outputs"].values()))
         out = {"agreement": r["score"]}
         if "cosine_mean" in first:

@@ -99,7 +99,7 @@ def run_workflow(wf: Workflow, log: Callable[[str], None], overwrite: bool = Fal
     guard = any(precision_changing(wf, c) for c in wf.candidates()[:1])
     original = _original(wf, cache, log) if guard or any(m.type == "accuracy" for m in wf.metrics) or any(
         s.goal and s.goal[0] != "threshold" for m in wf.metrics for s in m.subs) else None
-    evaluator = Evaluator(wf.metrics, original, runs, guard, wf.accuracy_data)
+    evaluator = Evaluator(wf.metrics, original, runs, guard, wf.accuracy_data, wf.runtime)
     baseline = None
     if original is not None and any(s.goal and s.goal[0] != "threshold" for m in wf.metrics for s in m.subs):
         baseline = Trial(-1, {}, artifact=str(original), metrics=evaluator(original))
