@@ -254,3 +254,28 @@ def test_workflow_measures_candidates_on_openvino(encoder, tmp_path):
     foot = json.loads((tmp_path / "out" / "footprints.json").read_text())
     assert any("OpenVINOExecutionProvider" in n and "OpenVINO" in n for n in foot["notes"])
     assert foot["trials"][0]["metrics"]["latency"]["avg"] > 0
+
+
+def test_serve_on_openvino_throughput_runs_batches_in_parallel(encoder):
+    """Under OpenVINO's throughput hint the dynamic batcher runs a batch per stream at once; every
+    concurrent answer equals ONNX Runtime's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pressa.runtime.encoder import EncoderModel
+    from pressa.serve.models import load_models
+
+    models = load_models([{"name": "enc", "path": str(encoder), "backend": "openvino", "hint": "throughput",
+                           "streams": "2", "threads": 2, "precision_hint": "f32", "max_batch": 2,
+                           "max_wait_ms": 1}])
+    batcher = models["enc"].batcher
+    assert batcher.workers == 2
+    ref = EncoderModel(encoder)
+    texts = [SENTENCES[i] for i in range(16)]
+    with running(models) as port:
+        server = {"url": f"http://127.0.0.1:{port}", "port": port}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda t: call(server, "/v1/models/enc:predict", {"instances": [t]}), texts))
+    for (status, body), t in zip(answers, texts):
+        assert status == 200
+        np.testing.assert_allclose(np.array(body["predictions"]), ref.run([t])["last_hidden_state"], atol=1e-4)
+    assert batcher.peak == 2

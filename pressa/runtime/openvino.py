@@ -96,7 +96,7 @@ class OpenVINOSession:
         self.device = device
         self._inputs = [_spec(p) for p in self.compiled.inputs]
         self._outputs = [_spec(p) for p in self.compiled.outputs]
-        self._request = self.compiled.create_infer_request()
+        self._idle: list = []                 # infer requests not in use: concurrent callers each take one
         self._queue = None
 
     def get_inputs(self) -> list[IOSpec]:
@@ -106,10 +106,18 @@ class OpenVINOSession:
         return self._outputs
 
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = self._request.infer(feeds, share_inputs=True)
-        by_name = {o.get_any_name(): result[o] for o in self.compiled.outputs}
-        names = output_names or [o.name for o in self._outputs]
-        return [np.array(by_name[n], copy=True) for n in names]
+        """As ONNX Runtime's session.run; safe to call from several threads (a request each)."""
+        try:
+            request = self._idle.pop()
+        except IndexError:
+            request = self.compiled.create_infer_request()
+        try:
+            result = request.infer(feeds, share_inputs=True)
+            by_name = {o.get_any_name(): result[o] for o in self.compiled.outputs}
+            names = output_names or [o.name for o in self._outputs]
+            return [np.array(by_name[n], copy=True) for n in names]
+        finally:
+            self._idle.append(request)
 
     def parallel_requests(self) -> int:
         """Requests the compiled model runs best with at once (1 under a latency hint)."""

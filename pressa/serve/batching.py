@@ -27,13 +27,16 @@ def rows(feeds: Feeds) -> int:
 
 class Batcher:
     def __init__(self, run: Callable[[Feeds], dict], max_batch: int = 32, max_wait: float = 0.005,
-                 max_queue: int = 64, on_full: Callable[[], Exception] | None = None):
+                 max_queue: int = 64, on_full: Callable[[], Exception] | None = None, workers: int = 1):
+        """`workers`: batches run at once (OpenVINO's throughput hint runs one per stream)."""
         self.run, self.max_batch, self.max_wait, self.max_queue = run, max_batch, max_wait, max_queue
         self.on_full = on_full or (lambda: RuntimeError("queue full"))
         self.queue: deque = deque()
         self.cond = threading.Condition()
         self.sizes: list[int] = []                 # rows per run, for metrics and tests
-        threading.Thread(target=self._loop, daemon=True, name="pressa-batcher").start()
+        self.workers, self.running, self.peak = workers, 0, 0     # batches running now, and at most
+        for i in range(workers):
+            threading.Thread(target=self._loop, daemon=True, name=f"pressa-batcher-{i}").start()
 
     @property
     def depth(self) -> int:
@@ -71,28 +74,40 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             batch = self._take()
+            with self.cond:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
             try:
-                if len(batch) == 1:
-                    self.sizes.append(rows(batch[0][0]))
-                    batch[0][1].set_result(self.run(batch[0][0]))
+                self._run_batch(batch)
+            finally:
+                with self.cond:
+                    self.running -= 1
+
+    def _run_batch(self, batch: list) -> None:
+        """Run the requests joined, split the outputs back; on failure each alone, so that one bad
+        request fails only itself."""
+        try:
+            if len(batch) == 1:
+                self.sizes.append(rows(batch[0][0]))
+                batch[0][1].set_result(self.run(batch[0][0]))
+                return
+            joined = {k: np.concatenate([f[k] for f, _ in batch]) for k in batch[0][0]}
+            out = self.run(joined)
+            n = [rows(f) for f, _ in batch]
+            if any(v.ndim == 0 or v.shape[0] != sum(n) for v in out.values()):
+                for f, fut in batch:              # outputs not per row: run the requests one by one
+                    fut.set_result(self.run(f))
+                return
+            self.sizes.append(sum(n))
+            cuts = np.cumsum(n)[:-1]
+            parts = {k: np.split(v, cuts) for k, v in out.items()}
+            for i, (_, fut) in enumerate(batch):
+                fut.set_result({k: p[i] for k, p in parts.items()})
+        except Exception:                         # one bad request must not fail its neighbours
+            for f, fut in batch:
+                if fut.done():
                     continue
-                joined = {k: np.concatenate([f[k] for f, _ in batch]) for k in batch[0][0]}
-                out = self.run(joined)
-                n = [rows(f) for f, _ in batch]
-                if any(v.ndim == 0 or v.shape[0] != sum(n) for v in out.values()):
-                    for f, fut in batch:              # outputs not per row: run the requests one by one
-                        fut.set_result(self.run(f))
-                    continue
-                self.sizes.append(sum(n))
-                cuts = np.cumsum(n)[:-1]
-                parts = {k: np.split(v, cuts) for k, v in out.items()}
-                for i, (_, fut) in enumerate(batch):
-                    fut.set_result({k: p[i] for k, p in parts.items()})
-            except Exception:                         # one bad request must not fail its neighbours
-                for f, fut in batch:
-                    if fut.done():
-                        continue
-                    try:
-                        fut.set_result(self.run(f))
-                    except Exception as err:
-                        fut.set_exception(err)
+                try:
+                    fut.set_result(self.run(f))
+                except Exception as err:
+                    fut.set_exception(err)

@@ -168,7 +168,9 @@ class TensorModel(ServedModel):
         if max_batch > 1 and all(t.shape and t.shape[0] == -1 for t in self.inputs):
             from pressa.serve.batching import Batcher
 
-            self.batcher = Batcher(self._run, max_batch, max_wait, max_queue, on_full=lambda: self.busy("requests"))
+            parallel = getattr(model.session, "parallel_requests", lambda: 1)()       # OpenVINO's streams
+            self.batcher = Batcher(self._run, max_batch, max_wait, max_queue, on_full=lambda: self.busy("requests"),
+                                   workers=parallel)
 
     @property
     def queued(self) -> int:
