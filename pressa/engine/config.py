@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pressa.errors import first_line
 from pressa.passes.base import BadConfig, get_pass, make_config
-from pressa.runtime.options import RuntimeOptions
+from pressa.runtime.options import RuntimeOptions, openvino_device
 
 TOP_KEYS = {"input_model", "systems", "evaluators", "passes", "engine", "search_strategy", "evaluator", "host",
             "target", "cache_dir", "output_dir", "data_configs", "workflow_id", "log_severity_level",
@@ -411,7 +411,7 @@ def _runtime(cfg: dict, engine: dict) -> tuple[RuntimeOptions, str | None]:
     backend, device = EP_BACKENDS.get(eps[0], ("onnxruntime", "cpu"))
     device = str(acc.get("device") or device).lower()
     if backend == "openvino":
-        device = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}.get(device, device.upper())
+        device = openvino_device(device)
     note = f"target: {eps[0]} on {device} ({'OpenVINO' if backend == 'openvino' else 'ONNX Runtime'}), this machine"
     if eps[0] not in EP_BACKENDS:
         note += f"; {eps[0]} is not one of pressa's runtimes, so ONNX Runtime's CPU provider measures"

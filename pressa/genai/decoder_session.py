@@ -79,16 +79,17 @@ class DecoderBackend:
 
 class DecoderSession(DecoderBackend):
     def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
-                 all_logits: bool = False):
+                 all_logits: bool = False, runtime=None):
         """`all_logits`: logits for every prompt position (evaluation); by default graphs built
-        with last-token logits compute the vocabulary projection for each row's last token only."""
+        with last-token logits compute the vocabulary projection for each row's last token only.
+        `runtime` (RuntimeOptions with backend onnxruntime): device, threads and hint in one."""
         import onnxruntime as ort
 
         super().__init__(folder)
         self.ort = ort
         model_path = self.model_path
         variant = all_logits_variant(model_path) if all_logits else None
-        self.session = open_session(model_path, device, threads, hint, model_bytes=variant)
+        self.session = open_session(model_path, device, threads, hint, model_bytes=variant, runtime=runtime)
         out = {o.name: o.shape for o in self.session.get_outputs()}[LOGITS]
         self.last_only = out[1] == 1
         types = {i.name: i.type for i in self.session.get_inputs()}

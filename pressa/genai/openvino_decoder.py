@@ -124,16 +124,16 @@ class SplitBinding:
 def open_decoder(folder, runtime, all_logits: bool = False, log=None) -> DecoderBackend:
     """The decoder backend `runtime` asks for: ONNX Runtime, OpenVINO, or (auto) each phase on the
     runtime measured faster for it here."""
-    threads, hint = runtime.threads, "latency" if runtime.hint == "latency" else "throughput"
-    device = {"CPU": "cpu", "GPU": "gpu"}.get(runtime.device, runtime.device)
+    # ONNX Runtime takes the device asked for only when it is the backend asked for (not OpenVINO's AUTO, ...)
+    on_ort = runtime.model_copy(update={"backend": "onnxruntime",
+                                        **({} if runtime.backend == "onnxruntime" else {"device": "cpu"})})
     if runtime.backend == "onnxruntime" or all_logits:
         if all_logits and runtime.backend == "openvino":
             raise BadArgument("evaluation (logits at every position) runs on --backend onnxruntime only")
-        return DecoderSession(folder, device if runtime.backend == "onnxruntime" else "cpu", threads, hint,
-                              all_logits=all_logits)
+        return DecoderSession(folder, all_logits=all_logits, runtime=on_ort)
     if runtime.backend == "openvino":
         return OpenVINODecoder(folder, runtime)
-    ort = DecoderSession(folder, "cpu", threads, hint)
+    ort = DecoderSession(folder, runtime=on_ort)
     try:
         ov = OpenVINODecoder(folder, runtime)
     except (BadArgument, CorruptModel) as err:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pressa.errors import BadArgument, CorruptModel, first_line
-from pressa.runtime.options import RuntimeOptions
+from pressa.runtime.options import RuntimeOptions, openvino_device
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative-throughput": "CUMULATIVE_THROUGHPUT"}
 ORT_TYPES = {"f32": "tensor(float)", "f16": "tensor(float16)", "f64": "tensor(double)", "i64": "tensor(int64)",
@@ -43,7 +43,7 @@ def version() -> str:
 def device_name(device: str) -> str:
     """OpenVINO's spelling of a device (cpu -> CPU, gpu -> GPU); BadArgument listing the available ones
     when this machine has no such device."""
-    name = {"cpu": "CPU", "gpu": "GPU", "cuda": "GPU", "auto": "AUTO", "npu": "NPU"}.get(device.lower(), device)
+    name = openvino_device(device)
     available = core().available_devices
     virtual = name.split(":", 1)[0] in ("AUTO", "HETERO", "MULTI", "BATCH")
     wanted = name.split(":", 1)[1].split(",") if virtual and ":" in name else ([] if virtual else [name])

@@ -9,6 +9,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# pressa's device words and OpenVINO's spellings of them
+OPENVINO_DEVICES = {"cpu": "CPU", "gpu": "GPU", "cuda": "GPU", "auto": "AUTO", "npu": "NPU"}
+
+
+def openvino_device(device: str) -> str:
+    """OpenVINO's spelling of a device (cpu -> CPU, gpu.1 -> GPU.1; its names are upper case)."""
+    return OPENVINO_DEVICES.get(device.lower(), device.upper())
+
+
+def onnxruntime_device(device: str) -> str:
+    """ONNX Runtime's word for a device given in OpenVINO's spelling (CPU -> cpu, GPU -> gpu)."""
+    return {"CPU": "cpu", "GPU": "gpu"}.get(device, device)
+
 
 class RuntimeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

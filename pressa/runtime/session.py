@@ -61,8 +61,9 @@ def open_session(model_path: Path, device: str = "cpu", threads: int | None = No
             raise BadArgument("this run needs an edited graph, which only --backend onnxruntime opens")
         return OpenVINOSession(model_path, runtime)
     if runtime is not None:
-        device, threads, hint = runtime.device, runtime.threads, runtime.hint
-        device = {"CPU": "cpu", "GPU": "gpu"}.get(device, device)
+        from pressa.runtime.options import onnxruntime_device
+
+        device, threads, hint = onnxruntime_device(runtime.device), runtime.threads, runtime.hint
     import onnxruntime as ort
 
     provider = PROVIDERS.get(device)
