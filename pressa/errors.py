@@ -11,6 +11,20 @@ def first_line(err: BaseException, limit: int | None = None) -> str:
     return line[:limit] if limit else line
 
 
+def validation_message(err, name=None, given: dict | None = None) -> str:
+    """A pydantic ValidationError's first problem as one line: a validator's own sentence (it names the
+    value) as it is; otherwise "<field> [value]: <message>", the field spelt by `name(path)` (a flag, say;
+    default its dotted path) and its value quoted from `given` when it is there."""
+    e = err.errors()[0]
+    if e["type"] == "value_error":
+        return str(e["ctx"]["error"])
+    path = ".".join(map(str, e["loc"]))
+    label = name(path) if name and path else path
+    key = e["loc"][0] if e["loc"] else None
+    value = f" {given[key]!r}" if given is not None and key in given else ""
+    return f"{label}{value}: {e['msg']}" if label else e["msg"]
+
+
 class PressaError(Exception):
     """An error the user can fix. `str(err)` is a one-line message."""
 

@@ -18,7 +18,7 @@ from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, pres
 from pressa.capture.config import DecoderConfig
 from pressa.capture.onnx_writer import MS, GraphWriter
 from pressa.capture.rope import rope_cache
-from pressa.errors import BadArgument, CorruptModel
+from pressa.errors import BadArgument, CorruptModel, validation_message
 from pressa.quant.packing import matmulnbits_tensors
 from pressa.quant.plan import LINEARS, LayerPlan, QuantSettings, plan_layer
 from pressa.quant.rtn import fp16_exact, quantize_rtn
@@ -53,11 +53,7 @@ class BuildOptions:
                           accuracy_level=self.accuracy_level, embedding_bits=self.embedding_bits,
                           algorithm=self.algorithm, scale_search=self.scale_search)
         except ValidationError as err:
-            e = err.errors()[0]
-            where = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "value_error":                 # the validator's own sentence names the value
-                raise BadArgument(str(e["ctx"]["error"])) from None
-            raise BadArgument(f"{where}: {e['msg']}") from None
+            raise BadArgument(validation_message(err)) from None
 
 
 class DecoderBuilder:

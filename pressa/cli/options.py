@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from pydantic import BaseModel, ValidationError
 
-from pressa.errors import BadArgument
+from pressa.errors import BadArgument, validation_message
 
 
 def _field_type(annotation) -> tuple[type, tuple | None]:
@@ -100,10 +100,4 @@ def validated(config: type[BaseModel], options: dict, flags: dict[str, tuple[str
     try:
         return config(**options)
     except ValidationError as err:
-        e = err.errors()[0]
-        if e["type"] == "value_error":                     # the validator's own sentence names the value
-            raise BadArgument(str(e["ctx"]["error"])) from None
-        field = str(e["loc"][0]) if e["loc"] else ""
-        flag = flag_of(field, flags) if field else ""
-        value = f" {options[field]!r}" if field in options else ""
-        raise BadArgument(f"{flag}{value}: {e['msg']}" if flag else e["msg"]) from None
+        raise BadArgument(validation_message(err, lambda path: flag_of(path.split(".")[0], flags), options)) from None

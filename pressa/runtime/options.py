@@ -50,12 +50,9 @@ def runtime_options(**given) -> RuntimeOptions:
     """RuntimeOptions from keyword arguments (pressa.load's, a command's flags); a bad value is one line."""
     from pydantic import ValidationError
 
-    from pressa.errors import BadArgument
+    from pressa.errors import BadArgument, validation_message
 
     try:
         return RuntimeOptions(**{k: str(v) if k == "streams" and v is not None else v for k, v in given.items()})
     except ValidationError as err:
-        e = err.errors()[0]
-        if e["type"] == "value_error":
-            raise BadArgument(str(e["ctx"]["error"])) from None
-        raise BadArgument(f"{'.'.join(map(str, e['loc']))} {given.get(e['loc'][0])!r}: {e['msg']}") from None
+        raise BadArgument(validation_message(err, given=given)) from None
