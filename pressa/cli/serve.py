@@ -8,10 +8,13 @@ import typer
 
 from pressa import log
 from pressa.cli.app import app, runtime_flags
+from pressa.cli.options import validated, with_config_options
+from pressa.serve.models import ServingLimits
 
 
 @app.command()
 @runtime_flags
+@with_config_options(ServingLimits, into="limits")
 def serve(
     model_name: str | None = typer.Option(None, "--model_name", "--model-name", help="Name clients use."),
     model_path: Path | None = typer.Option(None, "--model_path", "--model-path", help="Artifact folder to serve."),
@@ -24,17 +27,6 @@ def serve(
                                        "(/metrics too, unless --metrics-public)."),
     max_tokens: int = typer.Option(2048, "--max-tokens", min=1, help="Largest max_tokens a request may ask."),
     max_body: int = typer.Option(16 << 20, "--max-body", min=1024, help="Largest request body in bytes."),
-    max_concurrency: int = typer.Option(8, "--max-concurrency", min=1, help="Per model: sequences a text "
-                                        "generator decodes together (continuous batching), requests a tensor "
-                                        "model runs at once."),
-    context: int | None = typer.Option(None, "--context", min=2, help="Positions (prompt + new tokens) each "
-                                       "generation may hold; default the model's context length, at most 4096."),
-    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests waiting per model, beyond those "
-                                  "running, before 503 with Retry-After."),
-    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Rows per dynamic batch of predict/infer "
-                                  "requests (1 = no batching)."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0.0, help="How long a batch waits for more "
-                                      "requests after its first."),
     log_format: str = typer.Option("json", "--log-format", help="Server logs on stderr: json (one object per "
                                    "line) or text."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log a line per request."),
@@ -47,14 +39,17 @@ def serve(
     metrics_public: bool = typer.Option(False, "--metrics-public", help="Answer /metrics without the API key "
                                         "(for a Prometheus scraper that sends none)."),
     runtime=None,
+    limits: dict | None = None,
 ):
-    """Serve artifacts over HTTP: TensorFlow-Serving REST, KServe v2, OpenAI-compatible chat/completions/embeddings."""
+    """Serve artifacts over HTTP: TensorFlow-Serving REST, KServe v2, OpenAI-compatible chat/completions/embeddings.
+
+    The runtime flags and the per-model limits (--max-concurrency, --max-queue, --max-batch, --max-wait-ms,
+    --context) are the defaults of every models.yaml entry, which may set its own."""
     from pressa.errors import BadArgument
     from pressa.serve.app import create_app
     from pressa.serve.models import load_models, model_entries
 
-    defaults = dict(**runtime.model_dump(), max_concurrency=max_concurrency, max_queue=max_queue,
-                    max_batch=max_batch, max_wait_ms=max_wait_ms, context=context)
+    defaults = {**runtime.model_dump(), **validated(ServingLimits, limits).model_dump()}
     if config is not None:
         entries = _serve_config(config, defaults)
     elif model_name and model_path:

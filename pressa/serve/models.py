@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pressa.errors import BadArgument, PressaError, first_line
 from pressa.runtime.options import RuntimeOptions
@@ -241,17 +241,26 @@ def _dims(shape) -> list:
     return [d if isinstance(d, int) else -1 for d in shape]
 
 
-class ModelEntry(RuntimeOptions):
-    """One served model, as `models.yaml` lists it (unset options take the command line's values); the
-    runtime keys (backend, device, hint, threads, streams, precision_hint, cache_dir) are RuntimeOptions'."""
+class ServingLimits(BaseModel):
+    """How much of the server one model may take: the keys of a models.yaml entry, and the `serve` flags
+    that give every entry its defaults (cli/options.py makes them from these fields)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_concurrency: int = Field(8, ge=1, description="sequences a text generator decodes together (continuous "
+                                 "batching), requests a tensor model runs at once")
+    max_queue: int = Field(64, ge=0, description="requests waiting, beyond those running, before 503 with "
+                           "Retry-After")
+    max_batch: int = Field(32, ge=1, description="rows per dynamic batch of predict/infer requests (1 = no batching)")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests after its first")
+    context: int | None = Field(None, ge=2, description="positions (prompt + new tokens) each generation may hold; "
+                                "default the model's context length, at most 4096")
+
+
+class ModelEntry(RuntimeOptions, ServingLimits):
+    """One served model, as `models.yaml` lists it (unset options take the command line's values): its
+    name and path, the runtime keys (RuntimeOptions') and its ServingLimits."""
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1, pattern=r"^[\w.\-]+$", description="the name clients use")
     path: Path = Field(description="an artifact folder (or .onnx file)")
-    max_concurrency: int = Field(8, ge=1)
-    max_queue: int = Field(64, ge=0)
-    max_batch: int = Field(32, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
-    context: int | None = Field(None, ge=2)
 
 
 def model_entries(raw, defaults: dict, where: str = "models") -> list[ModelEntry]:
