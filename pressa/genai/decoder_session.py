@@ -40,6 +40,12 @@ class DecoderBackend:
         self.model_path = folder / d.get("filename", "model.onnx")
         self.lengths: np.ndarray | None = None
 
+    def check_capacity(self, capacity: int) -> None:
+        """BadArgument when a sequence of `capacity` positions (prompt plus new tokens) cannot fit."""
+        if capacity > self.context_length:
+            raise BadArgument(f"prompt plus new tokens ({capacity}) exceed the model's context length "
+                              f"{self.context_length}; shorten the prompt or lower --max-new-tokens")
+
     # -- slot primitives (what the engine in pressa.genai.slots uses) --------------------------
     def new_cache(self, rows: int, capacity: int, zeros=np.zeros) -> list[tuple[np.ndarray, np.ndarray]]:
         """One key and one value buffer [rows, kv_heads, capacity, head_size] per layer."""
@@ -50,10 +56,8 @@ class DecoderBackend:
     def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[np.ndarray, np.ndarray]:
         """Run the prompts; returns (last-token logits [B, V], logits [B, S, V] right-padded, where S
         is 1 for a last-token graph unless the session was opened with all_logits)."""
-        if capacity > self.context_length:
-            raise BadArgument(f"prompt plus new tokens ({capacity}) exceed the model's context length "
-                              f"{self.context_length}; shorten the prompt or lower --max-new-tokens")
-        self.capacity, self.batch = capacity, len(prompts)
+        self.check_capacity(capacity)
+        self.capacity = capacity
         self.cache = self.new_cache(len(prompts), capacity)
         self.binding = self.bind(self.cache)
         ids, mask = right_padded(prompts)

@@ -96,9 +96,7 @@ class Model:
         for ids in prompts:
             check_request(ids, cfg)
         capacity = max(len(p) for p in prompts) + cfg.max_new_tokens
-        if capacity > self.session.context_length:
-            raise BadArgument(f"prompt plus new tokens ({capacity}) exceed the model's context length "
-                              f"{self.session.context_length}; shorten the prompt or lower --max-new-tokens")
+        self.session.check_capacity(capacity)
         seqs = []
         for i, ids in enumerate(prompts):
             c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
