@@ -100,25 +100,38 @@ def test_serve_runs_a_model_on_openvino(encoder):
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3", "phi3"])
 def test_openvino_decoder_equals_onnxruntime(kind, tiny_artifact):
-    """Logits of a prefill (two rows of different lengths) and three decode steps, f32 precision hint;
-    the keys and values OpenVINO writes into the cache are ONNX Runtime's."""
+    """Logits of a prefill (two rows of different lengths) and three decode steps, f32 precision hint, on
+    both OpenVINO decoders: the stateful one's (cache in OpenVINO's state) and the one over pressa's arrays
+    equal ONNX Runtime's; the keys and values the array decoder writes are ONNX Runtime's, and the stateful
+    decoder's state holds the same keys and values (stateful decode = explicit-KV decode)."""
     from pressa.genai.decoder_session import DecoderSession
-    from pressa.genai.openvino_decoder import OpenVINODecoder
+    from pressa.genai.openvino_decoder import OpenVINOArrayDecoder, OpenVINODecoder
     from pressa.runtime.options import RuntimeOptions
 
-    folder = tiny_artifact(kind)
-    ort, ov_dec = DecoderSession(folder, threads=1), OpenVINODecoder(folder, RuntimeOptions(precision_hint="f32"))
+    folder, f32 = tiny_artifact(kind), RuntimeOptions(precision_hint="f32")
+    ort, arrays, stateful = DecoderSession(folder, threads=1), OpenVINOArrayDecoder(folder, f32), \
+        OpenVINODecoder(folder, f32)
     rows = [[5, 9, 17, 33, 4, 70, 8, 9, 12, 40, 41, 3], [7, 8, 9]]          # past gemma3's sliding window
     a, _ = ort.prefill(rows, 20)
-    b, _ = ov_dec.prefill(rows, 20)
-    np.testing.assert_allclose(b, a, atol=1e-3)
+    for dec in (arrays, stateful):
+        np.testing.assert_allclose(dec.prefill(rows, 20)[0], a, atol=1e-3)
     for t in ([3, 4], [8, 1], [2, 2]):
-        np.testing.assert_allclose(ov_dec.step(np.array(t)), ort.step(np.array(t)), atol=1e-3)
-    for (k1, v1), (k2, v2) in zip(ort.cache, ov_dec.cache):
+        want = ort.step(np.array(t)).copy()
+        for dec in (arrays, stateful):
+            np.testing.assert_allclose(dec.step(np.array(t)), want, atol=1e-3)
+    for (k1, v1), (k2, v2) in zip(ort.cache, arrays.cache):
         for row, length in enumerate((15, 6)):                      # prompt plus three steps
             np.testing.assert_allclose(k2[row, :, :length], k1[row, :, :length], atol=1e-3)
             np.testing.assert_allclose(v2[row, :, :length], v1[row, :, :length], atol=1e-3)
         assert not k2[1, :, 6:].any()                                # nothing past the row's length
+    for row, length in enumerate((15, 6)):
+        state = {s.name: s.state.data for s in stateful.cache.request(row).query_state()}
+        assert len(state) == 2 * len(arrays.cache)
+        for i, (k, v) in enumerate(arrays.cache):
+            for kv, buf in (("key", k), ("value", v)):
+                got = state[f"past_key_values.{i}.{kv}present.{i}.{kv}"]
+                assert got.shape[2] == length                        # the state holds exactly the sequence
+                np.testing.assert_allclose(got[0], buf[row, :, :length], atol=1e-3)
 
 
 def test_greedy_text_scheduler_and_auto_on_openvino(tiny_artifact, tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """The ONNX Runtime backend of text generation: one decoder graph run step by step with its KV cache
 kept in place.
 
-The cache is one preallocated buffer per layer, bound both as past and as present
+The cache (KVBuffers) is one preallocated buffer per layer, bound both as past and as present
 (GroupQueryAttention's shared-buffer mode), so no step copies it. Prompts of different
 lengths are laid out right-padded, which is how GroupQueryAttention reads per-row lengths.
 A backend offers what the engine (pressa.genai.slots) needs: the model's shape facts,
@@ -47,10 +47,10 @@ class DecoderBackend:
                               f"{self.context_length}; shorten the prompt or lower --max-new-tokens")
 
     # -- slot primitives (what the engine in pressa.genai.slots uses) --------------------------
-    def new_cache(self, rows: int, capacity: int, zeros=np.zeros) -> list[tuple[np.ndarray, np.ndarray]]:
+    def new_cache(self, rows: int, capacity: int, zeros=np.zeros) -> KVBuffers:
         """One key and one value buffer [rows, kv_heads, capacity, head_size] per layer."""
         shape = (rows, self.kv_heads, capacity, self.head_size)
-        return [(zeros(shape, self.kv_dtype), zeros(shape, self.kv_dtype)) for _ in range(self.num_layers)]
+        return KVBuffers((zeros(shape, self.kv_dtype), zeros(shape, self.kv_dtype)) for _ in range(self.num_layers))
 
     # -- whole-batch use (evaluation, tests): prefill prompts, then step every row ------------
     def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +77,33 @@ class DecoderBackend:
         self.lengths = self.lengths + 1
         return self._step_logits[:, 0, :]
 
-    def bind(self, cache: list[tuple[np.ndarray, np.ndarray]]):
+    def bind(self, cache):
+        """An object whose run(ids, mask, logits, live=None) runs the graph over `cache`."""
         raise NotImplementedError
+
+
+class KVBuffers(list):
+    """A KV cache held in arrays: one (key, value) pair [rows, kv_heads, capacity, head_size] per
+    layer, each row a sequence's slot. A backend's cache answers `rows` and `for_slots`."""
+
+    def rows(self, start: int, stop: int) -> KVBuffers:
+        """Rows start..stop-1, as views."""
+        return KVBuffers((k[start:stop], v[start:stop]) for k, v in self)
+
+    def for_slots(self, slots: list[int], width: int, new_cache) -> tuple[KVBuffers, object]:
+        """(a cache to prefill `slots` in, settle(lengths) to call after the run, or None). Slots that lie
+        together are prefilled in place; otherwise into new buffers of `width` positions, whose rows
+        settle then copies into their slots (a copy far smaller than the run)."""
+        if slots[-1] - slots[0] == len(slots) - 1:
+            return self.rows(slots[0], slots[-1] + 1), None
+        fresh = new_cache(len(slots), width)
+
+        def settle(lengths):
+            for (k, v), (fk, fv) in zip(self, fresh):
+                for r, slot in enumerate(slots):
+                    k[slot, :, :lengths[r]] = fk[r, :, :lengths[r]]
+                    v[slot, :, :lengths[r]] = fv[r, :, :lengths[r]]
+        return fresh, settle
 
 
 class DecoderSession(DecoderBackend):
@@ -118,9 +143,10 @@ class Binding:
             self.io.bind_ortvalue_output(present(i, "value"), vo)
         self._ov, self._logits = OV, None
 
-    def run(self, ids: np.ndarray, mask: np.ndarray, logits: np.ndarray) -> None:
+    def run(self, ids: np.ndarray, mask: np.ndarray, logits: np.ndarray, live=None) -> None:
         """Tokens [B, S] with the attention mask over past and new positions [B, T]; the logits are
-        written into `logits` ([B, 1, V] for a last-token graph, else [B, S, V])."""
+        written into `logits` ([B, 1, V] for a last-token graph, else [B, S, V]). `live`: the rows
+        that hold sequences, when some do not (a backend that runs rows one by one skips the others)."""
         self.io.bind_cpu_input(INPUT_IDS, ids)
         self.io.bind_cpu_input(ATTENTION_MASK, mask)
         if logits is not self._logits:

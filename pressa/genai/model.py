@@ -33,7 +33,7 @@ class Model:
         """`runtime`: the other RuntimeOptions (backend: onnxruntime, openvino or auto; streams,
         precision_hint, cache_dir)."""
         from pressa import log
-        from pressa.genai.openvino_decoder import open_decoder
+        from pressa.genai.backends import open_decoder
         from pressa.runtime.options import runtime_options
 
         self.runtime = runtime_options(device=device, threads=threads, hint=hint, **runtime)

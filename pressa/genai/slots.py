@@ -78,26 +78,19 @@ class SlotBatch:
         s.slot = -1
 
     def admit(self, group: list[Sequence]) -> None:
-        """Prefill the group's prompts in one run, each into a free slot. Into free slots that lie
-        together the prompts run straight; otherwise over a cache of the longest one's length, and each
-        row's keys and values then move into its slot (a copy far smaller than the run)."""
+        """Prefill the group's prompts in one run, each into a free slot (the cache decides how:
+        KVBuffers.for_slots)."""
         ids, mask = right_padded([s.ids for s in group])
         lens = mask.sum(axis=1)
         b, width, dec = len(group), ids.shape[1], self.backend
         slots = [i for i, r in enumerate(self.running) if r is None][:b]
-        direct = slots[-1] - slots[0] == b - 1
-        if direct:
-            cache = [(k[slots[0]:slots[0] + b], v[slots[0]:slots[0] + b]) for k, v in self.cache]
-        else:
-            cache = dec.new_cache(b, width)
+        cache, settle = self.cache.for_slots(slots, width, dec.new_cache)
         logits = np.empty((b, 1 if dec.last_only else width, dec.vocab_size), np.float32)
         dec.bind(cache).run(ids, mask, logits)
+        if settle:
+            settle(lens)
         self.prefills += 1
         for r, (s, slot) in enumerate(zip(group, slots)):
-            if not direct:
-                for (k, v), (ck, cv) in zip(self.cache, cache):
-                    k[slot, :, :lens[r]] = ck[r, :, :lens[r]]
-                    v[slot, :, :lens[r]] = cv[r, :, :lens[r]]
             s.slot, self.running[slot], self.lengths[slot] = slot, s, lens[r]
             self._take(s, logits[r, 0 if dec.last_only else lens[r] - 1][None, :])
 
@@ -106,13 +99,13 @@ class SlotBatch:
         slot inside that range costs one position of attention)."""
         n = max(i for i, s in enumerate(self.running) if s is not None) + 1
         if n != self._bound_n:
-            self._step = self.backend.bind([(k[:n], v[:n]) for k, v in self.cache])
+            self._step = self.backend.bind(self.cache.rows(0, n))
             self._step_logits, self._bound_n = self._logits[:n], n
         tokens = np.zeros((n, 1), np.int64)
         live = [s for s in self.running[:n] if s is not None]
         for s in live:
             tokens[s.slot, 0] = s.next_token
-        self._step.run(tokens, step_mask(self.lengths[:n]), self._step_logits)
+        self._step.run(tokens, step_mask(self.lengths[:n]), self._step_logits, [s.slot for s in live])
         for s in live:
             self.lengths[s.slot] += 1
         self.steps += 1
