@@ -208,6 +208,9 @@ def test_ir_export_loads_in_openvino_genai_and_generates_pressa_text(tiny_artifa
     ids = m.encode_prompt("t5 t6 t7", chat=False)
     want = [int(t[0]) for t, _ in m.generate_ids([ids], SamplingConfig(max_new_tokens=8, ignore_eos=True))]
     assert greedy(pipeline(folder, tmp_path / "ir"), ids) == want
+    mine = pressa.load(tmp_path / "ir", precision_hint="f32")            # pressa runs the IR folder itself
+    assert type(mine.session).__name__ == "OpenVINODecoder"
+    assert [int(t[0]) for t, _ in mine.generate_ids([ids], SamplingConfig(max_new_tokens=8, ignore_eos=True))] == want
     assert run_cli("export", folder, "--format", "openvino", "-o", tmp_path / "ir").returncode == 2   # no --overwrite
     res = run_cli("auto-opt", "-m", tiny_dir("llama"), "--precision", "fp32", "--format", "openvino", "-o",
                   tmp_path / "built")                                         # the same build, straight to IR
@@ -219,6 +222,23 @@ def test_ir_export_loads_in_openvino_genai_and_generates_pressa_text(tiny_artifa
     ir = (tmp_path / "ir4" / "openvino_model.bin").stat().st_size
     onnx_bytes = sum(f.stat().st_size for f in q.glob("model.onnx*"))
     assert ir < 1.05 * onnx_bytes, (ir, onnx_bytes)
+
+
+def test_pressa_runs_encoder_ir_folders(encoder, tmp_path):
+    """An encoder exported to IR runs in pressa (load, embed, benchmark) with ONNX Runtime's outputs on
+    the ONNX artifact; rewriting passes refuse IR in one line."""
+    import pressa
+
+    assert run_cli("export", encoder, "--format", "openvino", "-o", tmp_path / "ir").returncode == 0
+    ir = pressa.load(tmp_path / "ir", precision_hint="f32")
+    assert ir.runtime.backend == "openvino"
+    np.testing.assert_allclose(ir.embed(SENTENCES[:3]), pressa.load(encoder).embed(SENTENCES[:3]), atol=1e-5)
+    res = run_cli("benchmark", tmp_path / "ir", "--batch-size", "2", "--seq-len", "16", "--runs", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["backend"] == "openvino"
+    bad = run_cli("quantize", tmp_path / "ir", "--mode", "dynamic", "-o", tmp_path / "q")
+    assert bad.returncode == 2 and "OpenVINO IR" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_portable_attention_equals_group_query_attention(tiny_artifact):

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from pressa.artifact.llm_io import GENAI_CONFIG
 
+IR_MODEL = "openvino_model.xml"      # an OpenVINO IR folder's graph (pressa export --format openvino)
+
 
 class ArtifactKind(StrEnum):
     DECODER_LLM = "decoder-llm"      # built by auto-opt: a KV-cache decoder graph with genai_config.json
-    ONNX = "onnx"                    # any other ONNX model: an .onnx file or a folder holding one
+    ONNX = "onnx"                    # any other model: an .onnx file or a folder holding one (or its IR)
 
 
 def kind_of(path: Path) -> ArtifactKind | None:
@@ -18,7 +20,7 @@ def kind_of(path: Path) -> ArtifactKind | None:
     folder = p.parent if p.is_file() else p
     if (folder / GENAI_CONFIG).is_file() and (p.is_dir() or p.suffix == ".onnx"):
         return ArtifactKind.DECODER_LLM
-    if (p.is_file() and p.suffix == ".onnx") or (p.is_dir() and any(p.glob("*.onnx"))):
+    if (p.is_file() and p.suffix == ".onnx") or (p.is_dir() and (any(p.glob("*.onnx")) or (p / IR_MODEL).is_file())):
         return ArtifactKind.ONNX
     return None
 

@@ -102,14 +102,15 @@ def benchmark_tensor_model(folder: Path, runtime, batch_size: int = 32, seq_len:
     """An encoder (or any tensor model) on made-up inputs: rows/s at `batch_size` x `seq_len` (with a
     throughput hint on OpenVINO, batches in flight on its asynchronous request queue), latency at
     batch 1, peak RSS."""
-    from pressa.graph.inputs import sample_inputs
+    from pressa.graph.inputs import inputs_graph, sample_inputs
     from pressa.graph.onnx_io import find_model, load_model
     from pressa.runtime.encoder import EncoderModel
 
     t_load = time.perf_counter()
     m = EncoderModel(folder, **runtime.model_dump())
     load_s = time.perf_counter() - t_load
-    graph = load_model(find_model(folder), load_data=False)
+    path = find_model(folder)
+    graph = load_model(path, load_data=False) if path.suffix == ".onnx" else inputs_graph(m.session.get_inputs())
     batch = sample_inputs(graph, batch=batch_size, seq=seq_len)
     if "attention_mask" in batch:
         batch["attention_mask"][:] = 1              # every row full length: rows/s at seq_len tokens

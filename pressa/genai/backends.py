@@ -48,9 +48,13 @@ def open_decoder(folder, runtime, all_logits: bool = False, log=None) -> Decoder
     IR folder runs on OpenVINO."""
     probe = DecoderBackend(folder)
     ir = probe.model_path.suffix == ".xml"
-    if ir and (runtime.backend == "onnxruntime" or all_logits):
-        raise BadArgument(f"{folder} is an OpenVINO IR folder: it runs with --backend openvino (or auto); "
-                          "evaluate and run it on ONNX Runtime from the ONNX artifact it was exported from")
+    if ir:
+        if all_logits:
+            raise BadArgument(f"{folder} is an OpenVINO IR folder, which generates but is not evaluated here; "
+                              "evaluate the ONNX artifact it was exported from")
+        if log and runtime.backend == "onnxruntime":
+            log(f"{folder} is an OpenVINO IR folder: it runs on OpenVINO")
+        return OpenVINODecoder(folder, runtime)
     # ONNX Runtime takes the device asked for only when it is the backend asked for (not OpenVINO's AUTO, ...)
     on_ort = runtime.model_copy(update={"backend": "onnxruntime",
                                         **({} if runtime.backend == "onnxruntime" else {"device": "cpu"})})
@@ -58,7 +62,7 @@ def open_decoder(folder, runtime, all_logits: bool = False, log=None) -> Decoder
         if all_logits and runtime.backend == "openvino":
             raise BadArgument("evaluation (logits at every position) runs on --backend onnxruntime only")
         return DecoderSession(folder, all_logits=all_logits, runtime=on_ort)
-    if runtime.backend == "openvino" or ir:
+    if runtime.backend == "openvino":
         return OpenVINODecoder(folder, runtime)
     ort = DecoderSession(folder, runtime=on_ort)
     try:

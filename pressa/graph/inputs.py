@@ -18,6 +18,18 @@ def _vocab(v: GraphView, name: str) -> int:
     return 2
 
 
+def inputs_graph(specs) -> object:
+    """An ONNX model holding only the inputs a session describes (name, "tensor(float)", dims), for
+    sample_inputs on a graph pressa cannot read as ONNX (OpenVINO IR)."""
+    from onnx import TensorProto, helper
+
+    types = {"tensor(float)": TensorProto.FLOAT, "tensor(float16)": TensorProto.FLOAT16,
+             "tensor(int64)": TensorProto.INT64, "tensor(int32)": TensorProto.INT32, "tensor(bool)": TensorProto.BOOL}
+    inputs = [helper.make_tensor_value_info(s.name, types.get(s.type, TensorProto.FLOAT),
+                                           [d if isinstance(d, int) else str(d) for d in s.shape]) for s in specs]
+    return helper.make_model(helper.make_graph([], "inputs", inputs, []))
+
+
 def sample_inputs(model, batch: int = 2, seq: int = 8, seed: int = 0, image: int = 32) -> dict[str, np.ndarray]:
     from onnx import helper
 

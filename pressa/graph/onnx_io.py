@@ -6,7 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pressa.errors import CorruptModel, SourceNotFound
+from pressa.artifact.kind import IR_MODEL
+from pressa.errors import BadArgument, CorruptModel, SourceNotFound
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -29,6 +30,8 @@ def find_model(path: str | Path) -> Path:
         found = sorted(p.glob("*.onnx"))
         if len(found) == 1:
             return found[0]
+        if not found and (p / IR_MODEL).is_file():
+            return p / IR_MODEL
         raise SourceNotFound(f"{p}: no {MODEL_FILE} in this folder; pass an .onnx file or a folder written by "
                              "pressa capture")
     return p
@@ -44,6 +47,9 @@ def load_model(path: str | Path, load_data: bool = True):
     import onnx
 
     m = find_model(path)
+    if m.suffix == ".xml":
+        raise BadArgument(f"{m} is OpenVINO IR, which pressa runs but does not rewrite; pass the ONNX artifact "
+                          "it was exported from")
     try:
         model = onnx.load(str(m), load_external_data=load_data)
     except Exception as err:       # protobuf DecodeError, missing external data, ...

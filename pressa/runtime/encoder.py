@@ -61,12 +61,14 @@ class EncoderModel:
         self.task = self.manifest.get("task")
         self.runtime = runtime_options(backend=backend, device=device, hint=hint, threads=threads, streams=streams,
                                        precision_hint=precision_hint, cache_dir=cache_dir)
-        if backend == "auto":
+        if backend == "auto" and path.suffix == ".onnx":
             from pressa import log
             from pressa.runtime.choose import pick_backend
 
             self.runtime = self.runtime.model_copy(update={"backend": pick_backend(path, self.runtime, log.info)[0]})
         self.session = open_session(path, runtime=self.runtime)
+        if path.suffix == ".xml":
+            self.runtime = self.runtime.model_copy(update={"backend": "openvino"})
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.pooling = pooling_config(self.folder)

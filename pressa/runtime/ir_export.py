@@ -69,6 +69,17 @@ def save_decoder_ir(folder: Path, out: Path) -> None:
         ov.save_model(model, str(out / "openvino_model.xml"), compress_to_fp16=False)
 
 
+def write_genai_config(out: Path, folder: Path) -> None:
+    """The artifact's genai_config.json naming the IR graph, so that pressa runs the IR folder itself."""
+    from pressa.artifact import write_json
+    from pressa.artifact.kind import IR_MODEL
+    from pressa.artifact.llm_io import GENAI_CONFIG, read_genai_config
+
+    cfg = read_genai_config(folder)
+    cfg["model"]["decoder"]["filename"] = IR_MODEL
+    write_json(out / GENAI_CONFIG, cfg)
+
+
 def export_openvino(artifact: Path, output: Path, overwrite: bool = False, log=lambda s: None) -> dict:
     """Write `artifact` (a decoder LLM or another ONNX artifact) as an OpenVINO IR folder at `output`."""
     import openvino as ov
@@ -84,6 +95,7 @@ def export_openvino(artifact: Path, output: Path, overwrite: bool = False, log=l
         log("converting the graph")
         if decoder:
             save_decoder_ir(folder, tmp)
+            write_genai_config(tmp, folder)
         else:
             ov.save_model(core().read_model(str(find_model(artifact))), str(tmp / "openvino_model.xml"),
                           compress_to_fp16=False)

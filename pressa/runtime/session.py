@@ -54,6 +54,10 @@ def open_session(model_path: Path, device: str = "cpu", threads: int | None = No
     model_path = Path(model_path)
     if not model_path.is_file():
         raise CorruptModel(f"{model_path}: no such ONNX model; pass an artifact folder made by pressa")
+    if model_path.suffix == ".xml":                 # OpenVINO IR runs on OpenVINO, whatever backend was asked
+        from pressa.runtime.options import RuntimeOptions
+
+        runtime = (runtime or RuntimeOptions()).model_copy(update={"backend": "openvino"})
     if runtime is not None and runtime.backend == "openvino":
         from pressa.runtime.openvino import OpenVINOSession
 
