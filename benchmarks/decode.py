@@ -5,7 +5,8 @@
 decode tokens/s: 128 new tokens, greedy, EOS ignored, timed from the first token to the last.
 TTFT: prompt ids in, first token chosen (prefill of the whole prompt + sampling); for the chat
 prompt (the model's template around a short question, ~41 tokens) and a 512-token WikiText prompt.
-Medians over --runs after one warm-up.
+Medians over --runs after one warm-up. --concurrent N: also N sequences decoded together in one
+engine batch (continuous batching's case), tokens/s summed over the sequences.
 """
 
 from __future__ import annotations
@@ -33,6 +34,28 @@ def measure(folder: str, runs: int, threads: int | None, new_tokens: int = 128, 
                   chat_prompt=CHAT_QUESTION, runtime=RuntimeOptions(backend=backend, threads=threads))
     r["artifact"] = f"{folder} ({backend}: {r['backend']})"
     return r
+
+
+def measure_concurrent(folder: str, n: int, runs: int, threads: int | None, backend: str,
+                       new_tokens: int = 64) -> dict:
+    """n chat prompts generated together (one SlotBatch): generated tokens per second over the batch."""
+    import statistics
+
+    import pressa
+    from pressa.genai.sampling import SamplingConfig
+
+    m = pressa.load(folder, threads=threads, backend=backend)
+    prompts = [m.encode_prompt(f"{CHAT_QUESTION} ({i})") for i in range(n)]
+    cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
+
+    def once():
+        t0 = time.perf_counter()
+        steps = list(m.generate_ids(prompts, cfg))
+        return n * len(steps) / (time.perf_counter() - t0)
+
+    once()
+    return {"artifact": f"{folder} ({backend})", "sequences": n,
+            "tokens_per_s": statistics.median([once() for _ in range(runs)])}
 
 
 def measure_genai(folder: str, runs: int, new_tokens: int = 128) -> dict:
@@ -70,14 +93,23 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--genai", action="store_true", help="also time onnxruntime-genai on the same folders")
     ap.add_argument("--backends", default="onnxruntime", help="comma-separated: onnxruntime, openvino, auto")
+    ap.add_argument("--concurrent", type=int, default=0, help="also time N sequences decoded together")
     a = ap.parse_args()
+    together = []
+    if a.concurrent:
+        together = [measure_concurrent(f, k, a.runs, a.threads, b) for b in a.backends.split(",")
+                    for f in a.artifacts for k in sorted({1, a.concurrent})]
+        for r in together:
+            print(f"{r['artifact']}: {r['sequences']} sequences together, {r['tokens_per_s']:.1f} tok/s",
+                  file=sys.stderr)
     results = [measure(f, a.runs, a.threads, backend=b) for b in a.backends.split(",") for f in a.artifacts]
     genai = [measure_genai(f, a.runs) for f in a.artifacts] if a.genai else []
     rows = [(r["artifact"], f"{r['size_mb']:.1f}", f"{r['decode_tokens_per_s']:.1f}",
              f"{r['ttft_chat_s'] * 1000:.0f} ({r['chat_prompt_tokens']} tok)",
              f"{r['ttft_s'] * 1000:.0f}", f"{r['prefill_tokens_per_s']:.0f}") for r in results]
     rows += [(g["artifact"], "", f"{g['decode_tokens_per_s']['median']:.1f}", "", "", "") for g in genai]
-    emit({"benchmark": "decode", "results": results, "genai": genai, "threads": a.threads, "machine": machine()},
+    emit({"benchmark": "decode", "results": results, "genai": genai, "concurrent": together, "threads": a.threads,
+          "machine": machine()},
          rows,
          ("artifact", "size MB", "decode tok/s", "TTFT chat ms", "TTFT 512 ms", "prefill tok/s"), a.json)
 
