@@ -31,6 +31,20 @@ ARCH_CONFIGS = {
     "gemma3": dict(model_type="gemma3_text", head_dim=16, sliding_window=4, query_pre_attn_scalar=16,
                    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
                    rope_theta=1000000.0, rope_local_base_freq=10000.0, tie_word_embeddings=True),
+    "smollm3": dict(model_type="smollm3", no_rope_layers=[1, 0, 1], tie_word_embeddings=True),
+    "stablelm": dict(model_type="stablelm", partial_rotary_factor=0.5, use_qkv_bias=True, layer_norm_eps=1e-5,
+                     num_attention_heads=2, num_key_value_heads=2),      # rotary 16 of 32 dims
+    "granite": dict(model_type="granite", embedding_multiplier=2.0, residual_multiplier=0.5,
+                    attention_multiplier=0.1, logits_scaling=4.0),
+    "phi": dict(model_type="phi", partial_rotary_factor=0.5, num_attention_heads=2, num_key_value_heads=2,
+                layer_norm_eps=1e-5, hidden_act="gelu_new"),
+    "gpt_neox": dict(model_type="gpt_neox", rotary_pct=0.5, num_attention_heads=2, num_key_value_heads=2,
+                     layer_norm_eps=1e-5, hidden_act="gelu"),
+    "gpt_neox-sequential": dict(model_type="gpt_neox", rotary_pct=0.5, num_attention_heads=2, num_key_value_heads=2,
+                                use_parallel_residual=False, hidden_act="gelu"),
+    # DialoGPT's family: learned positions, LayerNorm with bias, Conv1D weights, tanh GELU, tied head
+    "gpt2": dict(model_type="gpt2", n_inner=96, num_key_value_heads=4, activation_function="gelu_new",
+                 layer_norm_epsilon=1e-5, tie_word_embeddings=True),
 }
 
 
@@ -48,7 +62,7 @@ def make_tiny(kind: str, folder: Path, seed: int = 0, **overrides) -> Path:
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():          # norms away from 1 so that norm handling is really tested
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name:
                 p.copy_(torch.randn_like(p) * 0.2 + (0.0 if model_type.startswith("gemma") else 1.0))
     model.save_pretrained(folder)
     write_tiny_tokenizer(folder)

@@ -42,10 +42,10 @@ def test_corrupt_gguf(tmp_path):
 def test_unsupported_architecture(tmp_path):
     src = make_tiny("llama", tmp_path / "m")
     cfg = json.loads((src / "config.json").read_text())
-    cfg["model_type"] = "gpt_neox"
+    cfg["model_type"] = "bloom"
     (src / "config.json").write_text(json.dumps(cfg))
     res = run_cli("auto-opt", "-m", src, "-o", tmp_path / "out")
-    assert_user_error(res, "'gpt_neox' is not supported", "gemma2", "phi3", "qwen3")
+    assert_user_error(res, "'bloom' is not supported", "gemma2", "phi3", "qwen3")
     no_leftovers(tmp_path, "out")
 
 
@@ -115,9 +115,12 @@ def test_help_lists_olive_flags():
         assert flag in res.stdout, flag
 
 
-def test_info_lists_providers():
+def test_info_lists_providers_and_architectures():
     res = run_cli("info")
     assert res.returncode == 0 and "CPUExecutionProvider" in res.stdout and "onnxruntime" in res.stdout
+    listed = {ln.split()[0]: ln for ln in res.stdout.split("decoder architectures")[1].splitlines()[1:] if ln.strip()}
+    assert {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text"} <= set(listed)
+    assert "GGUF gemma3" in listed["gemma3_text"] and "fused qkv" in listed["phi3"]
 
 
 def test_llm_path_never_imports_torch(tiny_dir, tmp_path):

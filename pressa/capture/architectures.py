@@ -26,6 +26,109 @@ class Arch:
     post_attn_norm: str | None = None
     post_mlp_norm: str | None = None
     default_act: str = "silu"
+    act_aliases: tuple[tuple[str, str], ...] = ()   # config spellings that mean another activation
+    tie_default: bool = False            # tied embeddings when the config does not say
+    # which layers use the sliding window when the config has one and no layer_types: "all";
+    # "even" (Gemma 2); "pattern" (Gemma 3: all but every sliding_window_pattern-th); "opt-in" (Qwen:
+    # only with use_sliding_window)
+    sliding: str = "all"
+    gguf: bool = True                    # read from GGUF files too
+    gguf_arch: str | None = None         # llama.cpp's general.architecture (None: the model_type)
+    gguf_permuted_qk: bool = False       # llama.cpp permutes q/k rows for interleaved rotary (Llama)
+    gguf_renames: tuple[tuple[str, str], ...] = ()  # per-layer GGUF names that map to another HF tensor
+    norm: str = "rms"                    # "rms" (RMSNorm) | "layer" (LayerNorm with bias)
+    positions: str = "rotary"            # "rotary" | "learned" (absolute position embeddings)
+    gated_mlp: bool = True               # act(gate) * up; False: act(up)
+    rope_layers: bool = False            # some layers skip rotary (SmolLM3's no_rope_layers)
+    parallel: str = ""                   # attention and MLP on the same input: "shared norm" (Phi), "two norms"
+    interleaved_qkv: bool = False        # fused qkv laid out per head as [q, k, v] (GPT-NeoX)
+    refused: tuple[str, ...] = ()        # config switches of the family that are not built: refused when on
+    mlp_ratio: int = 0                   # intermediate size = ratio x hidden when the config has none
+    config_aliases: tuple[tuple[str, str], ...] = ()   # (pressa's key, the family's config key)
+    # weights under other names: (pressa's name, the family's), per layer with {i}, each with .weight
+    # and .bias; tried under each of weight_prefixes; `transposed` names (Conv1D) hold [in, out]
+    weight_names: tuple[tuple[str, str], ...] = ()
+    weight_prefixes: tuple[str, ...] = ("",)
+    transposed: tuple[str, ...] = ()
+
+    def layer_sliding(self, cfg: dict, n: int) -> list[bool]:
+        """Which of the n layers attend through the sliding window."""
+        types = cfg.get("layer_types")
+        if types:
+            return [t == "sliding_attention" for t in types]
+        if not cfg.get("sliding_window") or (self.sliding == "opt-in" and not cfg.get("use_sliding_window")):
+            return [False] * n
+        if self.sliding == "even":
+            return [i % 2 == 0 for i in range(n)]
+        if self.sliding == "pattern":
+            pattern = int(cfg.get("sliding_window_pattern", 6))
+            return [(i + 1) % pattern != 0 for i in range(n)]
+        return [True] * n
+
+    def layer_rotary(self, cfg: dict, n: int) -> list[bool]:
+        """Which layers apply rotary embeddings: all of a rotary row, except those SmolLM3's
+        no_rope_layers marks 0 (every no_rope_layer_interval-th when the list is absent)."""
+        if self.positions != "rotary":
+            return [False] * n
+        if self.rope_layers:
+            flags = cfg.get("no_rope_layers")
+            if not flags:
+                every = int(cfg.get("no_rope_layer_interval") or 4)
+                flags = [int((i + 1) % every != 0) for i in range(n)]
+            return [bool(f) for f in flags[:n]]
+        return [True] * n
+
+    def activation(self, act: str) -> str:
+        return dict(self.act_aliases).get(act, act)
+
+    def config_view(self, cfg: dict) -> dict:
+        """The config with the family's own keys also under pressa's names (a one-line error for a switch
+        of the family that is not built)."""
+        on = [k for k in self.refused if cfg.get(k)]
+        if on:
+            raise UnsupportedArchitecture(f"{self.model_type} with {on[0]} is not supported yet")
+        return {**cfg, **{k: cfg[v] for k, v in self.config_aliases if cfg.get(v) is not None}}
+
+    def canonical(self, reader, layers: int, heads: int = 1):
+        """The weights (a WeightReader) under the names and layout the builder reads (Llama's, [out, in])."""
+        from pressa.sources.base import WeightReader
+
+        if not self.weight_names:
+            return reader
+        names: dict[str, str] = {}
+        for ours, theirs in self.weight_names:
+            for i in range(layers) if "{i}" in ours else [0]:
+                for suffix in (".weight", ".bias"):
+                    found = reader.first(p + theirs.format(i=i) + suffix for p in self.weight_prefixes)
+                    if found:
+                        names[ours.format(i=i) + suffix] = found
+        flip = {n for n, src in names.items() if n.endswith(".weight") and any(t in src for t in self.transposed)}
+
+        def read(name: str):
+            w = reader(names[name])
+            w = w.T if name in flip else w
+            if self.interleaved_qkv and ".qkv_proj." in name:      # [heads, 3, d, ...] -> [3, heads, d, ...]
+                w = w.reshape(heads, 3, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+            return w
+
+        def shape(name: str) -> tuple:
+            s = reader.shapes(names[name]) if reader.shapes else read(name).shape
+            return tuple(reversed(s)) if name in flip else tuple(s)
+        return WeightReader(set(names), read, shape)
+
+    def features(self) -> str:
+        """What sets the row apart from plain Llama, in words (pressa info)."""
+        said = [("LayerNorm", self.norm == "layer"), ("learned positions", self.positions == "learned"),
+                ("plain MLP", not self.gated_mlp), (f"parallel attention and MLP ({self.parallel})", self.parallel),
+                ("qkv bias", self.qkv_bias), ("q/k norm", self.qk_norm),
+                ("fused qkv", self.fused_qkv),
+                ("fused gate/up", self.fused_gate_up), ("sandwich norms", self.sandwich_norm),
+                ("norm weight +1", self.norm_offset), ("scaled embeddings", self.embed_scale),
+                ("tied embeddings by default", self.tie_default),
+                (f"sliding window: {self.sliding}", self.sliding != "all"),
+                (f"activation {self.default_act}", self.default_act != "silu")]
+        gguf = [f"GGUF {self.gguf_arch or self.model_type}"] if self.gguf else ["no GGUF yet"]
+        return ", ".join([w for w, on in said if on] + gguf)
 
 
 _SANDWICH = dict(
@@ -33,17 +136,75 @@ _SANDWICH = dict(
     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
 )
 
+def _same(*names: str) -> tuple[tuple[str, str], ...]:
+    """Weights a family keeps under the names pressa reads (listed, since a row with weight_names reads only
+    the weights it lists)."""
+    return tuple((n, n) for n in names)
+
+
+def _layer(*names: str) -> tuple[str, ...]:
+    return tuple(f"model.layers.{{i}}.{n}" for n in names)
+
+
+_GEMMA = dict(norm_offset=1.0, embed_scale=True, default_act="gelu_pytorch_tanh", tie_default=True)
+
 ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
-    Arch("llama", "llama"),
+    Arch("llama", "llama", gguf_permuted_qk=True),
     Arch("mistral", "mistral"),
-    Arch("qwen2", "qwen2", qkv_bias=True),
-    Arch("qwen3", "qwen3", qk_norm=True),
-    Arch("phi3", "phi3", fused_qkv="qkv_proj", fused_gate_up="gate_up_proj"),
-    Arch("gemma", "gemma", norm_offset=1.0, embed_scale=True, default_act="gelu_pytorch_tanh"),
-    Arch("gemma2", "gemma2", norm_offset=1.0, embed_scale=True, default_act="gelu_pytorch_tanh", **_SANDWICH),
-    Arch("gemma3_text", "gemma3_text", norm_offset=1.0, embed_scale=True, qk_norm=True,
-         default_act="gelu_pytorch_tanh", **_SANDWICH),
+    Arch("qwen2", "qwen2", qkv_bias=True, sliding="opt-in"),
+    Arch("qwen3", "qwen3", qk_norm=True, sliding="opt-in"),
+    Arch("phi3", "phi3", fused_qkv="qkv_proj", fused_gate_up="gate_up_proj",
+         gguf_renames=(("ffn_up", "mlp.gate_up_proj"),)),
+    # Gemma's config says gelu but means the tanh form
+    Arch("gemma", "gemma", act_aliases=(("gelu", "gelu_pytorch_tanh"),), **_GEMMA),
+    Arch("gemma2", "gemma2", sliding="even", **_GEMMA, **_SANDWICH),
+    Arch("gemma3_text", "gemma3_text", qk_norm=True, sliding="pattern", gguf_arch="gemma3", **_GEMMA, **_SANDWICH),
+    Arch("smollm3", "llama", rope_layers=True, sliding="opt-in"),
+    Arch("stablelm", "stablelm", norm="layer", config_aliases=(("rms_norm_eps", "layer_norm_eps"),
+                                                               ("attention_bias", "use_qkv_bias")),
+         refused=("use_parallel_residual", "qk_layernorm")),
+    Arch("granite", "granite"),            # its multipliers are config keys (capture/config.py)
+    Arch("phi", "phi", norm="layer", gated_mlp=False, parallel="shared norm", default_act="gelu_new",
+         config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("qk_layernorm",),
+         weight_names=_same("model.embed_tokens", "lm_head", *_layer("input_layernorm", "self_attn.q_proj",
+                                                                      "self_attn.k_proj", "self_attn.v_proj"))
+         + (("model.norm", "model.final_layernorm"), ("model.layers.{i}.self_attn.o_proj",
+                                                       "model.layers.{i}.self_attn.dense"),
+            ("model.layers.{i}.mlp.up_proj", "model.layers.{i}.mlp.fc1"),
+            ("model.layers.{i}.mlp.down_proj", "model.layers.{i}.mlp.fc2"))),
+    # Pythia: parallel attention and MLP with a norm each (unless use_parallel_residual is off)
+    Arch("gpt_neox", "gpt_neox", norm="layer", gated_mlp=False, parallel="two norms", fused_qkv="qkv_proj",
+         interleaved_qkv=True, default_act="gelu",
+         config_aliases=(("rms_norm_eps", "layer_norm_eps"), ("partial_rotary_factor", "rotary_pct"),
+                         ("rope_theta", "rotary_emb_base")),
+         weight_names=(("model.embed_tokens", "gpt_neox.embed_in"), ("model.norm", "gpt_neox.final_layer_norm"),
+                       ("lm_head", "embed_out"),
+                       ("model.layers.{i}.input_layernorm", "gpt_neox.layers.{i}.input_layernorm"),
+                       ("model.layers.{i}.post_attention_layernorm", "gpt_neox.layers.{i}.post_attention_layernorm"),
+                       ("model.layers.{i}.self_attn.qkv_proj", "gpt_neox.layers.{i}.attention.query_key_value"),
+                       ("model.layers.{i}.self_attn.o_proj", "gpt_neox.layers.{i}.attention.dense"),
+                       ("model.layers.{i}.mlp.up_proj", "gpt_neox.layers.{i}.mlp.dense_h_to_4h"),
+                       ("model.layers.{i}.mlp.down_proj", "gpt_neox.layers.{i}.mlp.dense_4h_to_h"))),
+    # GPT-2 (DialoGPT, distilgpt2): learned positions, LayerNorm with bias, Conv1D weights, fused qkv
+    Arch("gpt2", "gpt2", norm="layer", positions="learned", gated_mlp=False, mlp_ratio=4, fused_qkv="qkv_proj",
+         default_act="gelu_new", tie_default=True,
+         config_aliases=(("hidden_size", "n_embd"), ("num_attention_heads", "n_head"),
+                         ("num_hidden_layers", "n_layer"), ("max_position_embeddings", "n_positions"),
+                         ("intermediate_size", "n_inner"), ("rms_norm_eps", "layer_norm_epsilon"),
+                         ("hidden_act", "activation_function")),
+         weight_names=(("model.embed_tokens", "wte"), ("model.embed_positions", "wpe"), ("model.norm", "ln_f"),
+                       ("model.layers.{i}.input_layernorm", "h.{i}.ln_1"),
+                       ("model.layers.{i}.self_attn.qkv_proj", "h.{i}.attn.c_attn"),
+                       ("model.layers.{i}.self_attn.o_proj", "h.{i}.attn.c_proj"),
+                       ("model.layers.{i}.post_attention_layernorm", "h.{i}.ln_2"),
+                       ("model.layers.{i}.mlp.up_proj", "h.{i}.mlp.c_fc"),
+                       ("model.layers.{i}.mlp.down_proj", "h.{i}.mlp.c_proj"), ("lm_head", "lm_head")),
+         weight_prefixes=("transformer.", ""), transposed=("c_attn", "c_proj", "c_fc"), gguf=False,
+         refused=("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")),
 ]}
+
+# llama.cpp's architecture names -> rows
+GGUF_ARCHITECTURES: dict[str, Arch] = {a.gguf_arch or a.model_type: a for a in ARCHITECTURES.values() if a.gguf}
 
 # Names a config may carry for the same row.
 ALIASES = {"gemma3": "gemma3_text"}

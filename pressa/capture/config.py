@@ -39,6 +39,11 @@ class DecoderConfig:
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
     attn_scale: float | None = None
+    layer_rotary: list[bool] = field(default_factory=list)   # per layer: rotary applied (SmolLM3 skips some)
+    embed_multiplier: float = 1.0        # Granite's multipliers: embeddings, each branch before the residual,
+    residual_multiplier: float = 1.0     # and the logits (divided)
+    logits_divisor: float = 1.0
+    parallel: str = ""                   # attention and MLP in parallel: "shared norm" | "two norms"
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
@@ -54,23 +59,6 @@ def _rope_from(d: dict | None, fallback_theta: float) -> Rope:
     return Rope(theta=theta, kind=kind, params=params)
 
 
-def _layer_sliding(cfg: dict, model_type: str, n: int) -> list[bool]:
-    types = cfg.get("layer_types")
-    if types:
-        return [t == "sliding_attention" for t in types]
-    window = cfg.get("sliding_window")
-    if not window:
-        return [False] * n
-    if model_type == "gemma2":
-        return [i % 2 == 0 for i in range(n)]
-    if model_type in ("gemma3_text", "gemma3"):
-        pattern = int(cfg.get("sliding_window_pattern", 6))
-        return [(i + 1) % pattern != 0 for i in range(n)]
-    if model_type in ("qwen2", "qwen3") and not cfg.get("use_sliding_window", False):
-        return [False] * n
-    return [True] * n
-
-
 def token_ids(v) -> list[int]:
     """A token id field of a config (None, one id, or a list) as a list."""
     if v is None:
@@ -84,6 +72,7 @@ def decoder_config(cfg: dict) -> DecoderConfig:
         cfg = {**cfg["text_config"], "model_type": "gemma3_text"}
     model_type = cfg.get("model_type", "")
     arch = get_arch(model_type)
+    raw, cfg = cfg, arch.config_view(cfg)
     try:
         hidden = int(cfg["hidden_size"])
         heads = int(cfg["num_attention_heads"])
@@ -101,18 +90,17 @@ def decoder_config(cfg: dict) -> DecoderConfig:
                 local_rope = Rope(theta=float(cfg["rope_local_base_freq"]))
         partial = float(cfg.get("partial_rotary_factor", (rope_all or {}).get("partial_rotary_factor", 1.0)
                                 if isinstance(rope_all, dict) else 1.0))
-        act = cfg.get("hidden_activation") or cfg.get("hidden_act") or arch.default_act
-        if arch.model_type == "gemma" and act == "gelu":
-            act = "gelu_pytorch_tanh"        # Gemma's config says gelu but means the tanh form
+        act = arch.activation(cfg.get("hidden_activation") or cfg.get("hidden_act") or arch.default_act)
         qpas = cfg.get("query_pre_attn_scalar")
+        attn_scale = float(qpas) ** -0.5 if qpas else cfg.get("attention_multiplier")
         tie = cfg.get("tie_word_embeddings")
         if tie is None:
-            tie = arch.model_type.startswith("gemma")
+            tie = arch.tie_default
         return DecoderConfig(
             arch=arch,
             vocab_size=int(cfg["vocab_size"]),
             hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
+            intermediate_size=int(cfg.get("intermediate_size") or arch.mlp_ratio * hidden or cfg["intermediate_size"]),
             num_layers=n,
             num_heads=heads,
             num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
@@ -126,15 +114,20 @@ def decoder_config(cfg: dict) -> DecoderConfig:
             attention_bias=bool(cfg.get("attention_bias", False)) or arch.qkv_bias,
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             sliding_window=cfg.get("sliding_window"),
-            layer_sliding=_layer_sliding(cfg, model_type, n),
+            layer_sliding=arch.layer_sliding(cfg, n),
             local_rope=local_rope,
             attn_softcap=float(cfg.get("attn_logit_softcapping") or 0.0),
             final_softcap=float(cfg.get("final_logit_softcapping") or 0.0),
-            attn_scale=float(qpas) ** -0.5 if qpas else None,
+            attn_scale=float(attn_scale) if attn_scale else None,
+            layer_rotary=arch.layer_rotary(cfg, n),
+            embed_multiplier=float(cfg.get("embedding_multiplier") or 1.0),
+            residual_multiplier=float(cfg.get("residual_multiplier") or 1.0),
+            logits_divisor=float(cfg.get("logits_scaling") or 1.0),
+            parallel=arch.parallel if cfg.get("use_parallel_residual", True) else "",
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=token_ids(cfg.get("eos_token_id")),
             pad_token_id=cfg.get("pad_token_id"),
-            raw=cfg,
+            raw=raw,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise BadArgument(f"config.json is missing or has a bad value for {err}; check the model folder") from None

@@ -17,15 +17,14 @@ from onnx import TensorProto
 from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, present
 from pressa.capture.config import DecoderConfig
 from pressa.capture.onnx_writer import MS, GraphWriter
-from pressa.capture.rope import rope_cache
-from pressa.errors import BadArgument, CorruptModel, validation_message
+from pressa.capture.positions import PositionEmitters
+from pressa.errors import BadArgument, CorruptModel, UnsupportedArchitecture, validation_message
 from pressa.quant.packing import matmulnbits_tensors
 from pressa.quant.plan import LINEARS, LayerPlan, QuantSettings, plan_layer
 from pressa.quant.rtn import fp16_exact, quantize_rtn
 from pressa.sources.base import WeightReader
 
 MAX_CONTEXT = 32768
-LAST_TOKEN_NODE = "/model/last_token/GatherND"
 
 
 @dataclass
@@ -56,7 +55,7 @@ class BuildOptions:
             raise BadArgument(validation_message(err)) from None
 
 
-class DecoderBuilder:
+class DecoderBuilder(PositionEmitters):
     def __init__(self, cfg: DecoderConfig, weights: WeightReader, opts: BuildOptions, calib: dict | None = None):
         opts.validate()
         if opts.algorithm != "rtn" and not calib:
@@ -64,6 +63,9 @@ class DecoderBuilder:
         if opts.precision in ("int4", "int8") and opts.block_size > cfg.hidden_size:
             raise BadArgument(f"group size {opts.block_size} is larger than the model's hidden size "
                               f"{cfg.hidden_size}; use {cfg.hidden_size} or less")
+        if any(cfg.layer_rotary) and cfg.rotary_dim % 16:
+            raise UnsupportedArchitecture(f"rotary embedding over {cfg.rotary_dim} dims: ONNX Runtime's "
+                                          "GroupQueryAttention needs a multiple of 16")
         self.cfg, self.w, self.o = cfg, weights, opts
         self.calib = calib or {}
         self._captured: set[str] = set()
@@ -154,16 +156,26 @@ class DecoderBuilder:
         w = self.read(name) + self.cfg.arch.norm_offset
         return w if divisor is None else w / divisor
 
+    def norm_params(self, g: GraphWriter, wname: str, divisor: np.ndarray | None) -> list[str]:
+        """[gamma] for RMSNorm, [gamma, beta] for LayerNorm (the row's norm kind)."""
+        params = [self.fw(g, wname, self.norm_weight(wname, divisor))]
+        if self.cfg.arch.norm == "layer":
+            bname = wname.removesuffix(".weight") + ".bias"
+            b = self.read(bname)
+            params.append(self.fw(g, bname, b if divisor is None else b / divisor))
+        return params
+
     def rms(self, g: GraphWriter, x: str, wname: str, label: str, divisor: np.ndarray | None = None) -> str:
-        w = self.fw(g, wname, self.norm_weight(wname, divisor))
-        return g.node("SimplifiedLayerNormalization", [x, w], label, axis=-1, epsilon=self.cfg.rms_eps,
+        """The row's norm (RMSNorm, or LayerNorm with bias) of x."""
+        op = "LayerNormalization" if self.cfg.arch.norm == "layer" else "SimplifiedLayerNormalization"
+        return g.node(op, [x, *self.norm_params(g, wname, divisor)], label, axis=-1, epsilon=self.cfg.rms_eps,
                       stash_type=1)[0]
 
     def skip_rms(self, g: GraphWriter, x: str, skip: str, wname: str, label: str,
                  divisor: np.ndarray | None = None) -> tuple[str, str]:
         """(normed, x + skip) in one fused op."""
-        w = self.fw(g, wname, self.norm_weight(wname, divisor))
-        out = g.node("SkipSimplifiedLayerNormalization", [x, skip, w], label, 4, MS, epsilon=self.cfg.rms_eps)
+        op = "SkipLayerNormalization" if self.cfg.arch.norm == "layer" else "SkipSimplifiedLayerNormalization"
+        out = g.node(op, [x, skip, *self.norm_params(g, wname, divisor)], label, 4, MS, epsilon=self.cfg.rms_eps)
         return out[0], out[3]
 
     # -- graph ------------------------------------------------------------------------------
@@ -205,26 +217,12 @@ class DecoderBuilder:
         ctx = dict(seqlens=seqlens, total=total_len, rope=self._rope(g))
 
         x, tied = self._embed(g, ids)
-        resid, pending = None, None
+        if cfg.arch.positions == "learned":
+            x = self._positions(g, x, ids, ctx)
+        pending, resid = x, None
         for i in range(cfg.num_layers):
             step(i + 1, f"layer {i + 1}/{cfg.num_layers}")
-            plan = self.plan(i)
-            p, div = f"model.layers.{i}.", plan.norm_divisors.get
-            if resid is None:
-                h, resid = self.rms(g, x, p + "input_layernorm.weight", f"/model/layers.{i}/input_layernorm",
-                                    div("input")), x
-            else:
-                h, resid = self.skip_rms(g, pending, resid, p + "input_layernorm.weight",
-                                         f"/model/layers.{i}/input_layernorm", div("input"))
-            a = self._attention(g, h, i, ctx, plan)
-            if cfg.arch.post_attn_norm:
-                a = self.rms(g, a, p + cfg.arch.post_attn_norm + ".weight", f"/model/layers.{i}/post_attn_norm")
-            h, resid = self.skip_rms(g, a, resid, p + cfg.arch.mlp_norm + ".weight",
-                                     f"/model/layers.{i}/{cfg.arch.mlp_norm}", div("mlp"))
-            m = self._mlp(g, h, i, plan)
-            if cfg.arch.post_mlp_norm:
-                m = self.rms(g, m, p + cfg.arch.post_mlp_norm + ".weight", f"/model/layers.{i}/post_mlp_norm")
-            pending = m
+            pending, resid = self._layer(g, i, pending, resid, ctx)
         step(cfg.num_layers + 1, "lm_head")
         h, _ = self.skip_rms(g, pending, resid, "model.norm.weight", "/model/norm")
         if self.o.last_token_logits:
@@ -233,29 +231,38 @@ class DecoderBuilder:
         step(total, "done")
         return {}
 
-    def _last_token(self, g: GraphWriter, h: str, ids: str, ctx: dict) -> str:
-        """Each row's last real token: index seqlens_k - (total - S), clamped to [0, S-1] (right
-        padding in a first prompt; 0 in decode). Eval swaps this node for an Identity to get every
-        position (see genai.decoder_session.all_logits_variant)."""
-        lab = "/model/last_token"
-        s = g.op("Cast", [g.op("Gather", [g.op("Shape", [ids], f"{lab}/Shape"), g.const(f"{lab}/idx1", 1)],
-                                f"{lab}/Gather", axis=0)], f"{lab}/Cast_S", to=TensorProto.INT32)
-        past = g.op("Sub", [ctx["total"], s], f"{lab}/Sub_past")
-        idx = g.op("Sub", [ctx["seqlens"], past], f"{lab}/Sub_idx")
-        zero = g.const(f"{lab}/zero", 0, np.int32)
-        hi = g.op("Sub", [s, g.const(f"{lab}/one", 1, np.int32)], f"{lab}/Sub_hi")
-        idx = g.op("Cast", [g.op("Clip", [idx, zero, hi], f"{lab}/Clip")], f"{lab}/Cast_idx", to=TensorProto.INT64)
-        idx = g.op("Unsqueeze", [idx, g.const(f"{lab}/axes", [1, 2])], f"{lab}/Unsqueeze")
-        return g.op("GatherND", [h, idx], LAST_TOKEN_NODE, batch_dims=1)
+    def _layer(self, g: GraphWriter, i: int, pending: str, resid: str | None, ctx: dict) -> tuple[str, str]:
+        """Layer i over (the previous layer's output still to add, the residual stream; None before the
+        first layer): returns the same pair after it. Sequential (norm, attention, norm, MLP) or parallel
+        (attention and MLP on the same input: one shared norm, or one norm each)."""
+        cfg, plan = self.cfg, self.plan(i)
+        p, lab, div = f"model.layers.{i}.", f"/model/layers.{i}", plan.norm_divisors.get
+        if resid is None:
+            h, resid = self.rms(g, pending, p + "input_layernorm.weight", f"{lab}/input_layernorm",
+                                div("input")), pending
+        else:
+            h, resid = self.skip_rms(g, pending, resid, p + "input_layernorm.weight", f"{lab}/input_layernorm",
+                                     div("input"))
+        a = self._scaled(g, self._attention(g, h, i, ctx, plan), cfg.residual_multiplier, f"{i}/attn")
+        if cfg.parallel:
+            if cfg.parallel == "two norms":
+                h = self.rms(g, resid, p + cfg.arch.mlp_norm + ".weight", f"{lab}/{cfg.arch.mlp_norm}", div("mlp"))
+            return g.op("Add", [a, self._mlp(g, h, i, plan)], f"{lab}/parallel_Add"), resid
+        if cfg.arch.post_attn_norm:
+            a = self.rms(g, a, p + cfg.arch.post_attn_norm + ".weight", f"{lab}/post_attn_norm")
+        h, resid = self.skip_rms(g, a, resid, p + cfg.arch.mlp_norm + ".weight", f"{lab}/{cfg.arch.mlp_norm}",
+                                 div("mlp"))
+        m = self._scaled(g, self._mlp(g, h, i, plan), cfg.residual_multiplier, f"{i}/mlp")
+        if cfg.arch.post_mlp_norm:
+            m = self.rms(g, m, p + cfg.arch.post_mlp_norm + ".weight", f"{lab}/post_mlp_norm")
+        return m, resid
 
-    def _rope(self, g: GraphWriter) -> dict:
-        cfg = self.cfg
-        cos, sin = rope_cache(cfg.rope, cfg.rotary_dim, self.context, cfg.max_position)
-        out = {"global": (self.fw(g, "cos_cache", cos), self.fw(g, "sin_cache", sin))}
-        if cfg.local_rope is not None and any(cfg.layer_sliding):
-            cos, sin = rope_cache(cfg.local_rope, cfg.rotary_dim, self.context, cfg.max_position)
-            out["local"] = (self.fw(g, "cos_cache_local", cos), self.fw(g, "sin_cache_local", sin))
-        return out
+    def _scaled(self, g: GraphWriter, x: str, factor: float, label: str) -> str:
+        """x * factor (Granite's multipliers), or x when the factor is 1."""
+        if factor == 1.0:
+            return x
+        return g.op("Mul", [x, g.weight(f"/model/{label}/multiplier", np.asarray(factor, self.np_dtype))],
+                    f"/model/{label}/multiplier_Mul")
 
     def _embed(self, g: GraphWriter, ids: str) -> tuple[str, tuple | None]:
         """(embeddings, tied): with a tied quantized embedding, (its weight, its packed tensors) for the
@@ -284,9 +291,8 @@ class DecoderBuilder:
         else:
             x = g.op("Gather", [self.fw(g, "model.embed_tokens.weight", e), ids], "/model/embed_tokens/Gather")
         if cfg.arch.embed_scale:
-            scale = np.asarray(np.float32(cfg.hidden_size ** 0.5), dtype=self.np_dtype)
-            x = g.op("Mul", [x, g.weight("/model/embed_tokens/scale", scale)], "/model/embed_tokens/Mul")
-        return x, tied
+            x = self._scaled(g, x, cfg.hidden_size ** 0.5, "embed_tokens")
+        return self._scaled(g, x, cfg.embed_multiplier, "embed_multiplier"), tied
 
     def embedding_block(self) -> int:
         """Group size of the tied embedding: GatherBlockQuantized returns rows as wide as its padded
@@ -306,7 +312,10 @@ class DecoderBuilder:
         return plan_layer(i, load, bits, self.calib, settings, self.cfg.intermediate_size)
 
     def _gate_up_weight(self, i: int) -> np.ndarray:
+        """[gate; up] (or up alone for an ungated MLP)."""
         cfg, p = self.cfg, f"model.layers.{i}.mlp."
+        if not cfg.arch.gated_mlp:
+            return self.read(p + "up_proj.weight")
         if cfg.arch.fused_gate_up:
             return self.read(p + cfg.arch.fused_gate_up + ".weight")
         return np.concatenate([self.read(p + "gate_proj.weight"), self.read(p + "up_proj.weight")])
@@ -338,13 +347,14 @@ class DecoderBuilder:
         else:
             qkv_in = [qkv, "", ""]
         sliding = cfg.layer_sliding[i] if cfg.layer_sliding else False
-        cos, sin = ctx["rope"]["local" if sliding and "local" in ctx["rope"] else "global"]
+        rope = ctx["rope"] if cfg.layer_rotary[i] else {}
+        cos_sin = list(rope["local" if sliding and "local" in rope else "global"]) if rope else []
         outs = [f"{lab}/GroupQueryAttention/output_0", present(i, "key"), present(i, "value")]
         g.node("GroupQueryAttention",
-               qkv_in + [past(i, "key"), past(i, "value"), ctx["seqlens"], ctx["total"],
-                         cos, sin],
+               qkv_in + [past(i, "key"), past(i, "value"), ctx["seqlens"], ctx["total"]] + cos_sin,
                f"{lab}/GroupQueryAttention", 3, MS, outputs=outs,
-               num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=1, rotary_interleaved=0,
+               num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=int(bool(rope)),
+               rotary_interleaved=0,
                scale=cfg.attn_scale, softcap=cfg.attn_softcap or None,
                local_window_size=int(cfg.sliding_window) if sliding and cfg.sliding_window else -1)
         for kv in ("key", "value"):
@@ -364,6 +374,11 @@ class DecoderBuilder:
     def _mlp(self, g: GraphWriter, h: str, i: int, plan: LayerPlan) -> str:
         cfg, p, lab = self.cfg, f"model.layers.{i}.mlp.", f"/model/layers.{i}/mlp"
         w = plan.weight("gate_up")
+        if not cfg.arch.gated_mlp:                   # act(up) @ down
+            up = self.linear(g, h, f"{p}up_proj", w, self.opt(p + "up_proj.bias"), f"{i}.gate_up",
+                             plan.bits["gate_up"])
+            return self.linear(g, self._act(g, up, lab), f"{p}down_proj", plan.weight("down"),
+                               self.opt(p + "down_proj.bias"), f"{i}.down", plan.bits["down"])
         bias = None
         if cfg.mlp_bias:
             up = self.read(p + "up_proj.bias") / plan.up_bias_divisor
@@ -406,6 +421,9 @@ class DecoderBuilder:
             logits = self.linear(g, h, name, w, self.opt("lm_head.bias"), "lm_head", self.bits_for("lm_head"))
         if self.fp16:
             logits = g.op("Cast", [logits], "/lm_head/Cast", to=TensorProto.FLOAT)
+        if cfg.logits_divisor != 1.0:
+            logits = g.op("Div", [logits, g.weight("/lm_head/divisor", np.asarray(cfg.logits_divisor, np.float32))],
+                          "/lm_head/Div")
         if cfg.final_softcap:
             c = g.weight("/lm_head/softcap", np.asarray(cfg.final_softcap, np.float32))
             logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c], "/lm_head/softcap_Div")],

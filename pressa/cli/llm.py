@@ -313,6 +313,11 @@ def info():
     rows.append(("cpu", f"{cpu}, {physical_cores()} physical cores"))
     for k, v in rows:
         typer.echo(f"{k:20} {v}")
+    from pressa.capture.architectures import ARCHITECTURES
+
+    typer.echo("decoder architectures (auto-opt from Hugging Face folders, Hub ids or GGUF):")
+    for name, arch in ARCHITECTURES.items():
+        typer.echo(f"  {name:18} {arch.features()}")
 
 
 def _dist_version(name: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, present, read_genai_config
-from pressa.capture.decoder import LAST_TOKEN_NODE
+from pressa.capture.positions import LAST_TOKEN_NODE
 from pressa.errors import BadArgument
 from pressa.runtime.session import open_session
 

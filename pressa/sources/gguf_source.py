@@ -7,12 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pressa.capture.architectures import GGUF_ARCHITECTURES
 from pressa.errors import CorruptModel, UnsupportedArchitecture
 from pressa.sources.base import Source, WeightReader
-
-# general.architecture -> HF model_type
-GGUF_ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
-             "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
 
 # per-layer GGUF name -> HF name (relative to model.layers.{i}.)
 _LAYER = {
@@ -149,19 +146,17 @@ def open_gguf(path: Path, kind: str = "gguf") -> Source:
     except Exception as err:  # gguf raises ValueError/struct errors/IndexError on damage
         raise CorruptModel(f"{path}: not a valid GGUF file ({type(err).__name__}: {err}); re-download it") from None
     arch = str(_field(reader, "general.architecture", ""))
-    if arch not in GGUF_ARCH:
+    if arch not in GGUF_ARCHITECTURES:
         raise UnsupportedArchitecture(
-            f"GGUF architecture {arch!r} is not supported; supported: {', '.join(sorted(GGUF_ARCH))}")
-    model_type = GGUF_ARCH[arch]
-    sandwich = model_type in ("gemma2", "gemma3_text")
+            f"GGUF architecture {arch!r} is not supported; supported: {', '.join(sorted(GGUF_ARCHITECTURES))}")
+    row = GGUF_ARCHITECTURES[arch]
+    model_type = row.model_type
+    layer_names = {**_LAYER, **(_SANDWICH if row.sandwich_norm else {}), **dict(row.gguf_renames)}
     tensors = {}
     for t in reader.tensors:
         parts = t.name.split(".")
         if parts[0] == "blk":
-            key = ".".join(parts[2:-1])
-            hf = (_SANDWICH if sandwich and key in _SANDWICH else _LAYER).get(key)
-            if model_type == "phi3" and key == "ffn_up":
-                hf = "mlp.gate_up_proj"
+            hf = layer_names.get(".".join(parts[2:-1]))
             name = f"model.layers.{parts[1]}.{hf}.{parts[-1]}" if hf else None
         else:
             base = _GLOBAL.get(".".join(parts[:-1]))
@@ -171,7 +166,7 @@ def open_gguf(path: Path, kind: str = "gguf") -> Source:
     tokens = _field(reader, "tokenizer.ggml.tokens")
     vocab = len(tokens) if tokens is not None else int(tensors["model.embed_tokens.weight"].shape[-1])
     config = _config(reader, model_type, arch, set(tensors), vocab)
-    permuted = arch == "llama"
+    permuted = row.gguf_permuted_qk
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
 
     def read(name: str) -> np.ndarray:
@@ -184,8 +179,8 @@ def open_gguf(path: Path, kind: str = "gguf") -> Source:
             w = _unpermute(w, heads)
         elif permuted and name.endswith("k_proj.weight"):
             w = _unpermute(w, kv_heads)
-        if model_type.startswith("gemma") and "norm" in name:
-            w = w - 1.0                      # llama.cpp stores Gemma's (1 + w); keep HF's layout
+        if row.norm_offset and "norm" in name:
+            w = w - row.norm_offset          # llama.cpp stores Gemma's (1 + w); keep HF's layout
         return w
 
     files = _tokenizer_files(reader, config["max_position_embeddings"])

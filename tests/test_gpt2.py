@@ -1,0 +1,40 @@
+"""The GPT-2 family (the DialoGPT of our users' OpenVINO tutorial): a random model with
+microsoft/DialoGPT-small's config (768 wide, 12 heads, 1024 positions, Conv1D weights, tanh GELU, tied
+head) but 2 layers and the tests' small vocabulary, through auto-opt and chat."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import load_hf, make_tiny
+from helpers import run_cli
+
+DIALOGPT = dict(hidden_size=768, num_attention_heads=12, num_key_value_heads=12, num_hidden_layers=2,
+                max_position_embeddings=1024, n_inner=None, initializer_range=0.02)
+
+
+def test_dialogpt_shaped_gpt2_greedy_equals_transformers_and_int4_chats(tmp_path):
+    import torch
+
+    import pressa
+    from pressa.genai.sampling import SamplingConfig
+
+    hf = make_tiny("gpt2", tmp_path / "hf", **DIALOGPT)
+    res = run_cli("auto-opt", "-m", hf, "--precision", "fp32", "-o", tmp_path / "fp32")
+    assert res.returncode == 0, res.stderr
+    prompt = [5, 9, 17, 33, 4]
+    with torch.no_grad():
+        want = load_hf(hf).generate(torch.tensor([prompt]), max_new_tokens=10, min_new_tokens=10, do_sample=False,
+                                    pad_token_id=0)[0, len(prompt):].tolist()
+    m = pressa.load(tmp_path / "fp32")
+    got = [int(t[0]) for t, _ in m.generate_ids([prompt], SamplingConfig(max_new_tokens=10, ignore_eos=True))]
+    assert got == want
+    res = run_cli("auto-opt", "-m", hf, "--precision", "int4", "-o", tmp_path / "int4")
+    assert res.returncode == 0, res.stderr
+    int4 = pressa.load(tmp_path / "int4")
+    first = int4.session.prefill([prompt], 8)[0][0]
+    ref = m.session.prefill([prompt], 8)[0][0]
+    assert np.corrcoef(first, ref)[0, 1] > 0.95                   # int4 logits follow fp32's
+    chat = run_cli("chat", tmp_path / "int4", "--max-new-tokens", "6", "--temperature", "0", input="t5 t6\n")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip()
