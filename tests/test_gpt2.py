@@ -23,9 +23,11 @@ def test_dialogpt_shaped_gpt2_greedy_equals_transformers_and_int4_chats(tmp_path
     res = run_cli("auto-opt", "-m", hf, "--precision", "fp32", "-o", tmp_path / "fp32")
     assert res.returncode == 0, res.stderr
     prompt = [5, 9, 17, 33, 4]
+    model = load_hf(hf)
+    model.generation_config.eos_token_id = None             # as ignore_eos: never stop, never suppress EOS
     with torch.no_grad():
-        want = load_hf(hf).generate(torch.tensor([prompt]), max_new_tokens=10, min_new_tokens=10, do_sample=False,
-                                    pad_token_id=0)[0, len(prompt):].tolist()
+        want = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
+                              pad_token_id=0)[0, len(prompt):].tolist()
     m = pressa.load(tmp_path / "fp32")
     got = [int(t[0]) for t, _ in m.generate_ids([prompt], SamplingConfig(max_new_tokens=10, ignore_eos=True))]
     assert got == want

@@ -54,3 +54,24 @@ def test_family_switches_not_built_are_refused_in_one_line():
         cfg = decoder_config({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 8, "vocab_size": 10,
                               "num_hidden_layers": 1, "intermediate_size": 8})            # head 8: rotary 8 dims
         DecoderBuilder(cfg, None, BuildOptions(precision="fp32"))
+
+
+@pytest.mark.parametrize("kind", list(ARCH_CONFIGS))
+def test_greedy_equals_transformers_and_int4_runs(kind, tiny_dir, tiny_artifact):
+    """Greedy tokens of the fp32 build equal transformers' generate; the int4 build generates too."""
+    import torch
+
+    import pressa
+    from pressa.genai.sampling import SamplingConfig
+
+    prompt, n = [5, 9, 17, 33, 4, 70], 8
+    hf = load_hf(tiny_dir(kind))
+    hf.generation_config.eos_token_id = None               # as ignore_eos: never stop, never suppress EOS
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+                           pad_token_id=0)[0, len(prompt):].tolist()
+    cfg = SamplingConfig(max_new_tokens=n, ignore_eos=True)
+    got = [int(t[0]) for t, _ in pressa.load(tiny_artifact(kind, "fp32")).generate_ids([prompt], cfg)]
+    assert got == want
+    q = [int(t[0]) for t, _ in pressa.load(tiny_artifact(kind, "int4")).generate_ids([prompt], cfg)]
+    assert len(q) == n and all(0 <= t < 160 for t in q)
