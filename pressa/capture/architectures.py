@@ -18,6 +18,8 @@ class Arch:
     norm_offset: float = 0.0             # Gemma stores RMSNorm gamma as (w - 1)
     embed_scale: bool = False            # Gemma multiplies embeddings by sqrt(hidden)
     qk_norm: bool = False                # per-head RMSNorm on q and k before rotary (Qwen3, Gemma3)
+    qk_norm_whole: bool = False          # ... over the whole q and k projections instead (OLMo 2)
+    pre_norm: bool = True                # False: norms only after attention and MLP (OLMo 2)
     sandwich_norm: bool = False          # extra norms after attention and MLP (Gemma2/3)
     qkv_bias: bool = False               # bias on q/k/v projections regardless of config (Qwen2)
     fused_qkv: str | None = None         # one tensor for q,k,v (Phi3: qkv_proj)
@@ -64,6 +66,12 @@ class Arch:
             pattern = int(cfg.get("sliding_window_pattern", 6))
             return [(i + 1) % pattern != 0 for i in range(n)]
         return [True] * n
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether AWQ, GPTQ and mixed precision are built for the row (they fold scales into the norm
+        before a gated MLP and the attention)."""
+        return self.gated_mlp and self.pre_norm
 
     def layer_rotary(self, cfg: dict, n: int) -> list[bool]:
         """Which layers apply rotary embeddings: all of a rotary row, except those SmolLM3's
@@ -120,7 +128,7 @@ class Arch:
         """What sets the row apart from plain Llama, in words (pressa info)."""
         said = [("LayerNorm", self.norm == "layer"), ("learned positions", self.positions == "learned"),
                 ("plain MLP", not self.gated_mlp), (f"parallel attention and MLP ({self.parallel})", self.parallel),
-                ("qkv bias", self.qkv_bias), ("q/k norm", self.qk_norm),
+                ("qkv bias", self.qkv_bias), ("q/k norm", self.qk_norm), ("post-norms only", not self.pre_norm),
                 ("fused qkv", self.fused_qkv),
                 ("fused gate/up", self.fused_gate_up), ("sandwich norms", self.sandwich_norm),
                 ("norm weight +1", self.norm_offset), ("scaled embeddings", self.embed_scale),
@@ -164,6 +172,8 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
                                                                ("attention_bias", "use_qkv_bias")),
          refused=("use_parallel_residual", "qk_layernorm")),
     Arch("granite", "granite"),            # its multipliers are config keys (capture/config.py)
+    Arch("olmo2", "olmo2", qk_norm=True, qk_norm_whole=True, pre_norm=False,
+         post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm"),
     Arch("phi", "phi", norm="layer", gated_mlp=False, parallel="shared norm", default_act="gelu_new",
          config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("qk_layernorm",),
          weight_names=_same("model.embed_tokens", "lm_head", *_layer("input_layernorm", "self_attn.q_proj",

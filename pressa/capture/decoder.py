@@ -237,6 +237,8 @@ class DecoderBuilder(PositionEmitters):
         (attention and MLP on the same input: one shared norm, or one norm each)."""
         cfg, plan = self.cfg, self.plan(i)
         p, lab, div = f"model.layers.{i}.", f"/model/layers.{i}", plan.norm_divisors.get
+        if not cfg.arch.pre_norm:
+            return self._post_norm_layer(g, i, pending, resid, ctx, plan)
         if resid is None:
             h, resid = self.rms(g, pending, p + "input_layernorm.weight", f"{lab}/input_layernorm",
                                 div("input")), pending
@@ -256,6 +258,17 @@ class DecoderBuilder(PositionEmitters):
         if cfg.arch.post_mlp_norm:
             m = self.rms(g, m, p + cfg.arch.post_mlp_norm + ".weight", f"{lab}/post_mlp_norm")
         return m, resid
+
+    def _post_norm_layer(self, g: GraphWriter, i: int, pending: str, resid: str | None, ctx: dict,
+                         plan: LayerPlan) -> tuple[str, str]:
+        """x += norm(attention(x)); x += norm(mlp(x)) (OLMo 2: no norm before either)."""
+        cfg, p, lab = self.cfg, f"model.layers.{i}.", f"/model/layers.{i}"
+        x = pending if resid is None else g.op("Add", [pending, resid], f"{lab}/residual_Add")
+        a = self.rms(g, self._attention(g, x, i, ctx, plan), p + cfg.arch.post_attn_norm + ".weight",
+                     f"{lab}/post_attn_norm")
+        x = g.op("Add", [x, a], f"{lab}/attn_residual_Add")
+        m = self.rms(g, self._mlp(g, x, i, plan), p + cfg.arch.post_mlp_norm + ".weight", f"{lab}/post_mlp_norm")
+        return m, x
 
     def _scaled(self, g: GraphWriter, x: str, factor: float, label: str) -> str:
         """x * factor (Granite's multipliers), or x when the factor is 1."""
@@ -341,8 +354,9 @@ class DecoderBuilder(PositionEmitters):
         del w
         if cfg.arch.qk_norm:
             q, k, v = g.node("Split", [qkv, g.const(f"{lab}/split_sizes", sizes)], f"{lab}/Split", 3, axis=-1)
-            q = self._head_norm(g, q, p + "q_norm.weight", f"{lab}/q_norm")
-            k = self._head_norm(g, k, p + "k_norm.weight", f"{lab}/k_norm")
+            norm = (lambda x, w, label: self.rms(g, x, w, label)) if cfg.arch.qk_norm_whole else \
+                (lambda x, w, label: self._head_norm(g, x, w, label))
+            q, k = norm(q, p + "q_norm.weight", f"{lab}/q_norm"), norm(k, p + "k_norm.weight", f"{lab}/k_norm")
             qkv_in = [q, k, v]
         else:
             qkv_in = [qkv, "", ""]

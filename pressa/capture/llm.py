@@ -104,9 +104,9 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         src = open_source(model)
     cfg = decoder_config(src.config)
     src.weights = cfg.arch.canonical(src.weights, cfg.num_layers, cfg.num_heads)
-    if not cfg.arch.gated_mlp and (opts.algorithm != "rtn" or ratio < 1.0):
+    if not cfg.arch.calibrated and (opts.algorithm != "rtn" or ratio < 1.0):
         raise BadArgument(f"{cfg.arch.model_type}: --algorithm {opts.algorithm} and --ratio are not built for its "
-                          "plain (ungated) MLP yet; use the default RTN")
+                          "layer form yet (they fold scales into a pre-norm before a gated MLP); use the default RTN")
     log(f"source: {src.kind} {src.location} ({cfg.arch.model_type}, {cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
     calib = None
