@@ -43,6 +43,7 @@ ARCH_CONFIGS = {
     "gpt_neox-sequential": dict(model_type="gpt_neox", rotary_pct=0.5, num_attention_heads=2, num_key_value_heads=2,
                                 use_parallel_residual=False, hidden_act="gelu"),
     "olmo2": dict(model_type="olmo2"),
+    "cohere": dict(model_type="cohere", logit_scale=0.25, layer_norm_eps=1e-5),
     # DialoGPT's family: learned positions, LayerNorm with bias, Conv1D weights, tanh GELU, tied head
     "gpt2": dict(model_type="gpt2", n_inner=96, num_key_value_heads=4, activation_function="gelu_new",
                  layer_norm_epsilon=1e-5, tie_word_embeddings=True),

@@ -38,7 +38,9 @@ class Arch:
     gguf_arch: str | None = None         # llama.cpp's general.architecture (None: the model_type)
     gguf_permuted_qk: bool = False       # llama.cpp permutes q/k rows for interleaved rotary (Llama)
     gguf_renames: tuple[tuple[str, str], ...] = ()  # per-layer GGUF names that map to another HF tensor
-    norm: str = "rms"                    # "rms" (RMSNorm) | "layer" (LayerNorm with bias)
+    norm: str = "rms"                    # "rms" (RMSNorm) | "layer" (LayerNorm)
+    norm_bias: bool = True               # a LayerNorm's bias (Cohere's has none)
+    rotary_interleaved: bool = False     # rotary on interleaved pairs rather than halves (Cohere)
     positions: str = "rotary"            # "rotary" | "learned" (absolute position embeddings)
     gated_mlp: bool = True               # act(gate) * up; False: act(up)
     rope_layers: bool = False            # some layers skip rotary (SmolLM3's no_rope_layers)
@@ -126,7 +128,8 @@ class Arch:
 
     def features(self) -> str:
         """What sets the row apart from plain Llama, in words (pressa info)."""
-        said = [("LayerNorm", self.norm == "layer"), ("learned positions", self.positions == "learned"),
+        said = [("LayerNorm" + ("" if self.norm_bias else " without bias"), self.norm == "layer"),
+                ("interleaved rotary", self.rotary_interleaved), ("learned positions", self.positions == "learned"),
                 ("plain MLP", not self.gated_mlp), (f"parallel attention and MLP ({self.parallel})", self.parallel),
                 ("qkv bias", self.qkv_bias), ("q/k norm", self.qk_norm), ("post-norms only", not self.pre_norm),
                 ("fused qkv", self.fused_qkv),
@@ -172,6 +175,8 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
                                                                ("attention_bias", "use_qkv_bias")),
          refused=("use_parallel_residual", "qk_layernorm")),
     Arch("granite", "granite"),            # its multipliers are config keys (capture/config.py)
+    Arch("cohere", "cohere", norm="layer", norm_bias=False, parallel="shared norm", rotary_interleaved=True,
+         tie_default=True, config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("use_qk_norm",)),
     Arch("olmo2", "olmo2", qk_norm=True, qk_norm_whole=True, pre_norm=False,
          post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm"),
     Arch("phi", "phi", norm="layer", gated_mlp=False, parallel="shared norm", default_act="gelu_new",

@@ -122,7 +122,7 @@ def decoder_config(cfg: dict) -> DecoderConfig:
             layer_rotary=arch.layer_rotary(cfg, n),
             embed_multiplier=float(cfg.get("embedding_multiplier") or 1.0),
             residual_multiplier=float(cfg.get("residual_multiplier") or 1.0),
-            logits_divisor=float(cfg.get("logits_scaling") or 1.0),
+            logits_divisor=float(cfg.get("logits_scaling") or 1.0) / float(cfg.get("logit_scale") or 1.0),
             parallel=arch.parallel if cfg.get("use_parallel_residual", True) else "",
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=token_ids(cfg.get("eos_token_id")),

@@ -159,7 +159,7 @@ class DecoderBuilder(PositionEmitters):
     def norm_params(self, g: GraphWriter, wname: str, divisor: np.ndarray | None) -> list[str]:
         """[gamma] for RMSNorm, [gamma, beta] for LayerNorm (the row's norm kind)."""
         params = [self.fw(g, wname, self.norm_weight(wname, divisor))]
-        if self.cfg.arch.norm == "layer":
+        if self.cfg.arch.norm == "layer" and self.cfg.arch.norm_bias:
             bname = wname.removesuffix(".weight") + ".bias"
             b = self.read(bname)
             params.append(self.fw(g, bname, b if divisor is None else b / divisor))
@@ -368,7 +368,7 @@ class DecoderBuilder(PositionEmitters):
                qkv_in + [past(i, "key"), past(i, "value"), ctx["seqlens"], ctx["total"]] + cos_sin,
                f"{lab}/GroupQueryAttention", 3, MS, outputs=outs,
                num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads, do_rotary=int(bool(rope)),
-               rotary_interleaved=0,
+               rotary_interleaved=int(cfg.arch.rotary_interleaved),
                scale=cfg.attn_scale, softcap=cfg.attn_softcap or None,
                local_window_size=int(cfg.sliding_window) if sliding and cfg.sliding_window else -1)
         for kv in ("key", "value"):
