@@ -170,17 +170,17 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
     Arch("gemma", "gemma", act_aliases=(("gelu", "gelu_pytorch_tanh"),), **_GEMMA),
     Arch("gemma2", "gemma2", sliding="even", **_GEMMA, **_SANDWICH),
     Arch("gemma3_text", "gemma3_text", qk_norm=True, sliding="pattern", gguf_arch="gemma3", **_GEMMA, **_SANDWICH),
-    Arch("smollm3", "llama", rope_layers=True, sliding="opt-in"),
+    Arch("smollm3", "llama", rope_layers=True, sliding="opt-in", gguf=False),
     Arch("stablelm", "stablelm", norm="layer", config_aliases=(("rms_norm_eps", "layer_norm_eps"),
                                                                ("attention_bias", "use_qkv_bias")),
-         refused=("use_parallel_residual", "qk_layernorm")),
-    Arch("granite", "granite"),            # its multipliers are config keys (capture/config.py)
+         refused=("use_parallel_residual", "qk_layernorm"), gguf=False),
+    Arch("granite", "granite", gguf=False),    # its multipliers are config keys (capture/config.py)
     Arch("cohere", "cohere", norm="layer", norm_bias=False, parallel="shared norm", rotary_interleaved=True,
-         tie_default=True, config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("use_qk_norm",)),
+         tie_default=True, config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("use_qk_norm",), gguf=False),
     Arch("olmo2", "olmo2", qk_norm=True, qk_norm_whole=True, pre_norm=False,
-         post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm"),
+         post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm", gguf=False),
     Arch("phi", "phi", norm="layer", gated_mlp=False, parallel="shared norm", default_act="gelu_new",
-         config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("qk_layernorm",),
+         config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("qk_layernorm",), gguf=False,
          weight_names=_same("model.embed_tokens", "lm_head", *_layer("input_layernorm", "self_attn.q_proj",
                                                                       "self_attn.k_proj", "self_attn.v_proj"))
          + (("model.norm", "model.final_layernorm"), ("model.layers.{i}.self_attn.o_proj",
@@ -189,7 +189,7 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
             ("model.layers.{i}.mlp.down_proj", "model.layers.{i}.mlp.fc2"))),
     # Pythia: parallel attention and MLP with a norm each (unless use_parallel_residual is off)
     Arch("gpt_neox", "gpt_neox", norm="layer", gated_mlp=False, parallel="two norms", fused_qkv="qkv_proj",
-         interleaved_qkv=True, default_act="gelu",
+         interleaved_qkv=True, default_act="gelu", gguf=False,
          config_aliases=(("rms_norm_eps", "layer_norm_eps"), ("partial_rotary_factor", "rotary_pct"),
                          ("rope_theta", "rotary_emb_base")),
          weight_names=(("model.embed_tokens", "gpt_neox.embed_in"), ("model.norm", "gpt_neox.final_layer_norm"),
