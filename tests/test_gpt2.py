@@ -40,3 +40,16 @@ def test_dialogpt_shaped_gpt2_greedy_equals_transformers_and_int4_chats(tmp_path
     chat = run_cli("chat", tmp_path / "int4", "--max-new-tokens", "6", "--temperature", "0", input="t5 t6\n")
     assert chat.returncode == 0, chat.stderr
     assert chat.stdout.strip()
+
+
+def test_calibrated_algorithms_refused_where_they_cannot_fold(tiny_dir, tmp_path):
+    """AWQ/GPTQ fold scales into the norm before attention and the one before a gated MLP: rows whose layers
+    have no such pair (parallel attention+MLP, plain MLP, post-norms only) say so in one line."""
+    from helpers import assert_user_error, no_leftovers
+
+    (tmp_path / "calib.txt").write_text("t5 t6 t7 t8 t9\n" * 20)
+    for kind in ("cohere", "gpt2"):
+        res = run_cli("auto-opt", "-m", tiny_dir(kind), "--algorithm", "gptq", "--calibration-data",
+                      tmp_path / "calib.txt", "-o", tmp_path / kind)
+        assert_user_error(res, kind, "RTN")
+        no_leftovers(tmp_path, kind)

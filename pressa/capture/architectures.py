@@ -72,8 +72,8 @@ class Arch:
     @property
     def calibrated(self) -> bool:
         """Whether AWQ, GPTQ and mixed precision are built for the row (they fold scales into the norm
-        before a gated MLP and the attention)."""
-        return self.gated_mlp and self.pre_norm
+        before the attention and the one before a gated MLP)."""
+        return self.gated_mlp and self.pre_norm and not self.parallel
 
     def layer_rotary(self, cfg: dict, n: int) -> list[bool]:
         """Which layers apply rotary embeddings: all of a rotary row, except those SmolLM3's
