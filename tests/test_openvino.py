@@ -70,6 +70,10 @@ def test_auto_measures_once_and_picks_the_faster(encoder, tmp_path, monkeypatch)
     assert m.runtime.backend == min(("onnxruntime", "openvino"), key=figures.get)
     pressa.load(encoder, backend="auto")
     assert len(calls) == 1                                          # remembered, not measured again
+    res = run_cli("info", encoder)                                  # says what auto chose, with both figures
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("backend auto (cpu, latency)"))
+    assert f": {m.runtime.backend} (onnxruntime {figures['onnxruntime'] * 1e3:.1f} ms" in line
 
 
 def test_benchmark_and_embed_cli_on_openvino(encoder):
@@ -152,6 +156,8 @@ def test_greedy_text_scheduler_and_auto_on_openvino(tiny_artifact, tmp_path, mon
     figures = next(iter(json.loads((tmp_path / "pressa" / "backends.json").read_text()).values()))
     assert {f"{phase}_{b}" for phase in ("prefill_short", "prefill_long", "step")
             for b in ("onnxruntime", "openvino")} <= set(figures)
+    said = run_cli("info", folder).stdout
+    assert "32-token prefill on" in said and "decode step on " in said
     sch = Scheduler(on_ov, slots=2)
     texts, done = ["", ""], []
     for i, p in enumerate(prompts):

@@ -283,8 +283,16 @@ def benchmark(
 
 
 @app.command()
-def info():
-    """Versions of pressa and its runtimes, execution providers and devices."""
+def info(artifact: Path | None = typer.Argument(None, help="An artifact: say which runtime --backend auto chose "
+                                                          "for it here, with both runtimes' figures")):
+    """Versions of pressa and its runtimes, execution providers, devices and decoder architectures; with an
+    ARTIFACT, what `--backend auto` measured and chose for it on this machine."""
+    if artifact is not None:
+        from pressa.runtime.choose import auto_choices
+
+        for line in auto_choices(artifact):
+            typer.echo(line)
+        return
     import platform
 
     import onnxruntime as ort

@@ -89,6 +89,40 @@ def fastest(figures: dict, prefix: str = "") -> str:
     return min(timed, key=timed.get) if timed else "onnxruntime"
 
 
+def auto_choices(artifact: Path) -> list[str]:
+    """What `--backend auto` measured and chose for `artifact` on this machine, a line per measurement
+    (device, hint, ...); one line saying so when it has not run here yet."""
+    from pressa.artifact.kind import require_kind
+    from pressa.graph.onnx_io import find_model
+
+    require_kind(Path(artifact), None, "info")
+    folder = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
+    models = {str(p.resolve()) for p in (folder / "model.onnx", find_model(artifact)) if p.is_file()}
+    try:
+        known = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        known = {}
+    lines = []
+    for key, figures in known.items():
+        parts = key.split("|")
+        decoder = parts[0] == "decoder-stateful"
+        fields = parts[1:] if decoder else parts
+        if fields[0] not in models:
+            continue
+        device, hint = fields[5], fields[6]
+        phases = (("32-token prefill", "prefill_short_"), ("256-token prefill", "prefill_long_"),
+                  ("decode step", "step_")) if decoder else (("", ""),)
+        said = [f"{what + ' on ' if what else ''}{fastest(figures, p)} (onnxruntime "
+                f"{_ms(figures, p + 'onnxruntime')}, openvino {_ms(figures, p + 'openvino')})" for what, p in phases]
+        lines.append(f"backend auto ({device}, {hint}): " + "; ".join(said))
+    return lines or [f"backend auto has not measured {artifact} on this machine yet: run it once with "
+                     "--backend auto (the figures are kept in " + str(cache_file()) + ")"]
+
+
+def _ms(figures: dict, key: str) -> str:
+    return f"{figures[key] * 1e3:.1f} ms" if figures.get(key) is not None else "failed"
+
+
 def pick_backend(model_path: Path, opts: RuntimeOptions, log=None) -> tuple[str, dict]:
     """(the faster backend, its figures), measured once per model file, machine and hint."""
     figures = remembered(key_of(model_path, opts), lambda: measure(model_path, opts))
