@@ -69,6 +69,18 @@ class Arch:
             return [(i + 1) % pattern != 0 for i in range(n)]
         return [True] * n
 
+    def linear_parts(self, i: int) -> dict[str, list[str]]:
+        """Layer i's four linears (pressa.quant.plan.LINEARS) -> the tensors, in pressa's names without
+        .weight/.bias, stacked along the output axis to make each. Read by the builder and by the
+        mixed-precision sensitivity."""
+        p = f"model.layers.{i}."
+        qkv = [p + f"self_attn.{self.fused_qkv}"] if self.fused_qkv else [p + f"self_attn.{n}_proj" for n in "qkv"]
+        if not self.gated_mlp:
+            up = [p + "mlp.up_proj"]
+        else:
+            up = [p + f"mlp.{self.fused_gate_up}"] if self.fused_gate_up else [p + "mlp.gate_proj", p + "mlp.up_proj"]
+        return {"qkv": qkv, "o": [p + "self_attn.o_proj"], "gate_up": up, "down": [p + "mlp.down_proj"]}
+
     @property
     def calibrated(self) -> bool:
         """Whether AWQ, GPTQ and mixed precision are built for the row (they fold scales into the norm

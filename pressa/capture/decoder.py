@@ -317,40 +317,26 @@ class DecoderBuilder(PositionEmitters):
 
     def plan(self, i: int) -> LayerPlan:
         """Layer i's quantization plan (pressa.quant.plan): the weights to write and what is folded."""
-        p = f"model.layers.{i}."
-        load = {"qkv": lambda: self._qkv_weight(i), "o": lambda: self.read(p + "self_attn.o_proj.weight"),
-                "gate_up": lambda: self._gate_up_weight(i), "down": lambda: self.read(p + "mlp.down_proj.weight")}
+        load = {k: (lambda k=k: self.stacked(i, k)) for k in LINEARS}
         bits = {k: self.bits_for(f"{i}.{k}") for k in LINEARS}
         settings = QuantSettings(self.o.algorithm, self.o.block_size, self.o.symmetric)
         return plan_layer(i, load, bits, self.calib, settings, self.cfg.intermediate_size)
 
-    def _gate_up_weight(self, i: int) -> np.ndarray:
-        """[gate; up] (or up alone for an ungated MLP)."""
-        cfg, p = self.cfg, f"model.layers.{i}.mlp."
-        if not cfg.arch.gated_mlp:
-            return self.read(p + "up_proj.weight")
-        if cfg.arch.fused_gate_up:
-            return self.read(p + cfg.arch.fused_gate_up + ".weight")
-        return np.concatenate([self.read(p + "gate_proj.weight"), self.read(p + "up_proj.weight")])
-
-    def _qkv_weight(self, i: int) -> np.ndarray:
-        cfg, p = self.cfg, f"model.layers.{i}.self_attn."
-        if cfg.arch.fused_qkv:
-            return self.read(p + cfg.arch.fused_qkv + ".weight")
-        return np.concatenate([self.read(p + f"{n}_proj.weight") for n in "qkv"])
-
-    def _qkv_bias(self, i: int) -> np.ndarray | None:
-        cfg, p = self.cfg, f"model.layers.{i}.self_attn."
-        if cfg.arch.fused_qkv:
-            return self.opt(p + cfg.arch.fused_qkv + ".bias")
-        bs = [self.opt(p + f"{n}_proj.bias") for n in "qkv"]
-        return np.concatenate(bs) if all(x is not None for x in bs) else None
+    def stacked(self, i: int, key: str, suffix: str = ".weight") -> np.ndarray | None:
+        """Layer i's linear `key` (qkv, o, gate_up, down) as one tensor: its parts as the row names them
+        (Arch.linear_parts), stacked along the output axis. Biases (suffix .bias) are optional: None
+        when a part has none."""
+        parts = [n + suffix for n in self.cfg.arch.linear_parts(i)[key]]
+        if suffix == ".bias":
+            found = [self.opt(n) for n in parts]
+            return np.concatenate(found) if all(b is not None for b in found) else None
+        return self.read(parts[0]) if len(parts) == 1 else np.concatenate([self.read(n) for n in parts])
 
     def _attention(self, g: GraphWriter, h: str, i: int, ctx: dict, plan: LayerPlan) -> str:
         cfg, p, lab = self.cfg, f"model.layers.{i}.self_attn.", f"/model/layers.{i}/attn"
         sizes = [cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim]
         w = plan.weight("qkv")
-        qkv = self.linear(g, h, f"{p}qkv_proj", w, self._qkv_bias(i), f"{i}.qkv", plan.bits["qkv"])
+        qkv = self.linear(g, h, f"{p}qkv_proj", w, self.stacked(i, "qkv", ".bias"), f"{i}.qkv", plan.bits["qkv"])
         del w
         if cfg.arch.qk_norm:
             q, k, v = g.node("Split", [qkv, g.const(f"{lab}/split_sizes", sizes)], f"{lab}/Split", 3, axis=-1)

@@ -29,15 +29,8 @@ def _no_status(message: str):
 
 def _weight_groups(cfg: DecoderConfig, src: Source) -> dict[str, list[str]]:
     """Mixed-precision keys (as the builder names them) -> the source tensors they are made of."""
-    a, out = cfg.arch, {}
-    for i in range(cfg.num_layers):
-        p = f"model.layers.{i}."
-        out[f"{i}.qkv"] = [p + f"self_attn.{a.fused_qkv}.weight"] if a.fused_qkv else \
-            [p + f"self_attn.{n}_proj.weight" for n in "qkv"]
-        out[f"{i}.o"] = [p + "self_attn.o_proj.weight"]
-        out[f"{i}.gate_up"] = [p + f"mlp.{a.fused_gate_up}.weight"] if a.fused_gate_up else \
-            [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
-        out[f"{i}.down"] = [p + "mlp.down_proj.weight"]
+    out = {f"{i}.{key}": [n + ".weight" for n in parts] for i in range(cfg.num_layers)
+           for key, parts in cfg.arch.linear_parts(i).items()}
     if not cfg.tie_embeddings and "lm_head.weight" in src.weights:
         out["lm_head"] = ["lm_head.weight"]
     return out
