@@ -58,11 +58,13 @@ def _silence_stdout() -> None:
 def run(command, argv: list[str]) -> int:
     """Run the click command on argv; returns the exit status."""
     from pressa.artifact import Interrupted, signals_as_exceptions
+    from pressa.artifact.folder import raise_if_interrupted
 
     typer, click = _framework()
     try:
         with signals_as_exceptions():
             rv = command.main(args=argv, prog_name="pressa", standalone_mode=False)
+            raise_if_interrupted()
             sys.stdout.flush()
         return rv if isinstance(rv, int) else 0
     except typer.Exit as e:

@@ -49,6 +49,34 @@ def test_sigterm_during_run_leaves_no_cache_entry_or_temporary_files(tmp_path):
     assert list(tmp.iterdir()) == []
 
 
+def test_a_signal_swallowed_by_a_finalizer_still_stops_the_commit(tmp_path):
+    """Python ignores an exception raised while a __del__ runs: a SIGTERM landing there (CI saw one, in a
+    regex finalizer) must still keep the artifact from being renamed into place, and the cache entry."""
+    import pytest
+
+    from pressa.artifact import Interrupted, atomic_folder, signals_as_exceptions
+    from pressa.artifact import folder as folder_mod
+    from pressa.engine.runner import StepCache
+
+    class SignalsWhileFinalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)                     # the handler runs here, inside the finalizer
+
+    try:
+        with pytest.raises(Interrupted):
+            with atomic_folder(tmp_path / "out") as tmp:
+                (tmp / "part").write_text("half")
+                SignalsWhileFinalized()          # collected at once: its exception is swallowed
+        assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".pressa-tmp-*"))
+        folder_mod._RECEIVED.clear()
+        with pytest.raises(Interrupted), signals_as_exceptions():
+            StepCache(tmp_path / "cache").put("k", lambda d: (SignalsWhileFinalized(), {})[1])
+        assert not list((tmp_path / "cache").iterdir())
+    finally:
+        folder_mod._RECEIVED.clear()
+
+
 def test_leftovers_of_killed_processes_are_swept_at_the_next_start(tmp_path):
     """A root and a cache entry of a process that died by kill -9 go; a live process's root stays."""
     tmp, cache = tmp_path / "tmp", tmp_path / "cache"

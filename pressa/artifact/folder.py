@@ -27,9 +27,21 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+_RECEIVED: list[int] = []       # signals turned into Interrupted: kept, since Python swallows an exception
+                                # raised while a finalizer (__del__) runs
+
+
+def raise_if_interrupted() -> None:
+    """Raise Interrupted again for a signal whose exception may have been swallowed; called before a
+    result is committed (an artifact renamed into place, a cache entry completed, a command's success)."""
+    if _RECEIVED:
+        raise Interrupted(_RECEIVED[-1])
+
+
 @contextmanager
 def signals_as_exceptions() -> Iterator[None]:
     def handler(signum, frame):
+        _RECEIVED.append(signum)
         raise Interrupted(signum)
 
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
@@ -135,6 +147,7 @@ def atomic_folder(path: Path, overwrite: bool = False, inputs=(), option: str = 
     try:
         with signals_as_exceptions():
             yield tmp
+            raise_if_interrupted()
             plain_modes(tmp)
             if path.exists():
                 old = path.parent / f"{TMP_PREFIX}{path.name}-old-{os.getpid()}"

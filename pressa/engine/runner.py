@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pressa import __version__
 from pressa.artifact import read_json
+from pressa.artifact.folder import raise_if_interrupted
 from pressa.engine.config import PassSpec, Workflow
 from pressa.errors import PressaError
 from pressa.passes.base import BadConfig, NotApplicable, get_pass, make_config, run_into
@@ -71,6 +72,7 @@ class StepCache:
         tmp.mkdir()
         try:
             report = build(tmp)
+            raise_if_interrupted()
             (tmp / COMPLETE).write_text(json.dumps(report, default=str))
             final = self.root / key
             if final.exists():                       # another run finished it first
