@@ -129,13 +129,8 @@ class StatefulBinding:
         self.dec, self.cache = dec, cache
 
     def run(self, ids: np.ndarray, mask: np.ndarray, logits: np.ndarray, live=None) -> None:
-        width, started = ids.shape[1], []
-        totals = mask.sum(axis=1)
-        for r in range(len(ids)) if live is None else live:
-            total = int(totals[r])
-            if total == 0:
-                continue
-            new = min(width, total)                   # prefill: the row's prompt; step: one token
+        started = []
+        for r, new, total in row_runs(ids, mask, live):
             req = self.cache.request(r)
             if new == total:
                 req.reset_state()
@@ -144,11 +139,26 @@ class StatefulBinding:
             started.append((r, new, req))
         for r, new, req in started:
             req.wait()
-            out = req.get_tensor(LOGITS).data
-            if logits.shape[1] == 1:
-                logits[r, 0] = out[0, -1]
-            else:
-                logits[r, :new] = out[0, -new:]
+            put_logits(logits, r, req.get_tensor(LOGITS).data, new)
+
+
+def row_runs(ids: np.ndarray, mask: np.ndarray, live=None):
+    """(row, new tokens, positions after them) for each row to run one by one: the live rows (all when
+    None) that hold positions; a prefill's new tokens are the row's prompt, a step's one token."""
+    width, totals = ids.shape[1], mask.sum(axis=1)
+    for r in range(len(ids)) if live is None else live:
+        total = int(totals[r])
+        if total:
+            yield r, min(width, total), total
+
+
+def put_logits(logits: np.ndarray, row: int, out: np.ndarray, new: int) -> None:
+    """A one-row run's logits `out` [1, S, V] into row `row` of the batch's `logits` (its last position
+    for a last-token buffer [B, 1, V], else its new positions)."""
+    if logits.shape[1] == 1:
+        logits[row, 0] = out[0, -1]
+    else:
+        logits[row, :new] = out[0, -new:]
 
 
 class OpenVINOArrayDecoder(DecoderBackend):
@@ -178,13 +188,8 @@ class ArrayBinding:
         self.dec, self.cache = dec, cache
 
     def run(self, ids: np.ndarray, mask: np.ndarray, logits: np.ndarray, live=None) -> None:
-        req, width = self.dec.request, ids.shape[1]
-        totals = mask.sum(axis=1)
-        for r in range(len(ids)) if live is None else live:
-            total = int(totals[r])
-            if total == 0:
-                continue
-            new = min(width, total)
+        req = self.dec.request
+        for r, new, total in row_runs(ids, mask, live):
             start = total - new                       # positions already in the cache
             feeds = {INPUT_IDS: ids[r:r + 1, :new], ATTENTION_MASK: np.ones((1, total), np.int64)}
             for i, (k, v) in enumerate(self.cache):
@@ -193,8 +198,4 @@ class ArrayBinding:
             for i, (k, v) in enumerate(self.cache):
                 k[r, :, start:total] = req.get_tensor(present(i, "key")).data[0, :, start:total]
                 v[r, :, start:total] = req.get_tensor(present(i, "value")).data[0, :, start:total]
-            out = req.get_tensor(LOGITS).data
-            if logits.shape[1] == 1:
-                logits[r, 0] = out[0, -1]
-            else:
-                logits[r, :new] = out[0, -new:]
+            put_logits(logits, r, req.get_tensor(LOGITS).data, new)
