@@ -65,19 +65,24 @@ def open_decoder(folder, runtime, all_logits: bool = False, log=None) -> Decoder
     if runtime.backend == "openvino":
         return OpenVINODecoder(folder, runtime)
     ort = DecoderSession(folder, runtime=on_ort)
+    compiled: list[OpenVINODecoder] = []
+
+    def stateful() -> OpenVINODecoder:        # compiled only to be measured or to decode, never just to be dropped
+        if not compiled:
+            compiled.append(OpenVINODecoder(folder, runtime))
+        return compiled[0]
+
     try:
-        ov = OpenVINODecoder(folder, runtime)
+        short, long, decode = pick_phases(runtime, ort, stateful, log)
+        if decode == "openvino":
+            return stateful()
     except (BadArgument, CorruptModel) as err:
         if log:
             log(f"backend auto: onnxruntime ({first_line(err, 160)})")
         return ort
-    backends = {"onnxruntime": ort, "openvino": ov}
-    short, long, decode = pick_phases(runtime, backends, log)
-    if decode == "openvino":
-        return ov
     if "openvino" not in (short, long):
         return ort
-    del ov, backends
+    compiled.clear()
     prefill = OpenVINOArrayDecoder(folder, runtime)
     return SplitDecoder(folder, prefill if short == "openvino" else ort, prefill if long == "openvino" else ort, ort)
 
@@ -108,17 +113,17 @@ def measure_phases(backends: dict[str, DecoderBackend], steps: int = 8) -> dict:
     return out
 
 
-def pick_phases(runtime, backends: dict[str, DecoderBackend], log=None) -> tuple[str, str, str]:
+def pick_phases(runtime, ort: DecoderSession, openvino, log=None) -> tuple[str, str, str]:
     """(short prefill, long prefill, decode) backends: each phase's faster, measured once per model,
-    machine and hint."""
-    from pressa.runtime.choose import cache_file, fastest, key_of, remembered
+    machine and hint (`openvino()` gives the OpenVINO decoder, made only when measuring)."""
+    from pressa.runtime.choose import DECODER_KEY, cache_file, fastest, key_of, remembered
 
-    figures = remembered("decoder-stateful|" + key_of(backends["onnxruntime"].model_path, runtime),
-                         lambda: measure_phases(backends))
+    figures = remembered(DECODER_KEY + key_of(ort.model_path, runtime),
+                         lambda: measure_phases({"onnxruntime": ort, "openvino": openvino()}))
     chosen = tuple(fastest(figures, p) for p in PHASES)
     if log:
         def both(p):
-            return ", ".join(f"{b} {figures[p + b] * 1e3:.1f} ms" for b in backends)
+            return ", ".join(f"{b} {figures[p + b] * 1e3:.1f} ms" for b in ("onnxruntime", "openvino"))
         log(f"backend auto: prompts under {LONG_PROMPT} tokens on {chosen[0]} ({both('prefill_short_')} for 32), "
             f"longer on {chosen[1]} ({both('prefill_long_')} for 256), decode on {chosen[2]} ({both('step_')} a "
             f"step); measured once, cached in {cache_file()}")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pressa.runtime.options import RuntimeOptions
 
+DECODER_KEY = "decoder-stateful|"      # prefix of a decoder's per-phase figures (genai/backends.py)
+
 
 def cache_file() -> Path:
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -104,9 +106,8 @@ def auto_choices(artifact: Path) -> list[str]:
         known = {}
     lines = []
     for key, figures in known.items():
-        parts = key.split("|")
-        decoder = parts[0] == "decoder-stateful"
-        fields = parts[1:] if decoder else parts
+        decoder = key.startswith(DECODER_KEY)
+        fields = key.removeprefix(DECODER_KEY).split("|")
         if fields[0] not in models:
             continue
         device, hint = fields[5], fields[6]
