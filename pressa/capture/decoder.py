@@ -340,9 +340,8 @@ class DecoderBuilder(PositionEmitters):
         del w
         if cfg.arch.qk_norm:
             q, k, v = g.node("Split", [qkv, g.const(f"{lab}/split_sizes", sizes)], f"{lab}/Split", 3, axis=-1)
-            norm = (lambda x, w, label: self.rms(g, x, w, label)) if cfg.arch.qk_norm_whole else \
-                (lambda x, w, label: self._head_norm(g, x, w, label))
-            q, k = norm(q, p + "q_norm.weight", f"{lab}/q_norm"), norm(k, p + "k_norm.weight", f"{lab}/k_norm")
+            norm = self.rms if cfg.arch.qk_norm_whole else self._head_norm
+            q, k = norm(g, q, p + "q_norm.weight", f"{lab}/q_norm"), norm(g, k, p + "k_norm.weight", f"{lab}/k_norm")
             qkv_in = [q, k, v]
         else:
             qkv_in = [qkv, "", ""]
@@ -375,7 +374,7 @@ class DecoderBuilder(PositionEmitters):
         cfg, p, lab = self.cfg, f"model.layers.{i}.mlp.", f"/model/layers.{i}/mlp"
         w = plan.weight("gate_up")
         if not cfg.arch.gated_mlp:                   # act(up) @ down
-            up = self.linear(g, h, f"{p}up_proj", w, self.opt(p + "up_proj.bias"), f"{i}.gate_up",
+            up = self.linear(g, h, f"{p}up_proj", w, self.stacked(i, "gate_up", ".bias"), f"{i}.gate_up",
                              plan.bits["gate_up"])
             return self.linear(g, self._act(g, up, lab), f"{p}down_proj", plan.weight("down"),
                                self.opt(p + "down_proj.bias"), f"{i}.down", plan.bits["down"])
