@@ -16,55 +16,7 @@ from pressa.capture.llm import build_llm
 from pressa.genai.decoder_session import DecoderSession
 
 from conftest import BASE, hf_left_padded, load_hf, make_tiny, rng_rows
-
-
-def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """The permutation llama.cpp's converter applies to q/k rows (written from its description)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_gguf(hf_dir, path):
-    import gguf
-    import torch
-
-    model = load_hf(hf_dir)
-    cfg = model.config
-    sd = {k: v.detach().to(torch.float32).numpy() for k, v in model.state_dict().items()}
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(10000.0)
-    w.add_tokenizer_model("gpt2")
-    tokens = ["<pad>", "<s>", "</s>"] + [chr(0x100 + i) for i in range(cfg.vocab_size - 3)]
-    w.add_token_list(tokens)
-    w.add_token_types([3, 3, 3] + [1] * (cfg.vocab_size - 3))
-    w.add_token_merges([])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-    for i in range(cfg.num_hidden_layers):
-        for hf, gg in layer.items():
-            names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
-    for hf, gg in names.items():
-        t = sd[hf]
-        if hf.endswith("q_proj.weight"):
-            t = llama_cpp_permute(t, cfg.num_attention_heads)
-        if hf.endswith("k_proj.weight"):
-            t = llama_cpp_permute(t, cfg.num_key_value_heads)
-        w.add_tensor(gg, np.ascontiguousarray(t))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+from gguf_files import LLAMA_CPP_ARCH, write_gguf
 
 
 def check_against_hf(hf_dir, artifact):
@@ -84,6 +36,29 @@ def test_gguf_source_matches_transformers(tiny_dir, tmp_path):
     check_against_hf(hf_dir, tmp_path / "out")
     tok = (tmp_path / "out" / "tokenizer.json").read_text()
     assert '"<s>"' in tok and (tmp_path / "out" / "special_tokens_map.json").is_file()
+
+
+# what llama.cpp's GGUF cannot say is set to what llama.cpp assumes for the family (Gemma's attention
+# scale from the head size, SmolLM3's rotary-less layer every 4th, Gemma 3's pattern of 6)
+GGUF_KINDS = {"qwen2": {}, "qwen3": {}, "phi3": {}, "gemma": {}, "gemma2": dict(query_pre_attn_scalar=16),
+              "gemma3": dict(query_pre_attn_scalar=16, layer_types=None), "stablelm": {}, "granite": {},
+              "cohere": dict(tie_word_embeddings=True), "olmo2": {}, "phi": {}, "gpt_neox": {},
+              "gpt_neox-sequential": {},
+              "smollm3": dict(num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0]), "gpt2": dict(n_inner=None)}
+
+
+@pytest.mark.parametrize("kind", sorted(GGUF_KINDS))
+def test_every_gguf_architecture_matches_transformers(kind, tmp_path):
+    hf_dir = make_tiny(kind, tmp_path / "hf", **GGUF_KINDS[kind])
+    write_gguf(hf_dir, tmp_path / "tiny.gguf")
+    build_llm(str(tmp_path / "tiny.gguf"), tmp_path / "out", BuildOptions(precision="fp32"))
+    check_against_hf(hf_dir, tmp_path / "out")
+
+
+def test_gguf_table_covers_llama_cpp_names():
+    from pressa.capture.architectures import ARCHITECTURES
+
+    assert {a.gguf_arch or a.model_type for a in ARCHITECTURES.values() if a.gguf} >= set(LLAMA_CPP_ARCH.values())
 
 
 def test_sharded_bf16_safetensors(tmp_path):

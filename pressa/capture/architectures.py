@@ -1,13 +1,15 @@
 """Supported decoder architectures, one table row each: how a model differs from plain Llama.
 
-Adding an architecture is adding a row (and, at most, one small emitter for a new feature).
-Tensor names are Hugging Face's, relative to `model.layers.{i}.`.
+Adding an architecture is adding a row (and, at most, one small emitter for a new feature). Tensor
+names: the roles of capture/roles.py, spelled per source there; a row spells only what its family's
+Hugging Face checkpoints name otherwise (hf_names) and llama.cpp's converter quirks (gguf_*).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pressa.capture.roles import ROLES
 from pressa.errors import UnsupportedArchitecture
 
 
@@ -20,12 +22,11 @@ class Arch:
     qk_norm: bool = False                # per-head RMSNorm on q and k before rotary (Qwen3, Gemma3)
     qk_norm_whole: bool = False          # ... over the whole q and k projections instead (OLMo 2)
     pre_norm: bool = True                # False: norms only after attention and MLP (OLMo 2)
-    sandwich_norm: bool = False          # extra norms after attention and MLP (Gemma2/3)
     qkv_bias: bool = False               # bias on q/k/v projections regardless of config (Qwen2)
     fused_qkv: str | None = None         # one tensor for q,k,v (Phi3: qkv_proj)
     fused_gate_up: str | None = None     # one tensor for gate,up (Phi3: gate_up_proj)
-    mlp_norm: str = "post_attention_layernorm"
-    post_attn_norm: str | None = None
+    mlp_norm: str = "post_attention_layernorm"      # the norms around attention and MLP, by pressa's names
+    post_attn_norm: str | None = None                # (roles mlp_norm, post_attn_norm, post_mlp_norm)
     post_mlp_norm: str | None = None
     default_act: str = "silu"
     act_aliases: tuple[tuple[str, str], ...] = ()   # config spellings that mean another activation
@@ -37,7 +38,8 @@ class Arch:
     gguf: bool = True                    # read from GGUF files too
     gguf_arch: str | None = None         # llama.cpp's general.architecture (None: the model_type)
     gguf_permuted_qk: bool = False       # llama.cpp permutes q/k rows for interleaved rotary (Llama)
-    gguf_renames: tuple[tuple[str, str], ...] = ()  # per-layer GGUF names that map to another HF tensor
+    gguf_keys: tuple[tuple[str, str], ...] = ()     # (GGUF metadata key after "{arch}.", config key) of the row
+    gguf_defaults: tuple[tuple[str, float], ...] = ()   # config llama.cpp assumes for the family, not in the file
     norm: str = "rms"                    # "rms" (RMSNorm) | "layer" (LayerNorm)
     norm_bias: bool = True               # a LayerNorm's bias (Cohere's has none)
     rotary_interleaved: bool = False     # rotary on interleaved pairs rather than halves (Cohere)
@@ -49,9 +51,9 @@ class Arch:
     refused: tuple[str, ...] = ()        # config switches of the family that are not built: refused when on
     mlp_ratio: int = 0                   # intermediate size = ratio x hidden when the config has none
     config_aliases: tuple[tuple[str, str], ...] = ()   # (pressa's key, the family's config key)
-    # weights under other names: (pressa's name, the family's), per layer with {i}, each with .weight
-    # and .bias; tried under each of weight_prefixes; `transposed` names (Conv1D) hold [in, out]
-    weight_names: tuple[tuple[str, str], ...] = ()
+    # roles the family's checkpoints spell otherwise: (role, the family's name, per layer with {i}), each
+    # read with .weight and .bias under each of weight_prefixes; `transposed` names (Conv1D) hold [in, out]
+    hf_names: tuple[tuple[str, str], ...] = ()
     weight_prefixes: tuple[str, ...] = ("",)
     transposed: tuple[str, ...] = ()
 
@@ -69,17 +71,39 @@ class Arch:
             return [(i + 1) % pattern != 0 for i in range(n)]
         return [True] * n
 
+    def role_names(self) -> dict[str, str]:
+        """The roles this row's models have -> pressa's name (per layer with {i})."""
+        names = {r: role.full() for r, role in ROLES.items()}
+        drop = {"q", "k", "v"} if self.fused_qkv else {"qkv"}
+        drop |= {"gate", "up"} if self.fused_gate_up else {"gate_up"}
+        drop |= set() if self.gated_mlp else {"gate"}
+        drop |= set() if self.positions == "learned" else {"positions"}
+        drop |= set() if self.qk_norm else {"q_norm", "k_norm"}
+        for role, name in (("mlp_norm", self.mlp_norm), ("post_attn_norm", self.post_attn_norm),
+                           ("post_mlp_norm", self.post_mlp_norm)):
+            if name:
+                names[role] = f"model.layers.{{i}}.{name}"
+            else:
+                drop.add(role)
+        return {r: n for r, n in names.items() if r not in drop}
+
+    def gguf_names(self, layers: int) -> dict[str, str]:
+        """llama.cpp's tensor names (without .weight/.bias) -> pressa's."""
+        out = {}
+        for role, ours in self.role_names().items():
+            theirs = ROLES[role].gguf
+            for i in range(layers) if ROLES[role].layer else [None]:
+                out[theirs if i is None else f"blk.{i}.{theirs}"] = ours.format(i=i)
+        return out
+
     def linear_parts(self, i: int) -> dict[str, list[str]]:
         """Layer i's four linears (pressa.quant.plan.LINEARS) -> the tensors, in pressa's names without
         .weight/.bias, stacked along the output axis to make each. Read by the builder and by the
         mixed-precision sensitivity."""
-        p = f"model.layers.{i}."
-        qkv = [p + f"self_attn.{self.fused_qkv}"] if self.fused_qkv else [p + f"self_attn.{n}_proj" for n in "qkv"]
-        if not self.gated_mlp:
-            up = [p + "mlp.up_proj"]
-        else:
-            up = [p + f"mlp.{self.fused_gate_up}"] if self.fused_gate_up else [p + "mlp.gate_proj", p + "mlp.up_proj"]
-        return {"qkv": qkv, "o": [p + "self_attn.o_proj"], "gate_up": up, "down": [p + "mlp.down_proj"]}
+        n = {r: name.format(i=i) for r, name in self.role_names().items()}
+        qkv = [n["qkv"]] if "qkv" in n else [n["q"], n["k"], n["v"]]
+        up = [n["gate_up"]] if "gate_up" in n else [n[r] for r in ("gate", "up") if r in n]
+        return {"qkv": qkv, "o": [n["o"]], "gate_up": up, "down": [n["down"]]}
 
     @property
     def calibrated(self) -> bool:
@@ -115,13 +139,13 @@ class Arch:
         """The weights (a WeightReader) under the names and layout the builder reads (Llama's, [out, in])."""
         from pressa.sources.base import WeightReader
 
-        if not self.weight_names:
+        if not self.hf_names:
             return reader
-        names: dict[str, str] = {}
-        for ours, theirs in self.weight_names:
-            for i in range(layers) if "{i}" in ours else [0]:
+        spelled, names = dict(self.hf_names), {}
+        for role, ours in self.role_names().items():
+            for i in range(layers) if ROLES[role].layer else [0]:
                 for suffix in (".weight", ".bias"):
-                    found = reader.first(p + theirs.format(i=i) + suffix for p in self.weight_prefixes)
+                    found = reader.first(p + spelled.get(role, ours).format(i=i) + suffix for p in self.weight_prefixes)
                     if found:
                         names[ours.format(i=i) + suffix] = found
         flip = {n for n, src in names.items() if n.endswith(".weight") and any(t in src for t in self.transposed)}
@@ -145,7 +169,7 @@ class Arch:
                 ("plain MLP", not self.gated_mlp), (f"parallel attention and MLP ({self.parallel})", self.parallel),
                 ("qkv bias", self.qkv_bias), ("q/k norm", self.qk_norm), ("post-norms only", not self.pre_norm),
                 ("fused qkv", self.fused_qkv),
-                ("fused gate/up", self.fused_gate_up), ("sandwich norms", self.sandwich_norm),
+                ("fused gate/up", self.fused_gate_up), ("sandwich norms", self.pre_norm and self.post_mlp_norm),
                 ("norm weight +1", self.norm_offset), ("scaled embeddings", self.embed_scale),
                 ("tied embeddings by default", self.tie_default),
                 (f"sliding window: {self.sliding}", self.sliding != "all"),
@@ -155,19 +179,9 @@ class Arch:
 
 
 _SANDWICH = dict(
-    sandwich_norm=True, mlp_norm="pre_feedforward_layernorm",
+    mlp_norm="pre_feedforward_layernorm",
     post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm",
 )
-
-def _same(*names: str) -> tuple[tuple[str, str], ...]:
-    """Weights a family keeps under the names pressa reads (listed, since a row with weight_names reads only
-    the weights it lists)."""
-    return tuple((n, n) for n in names)
-
-
-def _layer(*names: str) -> tuple[str, ...]:
-    return tuple(f"model.layers.{{i}}.{n}" for n in names)
-
 
 _GEMMA = dict(norm_offset=1.0, embed_scale=True, default_act="gelu_pytorch_tanh", tie_default=True)
 
@@ -176,42 +190,40 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
     Arch("mistral", "mistral"),
     Arch("qwen2", "qwen2", qkv_bias=True, sliding="opt-in"),
     Arch("qwen3", "qwen3", qk_norm=True, sliding="opt-in"),
-    Arch("phi3", "phi3", fused_qkv="qkv_proj", fused_gate_up="gate_up_proj",
-         gguf_renames=(("ffn_up", "mlp.gate_up_proj"),)),
+    Arch("phi3", "phi3", fused_qkv="qkv_proj", fused_gate_up="gate_up_proj"),
     # Gemma's config says gelu but means the tanh form
     Arch("gemma", "gemma", act_aliases=(("gelu", "gelu_pytorch_tanh"),), **_GEMMA),
     Arch("gemma2", "gemma2", sliding="even", **_GEMMA, **_SANDWICH),
-    Arch("gemma3_text", "gemma3_text", qk_norm=True, sliding="pattern", gguf_arch="gemma3", **_GEMMA, **_SANDWICH),
-    Arch("smollm3", "llama", rope_layers=True, sliding="opt-in", gguf=False),
+    Arch("gemma3_text", "gemma3_text", qk_norm=True, sliding="pattern", gguf_arch="gemma3",
+         gguf_defaults=(("rope_local_base_freq", 10000.0),), **_GEMMA, **_SANDWICH),
+    Arch("smollm3", "llama", rope_layers=True, sliding="opt-in", gguf_permuted_qk=True),
     Arch("stablelm", "stablelm", norm="layer", config_aliases=(("rms_norm_eps", "layer_norm_eps"),
                                                                ("attention_bias", "use_qkv_bias")),
-         refused=("use_parallel_residual", "qk_layernorm"), gguf=False),
-    Arch("granite", "granite", gguf=False),    # its multipliers are config keys (capture/config.py)
+         refused=("use_parallel_residual", "qk_layernorm"), gguf_keys=(("use_parallel_residual",) * 2,)),
+    # its multipliers are config keys (capture/config.py); GGUF calls them scales
+    Arch("granite", "granite", gguf_permuted_qk=True,
+         gguf_keys=(("attention.scale", "attention_multiplier"), ("embedding_scale", "embedding_multiplier"),
+                    ("residual_scale", "residual_multiplier"), ("logit_scale", "logits_scaling"))),
     Arch("cohere", "cohere", norm="layer", norm_bias=False, parallel="shared norm", rotary_interleaved=True,
-         tie_default=True, config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("use_qk_norm",), gguf=False),
-    Arch("olmo2", "olmo2", qk_norm=True, qk_norm_whole=True, pre_norm=False,
-         post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm", gguf=False),
+         tie_default=True, config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("use_qk_norm",),
+         gguf_arch="command-r", gguf_keys=(("logit_scale",) * 2,)),
+    Arch("olmo2", "olmo2", qk_norm=True, qk_norm_whole=True, pre_norm=False, mlp_norm="",
+         post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm"),
     Arch("phi", "phi", norm="layer", gated_mlp=False, parallel="shared norm", default_act="gelu_new",
-         config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("qk_layernorm",), gguf=False,
-         weight_names=_same("model.embed_tokens", "lm_head", *_layer("input_layernorm", "self_attn.q_proj",
-                                                                      "self_attn.k_proj", "self_attn.v_proj"))
-         + (("model.norm", "model.final_layernorm"), ("model.layers.{i}.self_attn.o_proj",
-                                                       "model.layers.{i}.self_attn.dense"),
-            ("model.layers.{i}.mlp.up_proj", "model.layers.{i}.mlp.fc1"),
-            ("model.layers.{i}.mlp.down_proj", "model.layers.{i}.mlp.fc2"))),
+         config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("qk_layernorm",), gguf_arch="phi2",
+         hf_names=(("final_norm", "model.final_layernorm"), ("o", "model.layers.{i}.self_attn.dense"),
+                   ("up", "model.layers.{i}.mlp.fc1"), ("down", "model.layers.{i}.mlp.fc2"))),
     # Pythia: parallel attention and MLP with a norm each (unless use_parallel_residual is off)
     Arch("gpt_neox", "gpt_neox", norm="layer", gated_mlp=False, parallel="two norms", fused_qkv="qkv_proj",
-         interleaved_qkv=True, default_act="gelu", gguf=False,
+         interleaved_qkv=True, default_act="gelu", gguf_arch="gptneox", gguf_keys=(("use_parallel_residual",) * 2,),
          config_aliases=(("rms_norm_eps", "layer_norm_eps"), ("partial_rotary_factor", "rotary_pct"),
                          ("rope_theta", "rotary_emb_base")),
-         weight_names=(("model.embed_tokens", "gpt_neox.embed_in"), ("model.norm", "gpt_neox.final_layer_norm"),
-                       ("lm_head", "embed_out"),
-                       ("model.layers.{i}.input_layernorm", "gpt_neox.layers.{i}.input_layernorm"),
-                       ("model.layers.{i}.post_attention_layernorm", "gpt_neox.layers.{i}.post_attention_layernorm"),
-                       ("model.layers.{i}.self_attn.qkv_proj", "gpt_neox.layers.{i}.attention.query_key_value"),
-                       ("model.layers.{i}.self_attn.o_proj", "gpt_neox.layers.{i}.attention.dense"),
-                       ("model.layers.{i}.mlp.up_proj", "gpt_neox.layers.{i}.mlp.dense_h_to_4h"),
-                       ("model.layers.{i}.mlp.down_proj", "gpt_neox.layers.{i}.mlp.dense_4h_to_h"))),
+         hf_names=(("embed", "gpt_neox.embed_in"), ("final_norm", "gpt_neox.final_layer_norm"), ("head", "embed_out"),
+                   ("attn_norm", "gpt_neox.layers.{i}.input_layernorm"),
+                   ("mlp_norm", "gpt_neox.layers.{i}.post_attention_layernorm"),
+                   ("qkv", "gpt_neox.layers.{i}.attention.query_key_value"),
+                   ("o", "gpt_neox.layers.{i}.attention.dense"),
+                   ("up", "gpt_neox.layers.{i}.mlp.dense_h_to_4h"), ("down", "gpt_neox.layers.{i}.mlp.dense_4h_to_h"))),
     # GPT-2 (DialoGPT, distilgpt2): learned positions, LayerNorm with bias, Conv1D weights, fused qkv
     Arch("gpt2", "gpt2", norm="layer", positions="learned", gated_mlp=False, mlp_ratio=4, fused_qkv="qkv_proj",
          default_act="gelu_new", tie_default=True,
@@ -219,14 +231,10 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
                          ("num_hidden_layers", "n_layer"), ("max_position_embeddings", "n_positions"),
                          ("intermediate_size", "n_inner"), ("rms_norm_eps", "layer_norm_epsilon"),
                          ("hidden_act", "activation_function")),
-         weight_names=(("model.embed_tokens", "wte"), ("model.embed_positions", "wpe"), ("model.norm", "ln_f"),
-                       ("model.layers.{i}.input_layernorm", "h.{i}.ln_1"),
-                       ("model.layers.{i}.self_attn.qkv_proj", "h.{i}.attn.c_attn"),
-                       ("model.layers.{i}.self_attn.o_proj", "h.{i}.attn.c_proj"),
-                       ("model.layers.{i}.post_attention_layernorm", "h.{i}.ln_2"),
-                       ("model.layers.{i}.mlp.up_proj", "h.{i}.mlp.c_fc"),
-                       ("model.layers.{i}.mlp.down_proj", "h.{i}.mlp.c_proj"), ("lm_head", "lm_head")),
-         weight_prefixes=("transformer.", ""), transposed=("c_attn", "c_proj", "c_fc"), gguf=False,
+         hf_names=(("embed", "wte"), ("positions", "wpe"), ("final_norm", "ln_f"), ("attn_norm", "h.{i}.ln_1"),
+                   ("qkv", "h.{i}.attn.c_attn"), ("o", "h.{i}.attn.c_proj"), ("mlp_norm", "h.{i}.ln_2"),
+                   ("up", "h.{i}.mlp.c_fc"), ("down", "h.{i}.mlp.c_proj")),
+         weight_prefixes=("transformer.", ""), transposed=("c_attn", "c_proj", "c_fc"),
          refused=("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")),
 ]}
 

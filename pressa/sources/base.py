@@ -41,3 +41,4 @@ class Source:
     config: dict                   # Hugging Face config.json layout
     weights: WeightReader
     tokenizer_files: dict[str, bytes] = field(default_factory=dict)
+    pressa_names: bool = False     # weights already under pressa's names and layout (GGUF), not the family's

@@ -7,21 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pressa.capture.architectures import GGUF_ARCHITECTURES
+from pressa.capture.architectures import GGUF_ARCHITECTURES, Arch
 from pressa.errors import CorruptModel, UnsupportedArchitecture
 from pressa.sources.base import Source, WeightReader
-
-# per-layer GGUF name -> HF name (relative to model.layers.{i}.)
-_LAYER = {
-    "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_qkv": "self_attn.qkv_proj",
-    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_SANDWICH = {"ffn_norm": "pre_feedforward_layernorm", "post_attention_norm": "post_attention_layernorm",
-             "post_ffw_norm": "post_feedforward_layernorm"}
-_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 # tokenizer.ggml.pre -> pre-tokenizer of tokenizer.json
 _LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -61,19 +49,22 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _config(reader, model_type: str, arch: str, names: set[str], vocab: int) -> dict:
+_EPS = {"rms": "attention.layer_norm_rms_epsilon", "layer": "attention.layer_norm_epsilon"}
+
+
+def _config(reader, row: Arch, arch: str, names: set[str], vocab: int) -> dict:
     g = lambda k, d=None: _field(reader, f"{arch}.{k}", d)  # noqa: E731
     heads = int(g("attention.head_count"))
     hidden = int(g("embedding_length"))
     cfg = {
-        "model_type": model_type,
+        "model_type": row.model_type,
         "hidden_size": hidden,
         "intermediate_size": int(g("feed_forward_length")),
         "num_hidden_layers": int(g("block_count")),
         "num_attention_heads": heads,
         "num_key_value_heads": int(g("attention.head_count_kv", heads)),
         "head_dim": int(g("attention.key_length", hidden // heads)),
-        "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rms_norm_eps": float(g(_EPS[row.norm]) or g(_EPS["layer" if row.norm == "rms" else "rms"], 1e-6)),
         "rope_theta": float(g("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(g("context_length", 4096)),
         "vocab_size": vocab,
@@ -82,12 +73,13 @@ def _config(reader, model_type: str, arch: str, names: set[str], vocab: int) -> 
         "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
         "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
     }
+    cfg.update(row.gguf_defaults)
     rot = g("rope.dimension_count")
     if rot and int(rot) != cfg["head_dim"]:
         cfg["partial_rotary_factor"] = int(rot) / cfg["head_dim"]
     for k_gguf, k_hf in (("attention.sliding_window", "sliding_window"),
                          ("attn_logit_softcapping", "attn_logit_softcapping"),
-                         ("final_logit_softcapping", "final_logit_softcapping")):
+                         ("final_logit_softcapping", "final_logit_softcapping"), *row.gguf_keys):
         if g(k_gguf) is not None:
             cfg[k_hf] = g(k_gguf)
     return cfg
@@ -150,22 +142,15 @@ def open_gguf(path: Path, kind: str = "gguf") -> Source:
         raise UnsupportedArchitecture(
             f"GGUF architecture {arch!r} is not supported; supported: {', '.join(sorted(GGUF_ARCHITECTURES))}")
     row = GGUF_ARCHITECTURES[arch]
-    model_type = row.model_type
-    layer_names = {**_LAYER, **(_SANDWICH if row.sandwich_norm else {}), **dict(row.gguf_renames)}
+    names = row.gguf_names(int(_field(reader, f"{arch}.block_count", 0)))
     tensors = {}
     for t in reader.tensors:
-        parts = t.name.split(".")
-        if parts[0] == "blk":
-            hf = layer_names.get(".".join(parts[2:-1]))
-            name = f"model.layers.{parts[1]}.{hf}.{parts[-1]}" if hf else None
-        else:
-            base = _GLOBAL.get(".".join(parts[:-1]))
-            name = f"{base}.{parts[-1]}" if base else None
-        if name:
-            tensors[name] = t
+        base, _, suffix = t.name.rpartition(".")
+        if base in names:
+            tensors[f"{names[base]}.{suffix}"] = t
     tokens = _field(reader, "tokenizer.ggml.tokens")
     vocab = len(tokens) if tokens is not None else int(tensors["model.embed_tokens.weight"].shape[-1])
-    config = _config(reader, model_type, arch, set(tensors), vocab)
+    config = _config(reader, row, arch, set(tensors), vocab)
     permuted = row.gguf_permuted_qk
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
 
@@ -188,4 +173,4 @@ def open_gguf(path: Path, kind: str = "gguf") -> Source:
     files["generation_config.json"] = json.dumps(gen).encode()
     return Source(kind=kind, location=str(path), config=config,
                   weights=WeightReader(set(tensors), read, lambda n: tuple(reversed(tensors[n].shape))),
-                  tokenizer_files=files)
+                  tokenizer_files=files, pressa_names=True)
