@@ -10,37 +10,8 @@ import numpy as np
 from pressa.capture.architectures import GGUF_ARCHITECTURES, Arch
 from pressa.errors import CorruptModel, UnsupportedArchitecture
 from pressa.sources.base import Source, WeightReader
-
-# tokenizer.ggml.pre -> pre-tokenizer of tokenizer.json
-_LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
-def _byte_level(use_regex: bool) -> dict:
-    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": use_regex}
-
-
-def _split(regex: str) -> dict:
-    return {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
-        _byte_level(False)]}
-
-
-_PRE = {
-    "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
-                                                        _byte_level(True)]},
-    "llama-bpe": _split(_LLAMA3_RE), "llama3": _split(_LLAMA3_RE),
-    "qwen2": _split(_QWEN2_RE), "gpt-2": _byte_level(True), "default": _byte_level(True),
-}
-
-
-def _field(reader, key, default=None):
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
+from pressa.sources.gguf_tokenizer import field as _field
+from pressa.sources.gguf_tokenizer import tokenizer_files
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -85,50 +56,6 @@ def _config(reader, row: Arch, arch: str, names: set[str], vocab: int) -> dict:
     return cfg
 
 
-def _tokenizer_files(reader, context_length: int) -> dict[str, bytes]:
-    model = _field(reader, "tokenizer.ggml.model")
-    if model is None:
-        return {}
-    if model != "gpt2":
-        raise UnsupportedArchitecture(
-            f"GGUF tokenizer type {model!r} cannot be rebuilt yet (byte-level BPE 'gpt2' only); "
-            "convert from the Hugging Face folder instead")
-    tokens = [str(t) for t in _field(reader, "tokenizer.ggml.tokens")]
-    types = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
-    merges = [str(m) for m in _field(reader, "tokenizer.ggml.merges", [])]
-    pre = _PRE.get(str(_field(reader, "tokenizer.ggml.pre", "default")), _PRE["default"])
-    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": False, "special": True} for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (3, 4)]
-    tok_json = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-        "pre_tokenizer": pre,
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges},
-    }
-
-    def tok(key):
-        i = _field(reader, f"tokenizer.ggml.{key}_token_id")
-        return tokens[int(i)] if i is not None and 0 <= int(i) < len(tokens) else None
-
-    specials = {k: tok(k2) for k, k2 in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"),
-                                         ("pad_token", "padding")) if tok(k2) is not None}
-    tok_cfg = {
-        "add_bos_token": bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
-        "add_eos_token": bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
-        "clean_up_tokenization_spaces": False, "model_max_length": context_length,
-        "tokenizer_class": "GPT2Tokenizer", **specials,
-    }
-    template = _field(reader, "tokenizer.chat_template")
-    if template:
-        tok_cfg["chat_template"] = str(template)
-    dump = lambda o: json.dumps(o, ensure_ascii=False, indent=1).encode()  # noqa: E731
-    return {"tokenizer.json": dump(tok_json), "tokenizer_config.json": dump(tok_cfg),
-            "special_tokens_map.json": dump(specials)}
-
-
 def open_gguf(path: Path, kind: str = "gguf") -> Source:
     import gguf
 
@@ -168,7 +95,7 @@ def open_gguf(path: Path, kind: str = "gguf") -> Source:
             w = w - row.norm_offset          # llama.cpp stores Gemma's (1 + w); keep HF's layout
         return w
 
-    files = _tokenizer_files(reader, config["max_position_embeddings"])
+    files = tokenizer_files(reader, config["max_position_embeddings"])
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
     files["generation_config.json"] = json.dumps(gen).encode()
     return Source(kind=kind, location=str(path), config=config,
