@@ -115,12 +115,22 @@ def test_help_lists_olive_flags():
         assert flag in res.stdout, flag
 
 
-def test_info_lists_providers_and_architectures():
+def _architectures(stdout: str) -> dict[str, list[str]]:
+    lines = stdout.split("decoder architectures")[1].splitlines()[2:]
+    return {ln.split()[0]: ln.split() for ln in lines if ln.strip()}
+
+
+def test_info_and_list_architectures_show_each_row():
     res = run_cli("info")
     assert res.returncode == 0 and "CPUExecutionProvider" in res.stdout and "onnxruntime" in res.stdout
-    listed = {ln.split()[0]: ln for ln in res.stdout.split("decoder architectures")[1].splitlines()[1:] if ln.strip()}
-    assert {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text"} <= set(listed)
-    assert "GGUF gemma3" in listed["gemma3_text"] and "fused qkv" in listed["phi3"]
+    listed = _architectures(res.stdout)
+    assert {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "gpt2", "phi",
+            "gpt_neox", "stablelm", "granite", "olmo2", "smollm3", "cohere"} <= set(listed)
+    # model_type, onnxruntime-genai type, GGUF name, algorithms, features
+    assert listed["gemma3_text"][1:3] == ["gemma3_text", "gemma3"] and listed["cohere"][2] == "command-r"
+    assert "gptq" in listed["llama"] and "gptq" not in listed["gpt2"] and "learned" in listed["gpt2"]
+    res = run_cli("auto-opt", "--list-architectures")
+    assert res.returncode == 0 and _architectures(res.stdout) == listed
 
 
 def test_llm_path_never_imports_torch(tiny_dir, tmp_path):

@@ -166,6 +166,7 @@ class Arch:
         """What sets the row apart from plain Llama, in words (pressa info)."""
         said = [("LayerNorm" + ("" if self.norm_bias else " without bias"), self.norm == "layer"),
                 ("interleaved rotary", self.rotary_interleaved), ("learned positions", self.positions == "learned"),
+                ("some layers without rotary", self.rope_layers),
                 ("plain MLP", not self.gated_mlp), (f"parallel attention and MLP ({self.parallel})", self.parallel),
                 ("qkv bias", self.qkv_bias), ("q/k norm", self.qk_norm), ("post-norms only", not self.pre_norm),
                 ("fused qkv", self.fused_qkv),
@@ -174,8 +175,7 @@ class Arch:
                 ("tied embeddings by default", self.tie_default),
                 (f"sliding window: {self.sliding}", self.sliding != "all"),
                 (f"activation {self.default_act}", self.default_act != "silu")]
-        gguf = [f"GGUF {self.gguf_arch or self.model_type}"] if self.gguf else ["no GGUF yet"]
-        return ", ".join([w for w, on in said if on] + gguf)
+        return ", ".join(w for w, on in said if on)
 
 
 _SANDWICH = dict(

@@ -14,6 +14,25 @@ from pressa.cli.options import validated, with_config_options
 from pressa.passes.builder import BuilderConfig
 from pressa.textio import check_text, read_stdin, read_text
 
+
+def _list_architectures(value: bool) -> None:
+    if value:
+        print_architectures()
+        raise typer.Exit(0)
+
+
+def print_architectures() -> None:
+    """The architecture table: each row's onnxruntime-genai type, GGUF name, algorithms and features."""
+    from pressa.capture.architectures import ARCHITECTURES
+
+    typer.echo("decoder architectures (auto-opt from Hugging Face folders, Hub ids or GGUF):")
+    typer.echo(f"  {'model_type':14} {'genai type':12} {'GGUF':11} {'algorithms':22} features")
+    for name, arch in ARCHITECTURES.items():
+        algos = "rtn awq gptq --ratio" if arch.calibrated else "rtn"
+        typer.echo(f"  {name:14} {arch.genai_type:12} {arch.gguf_arch or arch.model_type:11} {algos:22} "
+                   f"{arch.features() or '-'}")
+
+
 AUTO_OPT_FLAGS = {"group_size": ("--group-size", "--block_size"), "symmetric": ("--sym/--asym",),
                   "calibration_data": ("--calibration-data",)}
 
@@ -38,6 +57,9 @@ def auto_opt(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     log_level: int = typer.Option(1, "--log_level", "--log-level", min=0, max=4,
                                   help="0 debug, 1 info, 2 warnings, 3 errors, 4 critical."),
+    list_architectures: bool = typer.Option(False, "--list-architectures", is_eager=True,
+                                            callback=_list_architectures,
+                                            help="Print the supported architectures, what each supports, and exit."),
     options: dict | None = None,
 ):
     """Optimize a decoder LLM for ONNX Runtime (Olive's `auto-opt` flags accepted as Olive spells them).
@@ -321,11 +343,7 @@ def info(artifact: Path | None = typer.Argument(None, help="An artifact: say whi
     rows.append(("cpu", f"{cpu}, {physical_cores()} physical cores"))
     for k, v in rows:
         typer.echo(f"{k:20} {v}")
-    from pressa.capture.architectures import ARCHITECTURES
-
-    typer.echo("decoder architectures (auto-opt from Hugging Face folders, Hub ids or GGUF):")
-    for name, arch in ARCHITECTURES.items():
-        typer.echo(f"  {name:18} {arch.features()}")
+    print_architectures()
 
 
 def _dist_version(name: str) -> str:
