@@ -44,6 +44,10 @@ ARCH_CONFIGS = {
                                 use_parallel_residual=False, hidden_act="gelu"),
     "olmo2": dict(model_type="olmo2"),
     "cohere": dict(model_type="cohere", logit_scale=0.25, layer_norm_eps=1e-5),
+    # mixture of experts: one dense layer (mlp_only_layers), top-k weights not renormalized; Mixtral renormalizes
+    "qwen3_moe": dict(model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      mlp_only_layers=[1], norm_topk_prob=False),
+    "mixtral": dict(model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, intermediate_size=64),
     # DialoGPT's family: learned positions, LayerNorm with bias, Conv1D weights, tanh GELU, tied head
     "gpt2": dict(model_type="gpt2", n_inner=96, num_key_value_heads=4, activation_function="gelu_new",
                  layer_norm_epsilon=1e-5, tie_word_embeddings=True),

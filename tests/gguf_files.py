@@ -4,6 +4,8 @@ tensor changes written here from its description (convert_hf_to_gguf.py)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from conftest import load_hf
@@ -13,9 +15,11 @@ LLAMA_CPP_ARCH = {
     "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3", "gemma": "gemma", "gemma2": "gemma2",
     "gemma3_text": "gemma3", "smollm3": "smollm3", "stablelm": "stablelm", "granite": "granite",
     "cohere": "command-r", "olmo2": "olmo2", "phi": "phi2", "gpt_neox": "gptneox", "gpt2": "gpt2",
+    "qwen3_moe": "qwen3moe", "mixtral": "llama",
 }
 # the converter's LlamaModel lineage reorders q/k rows for llama.cpp's interleaved rotary
 PERMUTED = {"llama", "granite", "smollm3"}
+EXPERT = re.compile(r"(.*\.experts)\.(\d+)\.(\w+)\.weight$")
 
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -69,7 +73,10 @@ def _metadata(w, cfg, arch: str) -> None:
                      ("final_logit_softcapping", w.add_final_logit_softcapping),
                      ("attention_multiplier", w.add_attention_scale), ("embedding_multiplier", w.add_embedding_scale),
                      ("residual_multiplier", w.add_residual_scale), ("logits_scaling", w.add_logit_scale),
-                     ("logit_scale", w.add_logit_scale), ("use_parallel_residual", w.add_parallel_residual)):
+                     ("logit_scale", w.add_logit_scale), ("use_parallel_residual", w.add_parallel_residual),
+                     ("num_local_experts", w.add_expert_count), ("num_experts", w.add_expert_count),
+                     ("num_experts_per_tok", w.add_expert_used_count),
+                     ("moe_intermediate_size", w.add_expert_feed_forward_length)):
         if get(key) is not None:
             add(get(key))
 
@@ -81,6 +88,20 @@ def _word_vocab(w, vocab_size: int) -> None:
     w.add_token_merges([])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
+
+
+def _experts_stacked(state: dict) -> dict:
+    """The converter's merge of experts.{e}.NAME.weight into one experts.NAME.weight [experts, out, in]."""
+    import torch
+
+    out, groups = {}, {}
+    for name, t in state.items():
+        m = EXPERT.match(name)
+        if m:
+            groups.setdefault(f"{m[1]}.{m[3]}.weight", {})[int(m[2])] = t
+        else:
+            out[name] = t
+    return {**out, **{n: torch.stack([g[e] for e in sorted(g)]) for n, g in groups.items()}}
 
 
 def write_gguf(hf_dir, path, vocab=None) -> None:
@@ -98,7 +119,10 @@ def write_gguf(hf_dir, path, vocab=None) -> None:
     _metadata(w, cfg, arch)
     (vocab or (lambda wr: _word_vocab(wr, cfg.vocab_size)))(w)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
-    for name, t in model.state_dict().items():
+    from safetensors.torch import load_file
+
+    checkpoint = load_file(str(hf_dir / "model.safetensors"))       # the names on disk, as the converter reads
+    for name, t in _experts_stacked(checkpoint).items():
         if tied and name == "lm_head.weight":
             continue
         gname = names.get_name(name, try_suffixes=(".weight", ".bias"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pressa.capture.roles import ROLES
+from pressa.capture.roles import EXPERT_ROLES, ROLES
 from pressa.errors import UnsupportedArchitecture
 
 
@@ -35,11 +35,10 @@ class Arch:
     # "even" (Gemma 2); "pattern" (Gemma 3: all but every sliding_window_pattern-th); "opt-in" (Qwen:
     # only with use_sliding_window)
     sliding: str = "all"
-    gguf: bool = True                    # read from GGUF files too
     gguf_arch: str | None = None         # llama.cpp's general.architecture (None: the model_type)
     gguf_permuted_qk: bool = False       # llama.cpp permutes q/k rows for interleaved rotary (Llama)
     gguf_keys: tuple[tuple[str, str], ...] = ()     # (GGUF metadata key after "{arch}.", config key) of the row
-    gguf_defaults: tuple[tuple[str, float], ...] = ()   # config llama.cpp assumes for the family, not in the file
+    gguf_defaults: tuple[tuple[str, float | bool], ...] = ()   # config llama.cpp assumes, not in the file
     norm: str = "rms"                    # "rms" (RMSNorm) | "layer" (LayerNorm)
     norm_bias: bool = True               # a LayerNorm's bias (Cohere's has none)
     rotary_interleaved: bool = False     # rotary on interleaved pairs rather than halves (Cohere)
@@ -49,6 +48,8 @@ class Arch:
     parallel: str = ""                   # attention and MLP on the same input: "shared norm" (Phi), "two norms"
     interleaved_qkv: bool = False        # fused qkv laid out per head as [q, k, v] (GPT-NeoX)
     refused: tuple[str, ...] = ()        # config switches of the family that are not built: refused when on
+    moe: bool = False                    # mixture-of-experts MLPs (router + experts; ONNX Runtime's MoE/QMoE)
+    moe_normalize: bool = True           # renormalize the top-k routing weights when the config does not say
     mlp_ratio: int = 0                   # intermediate size = ratio x hidden when the config has none
     config_aliases: tuple[tuple[str, str], ...] = ()   # (pressa's key, the family's config key)
     # roles the family's checkpoints spell otherwise: (role, the family's name, per layer with {i}), each
@@ -79,6 +80,7 @@ class Arch:
         drop |= set() if self.gated_mlp else {"gate"}
         drop |= set() if self.positions == "learned" else {"positions"}
         drop |= set() if self.qk_norm else {"q_norm", "k_norm"}
+        drop |= set() if self.moe else {"router", *EXPERT_ROLES}
         for role, name in (("mlp_norm", self.mlp_norm), ("post_attn_norm", self.post_attn_norm),
                            ("post_mlp_norm", self.post_mlp_norm)):
             if name:
@@ -93,14 +95,14 @@ class Arch:
         for role, ours in self.role_names().items():
             theirs = ROLES[role].gguf
             for i in range(layers) if ROLES[role].layer else [None]:
-                out[theirs if i is None else f"blk.{i}.{theirs}"] = ours.format(i=i)
+                out[theirs if i is None else f"blk.{i}.{theirs}"] = ours.format(i=i, e="{e}")
         return out
 
     def linear_parts(self, i: int) -> dict[str, list[str]]:
         """Layer i's four linears (pressa.quant.plan.LINEARS) -> the tensors, in pressa's names without
         .weight/.bias, stacked along the output axis to make each. Read by the builder and by the
         mixed-precision sensitivity."""
-        n = {r: name.format(i=i) for r, name in self.role_names().items()}
+        n = {r: name.format(i=i, e="{e}") for r, name in self.role_names().items()}
         qkv = [n["qkv"]] if "qkv" in n else [n["q"], n["k"], n["v"]]
         up = [n["gate_up"]] if "gate_up" in n else [n[r] for r in ("gate", "up") if r in n]
         return {"qkv": qkv, "o": [n["o"]], "gate_up": up, "down": [n["down"]]}
@@ -109,7 +111,7 @@ class Arch:
     def calibrated(self) -> bool:
         """Whether AWQ, GPTQ and mixed precision are built for the row (they fold scales into the norm
         before the attention and the one before a gated MLP)."""
-        return self.gated_mlp and self.pre_norm and not self.parallel
+        return self.gated_mlp and self.pre_norm and not self.parallel and not self.moe
 
     def layer_rotary(self, cfg: dict, n: int) -> list[bool]:
         """Which layers apply rotary embeddings: all of a rotary row, except those SmolLM3's
@@ -135,7 +137,7 @@ class Arch:
             raise UnsupportedArchitecture(f"{self.model_type} with {on[0]} is not supported yet")
         return {**cfg, **{k: cfg[v] for k, v in self.config_aliases if cfg.get(v) is not None}}
 
-    def canonical(self, reader, layers: int, heads: int = 1):
+    def canonical(self, reader, layers: int, heads: int = 1, experts: int = 0):
         """The weights (a WeightReader) under the names and layout the builder reads (Llama's, [out, in])."""
         from pressa.sources.base import WeightReader
 
@@ -144,10 +146,12 @@ class Arch:
         spelled, names = dict(self.hf_names), {}
         for role, ours in self.role_names().items():
             for i in range(layers) if ROLES[role].layer else [0]:
-                for suffix in (".weight", ".bias"):
-                    found = reader.first(p + spelled.get(role, ours).format(i=i) + suffix for p in self.weight_prefixes)
-                    if found:
-                        names[ours.format(i=i) + suffix] = found
+                for e in range(experts) if ROLES[role].per_expert else [0]:
+                    for suffix in (".weight", ".bias"):
+                        found = reader.first(p + spelled.get(role, ours).format(i=i, e=e) + suffix
+                                             for p in self.weight_prefixes)
+                        if found:
+                            names[ours.format(i=i, e=e) + suffix] = found
         flip = {n for n, src in names.items() if n.endswith(".weight") and any(t in src for t in self.transposed)}
 
         def read(name: str):
@@ -167,7 +171,8 @@ class Arch:
         said = [("LayerNorm" + ("" if self.norm_bias else " without bias"), self.norm == "layer"),
                 ("interleaved rotary", self.rotary_interleaved), ("learned positions", self.positions == "learned"),
                 ("some layers without rotary", self.rope_layers),
-                ("plain MLP", not self.gated_mlp), (f"parallel attention and MLP ({self.parallel})", self.parallel),
+                ("plain MLP", not self.gated_mlp), ("mixture of experts", self.moe),
+                (f"parallel attention and MLP ({self.parallel})", self.parallel),
                 ("qkv bias", self.qkv_bias), ("q/k norm", self.qk_norm), ("post-norms only", not self.pre_norm),
                 ("fused qkv", self.fused_qkv),
                 ("fused gate/up", self.fused_gate_up), ("sandwich norms", self.pre_norm and self.post_mlp_norm),
@@ -224,6 +229,18 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
                    ("qkv", "gpt_neox.layers.{i}.attention.query_key_value"),
                    ("o", "gpt_neox.layers.{i}.attention.dense"),
                    ("up", "gpt_neox.layers.{i}.mlp.dense_h_to_4h"), ("down", "gpt_neox.layers.{i}.mlp.dense_4h_to_h"))),
+    # transformers 5 writes num_local_experts where 4 wrote num_experts
+    # (llama.cpp's qwen3moe always renormalizes the top-k weights)
+    Arch("qwen3_moe", "qwen3_moe", qk_norm=True, moe=True, moe_normalize=False, sliding="opt-in", gguf_arch="qwen3moe",
+         config_aliases=(("num_experts", "num_local_experts"),), gguf_defaults=(("norm_topk_prob", True),),
+         gguf_keys=(("expert_weights_norm", "norm_topk_prob"),)),
+    # llama.cpp writes Mixtral as llama with expert tensors (GGUF_EXPERTS)
+    Arch("mixtral", "mixtral", moe=True, config_aliases=(("num_experts", "num_local_experts"),), gguf_arch="llama",
+         gguf_permuted_qk=True,
+         hf_names=(("router", "model.layers.{i}.block_sparse_moe.gate"),
+                   ("expert_gate", "model.layers.{i}.block_sparse_moe.experts.{e}.w1"),
+                   ("expert_up", "model.layers.{i}.block_sparse_moe.experts.{e}.w3"),
+                   ("expert_down", "model.layers.{i}.block_sparse_moe.experts.{e}.w2"))),
     # GPT-2 (DialoGPT, distilgpt2): learned positions, LayerNorm with bias, Conv1D weights, fused qkv
     Arch("gpt2", "gpt2", norm="layer", positions="learned", gated_mlp=False, mlp_ratio=4, fused_qkv="qkv_proj",
          default_act="gelu_new", tie_default=True,
@@ -238,8 +255,11 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
          refused=("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")),
 ]}
 
-# llama.cpp's architecture names -> rows
-GGUF_ARCHITECTURES: dict[str, Arch] = {a.gguf_arch or a.model_type: a for a in ARCHITECTURES.values() if a.gguf}
+# llama.cpp's architecture names -> rows; those of files with expert tensors (Mixtral is llama.cpp's llama)
+GGUF_ARCHITECTURES: dict[str, Arch] = {}
+for _row in ARCHITECTURES.values():
+    GGUF_ARCHITECTURES.setdefault(_row.gguf_arch or _row.model_type, _row)
+GGUF_EXPERTS: dict[str, Arch] = {a.gguf_arch or a.model_type: a for a in ARCHITECTURES.values() if a.moe}
 
 # Names a config may carry for the same row.
 ALIASES = {"gemma3": "gemma3_text"}

@@ -44,6 +44,11 @@ class DecoderConfig:
     residual_multiplier: float = 1.0     # and the logits (divided)
     logits_divisor: float = 1.0
     parallel: str = ""                   # attention and MLP in parallel: "shared norm" | "two norms"
+    num_experts: int = 0                 # mixture of experts: experts per MoE layer, how many each token uses,
+    experts_per_token: int = 0           # each expert's intermediate size, whether the top-k weights are
+    expert_intermediate: int = 0         # renormalized, and which layers are MoE
+    normalize_topk: bool = True
+    layer_moe: list[bool] = field(default_factory=list)
     bos_token_id: int | None = None
     eos_token_id: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
@@ -64,6 +69,18 @@ def token_ids(v) -> list[int]:
     if v is None:
         return []
     return [int(x) for x in v] if isinstance(v, list) else [int(v)]
+
+
+def _experts(arch: Arch, cfg: dict, n: int) -> dict:
+    """The mixture-of-experts fields: every layer, or every decoder_sparse_step-th outside mlp_only_layers."""
+    if not arch.moe:
+        return {}
+    step, dense = int(cfg.get("decoder_sparse_step") or 1), set(cfg.get("mlp_only_layers") or [])
+    norm = cfg.get("norm_topk_prob")
+    return dict(num_experts=int(cfg["num_experts"]), experts_per_token=int(cfg["num_experts_per_tok"]),
+                expert_intermediate=int(cfg.get("moe_intermediate_size") or cfg["intermediate_size"]),
+                normalize_topk=arch.moe_normalize if norm is None else bool(norm),
+                layer_moe=[i not in dense and (i + 1) % step == 0 for i in range(n)])
 
 
 def decoder_config(cfg: dict) -> DecoderConfig:
@@ -124,6 +141,7 @@ def decoder_config(cfg: dict) -> DecoderConfig:
             residual_multiplier=float(cfg.get("residual_multiplier") or 1.0),
             logits_divisor=float(cfg.get("logits_scaling") or 1.0) / float(cfg.get("logit_scale") or 1.0),
             parallel=arch.parallel if cfg.get("use_parallel_residual", True) else "",
+            **_experts(arch, cfg, n),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=token_ids(cfg.get("eos_token_id")),
             pad_token_id=cfg.get("pad_token_id"),

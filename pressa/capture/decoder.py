@@ -16,6 +16,7 @@ from onnx import TensorProto
 
 from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, present
 from pressa.capture.config import DecoderConfig
+from pressa.capture.moe import moe_mlp
 from pressa.capture.onnx_writer import MS, GraphWriter
 from pressa.capture.positions import PositionEmitters
 from pressa.errors import BadArgument, CorruptModel, UnsupportedArchitecture, validation_message
@@ -372,6 +373,8 @@ class DecoderBuilder(PositionEmitters):
 
     def _mlp(self, g: GraphWriter, h: str, i: int, plan: LayerPlan) -> str:
         cfg, p, lab = self.cfg, f"model.layers.{i}.mlp.", f"/model/layers.{i}/mlp"
+        if cfg.layer_moe and cfg.layer_moe[i]:
+            return moe_mlp(self, g, h, i)
         w = plan.weight("gate_up")
         if not cfg.arch.gated_mlp:                   # act(up) @ down
             up = self.linear(g, h, f"{p}up_proj", w, self.stacked(i, "gate_up", ".bias"), f"{i}.gate_up",

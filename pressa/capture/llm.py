@@ -97,7 +97,7 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         src = open_source(model)
     cfg = decoder_config(src.config)
     if not src.pressa_names:
-        src.weights = cfg.arch.canonical(src.weights, cfg.num_layers, cfg.num_heads)
+        src.weights = cfg.arch.canonical(src.weights, cfg.num_layers, cfg.num_heads, cfg.num_experts)
     if not cfg.arch.calibrated and (opts.algorithm != "rtn" or ratio < 1.0):
         raise BadArgument(f"{cfg.arch.model_type}: --algorithm {opts.algorithm} and --ratio are not built for its "
                           "layer form yet (they fold scales into a pre-norm before a gated MLP); use the default RTN")

@@ -22,6 +22,10 @@ class Role:
     def full(self, i: int | str = "{i}") -> str:
         return f"model.layers.{i}.{self.pressa}" if self.layer else self.pressa
 
+    @property
+    def per_expert(self) -> bool:
+        return "{e}" in self.pressa
+
 
 ROLES: dict[str, Role] = {
     "embed": Role("model.embed_tokens", "token_embd", layer=False),
@@ -43,4 +47,10 @@ ROLES: dict[str, Role] = {
     "up": Role("mlp.up_proj", "ffn_up"),
     "gate_up": Role("mlp.gate_up_proj", "ffn_up"),          # fused, rows [gate; up] (Phi-3)
     "down": Role("mlp.down_proj", "ffn_down"),
+    # mixture of experts: the router, and each expert e's gated MLP (GGUF: all experts in one tensor)
+    "router": Role("mlp.gate", "ffn_gate_inp"),
+    "expert_gate": Role("mlp.experts.{e}.gate_proj", "ffn_gate_exps"),
+    "expert_up": Role("mlp.experts.{e}.up_proj", "ffn_up_exps"),
+    "expert_down": Role("mlp.experts.{e}.down_proj", "ffn_down_exps"),
 }
+EXPERT_ROLES = ("expert_gate", "expert_up", "expert_down")

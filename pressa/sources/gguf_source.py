@@ -7,11 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pressa.capture.architectures import GGUF_ARCHITECTURES, Arch
+from pressa.capture.architectures import GGUF_ARCHITECTURES, GGUF_EXPERTS, Arch
 from pressa.errors import CorruptModel, UnsupportedArchitecture
 from pressa.sources.base import Source, WeightReader
 from pressa.sources.gguf_tokenizer import field as _field
 from pressa.sources.gguf_tokenizer import tokenizer_files
+
+
+def _shape(t, expert: int | None) -> tuple:
+    shape = tuple(int(d) for d in reversed(t.shape))
+    return shape if expert is None else shape[1:]
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -50,7 +55,9 @@ def _config(reader, row: Arch, arch: str, names: set[str], vocab: int) -> dict:
         cfg["partial_rotary_factor"] = int(rot) / cfg["head_dim"]
     for k_gguf, k_hf in (("attention.sliding_window", "sliding_window"),
                          ("attn_logit_softcapping", "attn_logit_softcapping"),
-                         ("final_logit_softcapping", "final_logit_softcapping"), *row.gguf_keys):
+                         ("final_logit_softcapping", "final_logit_softcapping"), ("expert_count", "num_experts"),
+                         ("expert_used_count", "num_experts_per_tok"),
+                         ("expert_feed_forward_length", "moe_intermediate_size"), *row.gguf_keys):
         if g(k_gguf) is not None:
             cfg[k_hf] = g(k_gguf)
     return cfg
@@ -65,26 +72,31 @@ def open_gguf(path: Path, kind: str = "gguf") -> Source:
     except Exception as err:  # gguf raises ValueError/struct errors/IndexError on damage
         raise CorruptModel(f"{path}: not a valid GGUF file ({type(err).__name__}: {err}); re-download it") from None
     arch = str(_field(reader, "general.architecture", ""))
-    if arch not in GGUF_ARCHITECTURES:
+    experts = int(_field(reader, f"{arch}.expert_count", 0) or 0)
+    row = (GGUF_EXPERTS if experts else GGUF_ARCHITECTURES).get(arch)
+    if row is None:
         raise UnsupportedArchitecture(
-            f"GGUF architecture {arch!r} is not supported; supported: {', '.join(sorted(GGUF_ARCHITECTURES))}")
-    row = GGUF_ARCHITECTURES[arch]
+            f"GGUF architecture {arch!r}{' with experts' if experts else ''} is not supported; supported: "
+            f"{', '.join(sorted(GGUF_ARCHITECTURES))} (with experts: {', '.join(sorted(GGUF_EXPERTS))})")
     names = row.gguf_names(int(_field(reader, f"{arch}.block_count", 0)))
-    tensors = {}
+    tensors = {}                 # pressa's name -> (GGUF tensor, expert index into a stacked one or None)
     for t in reader.tensors:
         base, _, suffix = t.name.rpartition(".")
-        if base in names:
-            tensors[f"{names[base]}.{suffix}"] = t
+        if base in names and "{e}" in names[base]:
+            tensors.update({f"{names[base].format(e=e)}.{suffix}": (t, e) for e in range(experts)})
+        elif base in names:
+            tensors[f"{names[base]}.{suffix}"] = (t, None)
     tokens = _field(reader, "tokenizer.ggml.tokens")
-    vocab = len(tokens) if tokens is not None else int(tensors["model.embed_tokens.weight"].shape[-1])
+    vocab = len(tokens) if tokens is not None else int(tensors["model.embed_tokens.weight"][0].shape[-1])
     config = _config(reader, row, arch, set(tensors), vocab)
     permuted = row.gguf_permuted_qk
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
 
     def read(name: str) -> np.ndarray:
-        t = tensors[name]
+        t, expert = tensors[name]
         try:
-            w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+            data = t.data if expert is None else t.data[expert]
+            w = gguf.quants.dequantize(data, t.tensor_type).astype(np.float32, copy=False)
         except Exception as err:
             raise CorruptModel(f"{path}: tensor {t.name} cannot be decoded ({err}); re-download the file") from None
         if permuted and name.endswith("q_proj.weight"):
@@ -99,5 +111,5 @@ def open_gguf(path: Path, kind: str = "gguf") -> Source:
     gen = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
     files["generation_config.json"] = json.dumps(gen).encode()
     return Source(kind=kind, location=str(path), config=config,
-                  weights=WeightReader(set(tensors), read, lambda n: tuple(reversed(tensors[n].shape))),
+                  weights=WeightReader(set(tensors), read, lambda n: _shape(*tensors[n])),
                   tokenizer_files=files, pressa_names=True)
