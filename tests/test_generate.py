@@ -10,7 +10,7 @@ from pressa.genai.model import Model
 from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose
 from pressa.genai.sequence import Detokenizer
 
-from conftest import load_hf, rng_rows
+from conftest import ARCH_CONFIGS, load_hf, rng_rows
 
 
 def greedy_ids(model: Model, rows, n):
@@ -134,9 +134,12 @@ def test_streaming_never_splits_multibyte_characters():
     assert "".join(pieces) == text
 
 
-def test_onnxruntime_genai_loads_the_folder(tiny_artifact):
+@pytest.mark.parametrize("kind", list(ARCH_CONFIGS))
+def test_onnxruntime_genai_loads_the_folder(kind, tiny_artifact):
+    """Every row's artifact runs in onnxruntime-genai (its family's type, or its generic "decoder") with
+    pressa's greedy tokens."""
     og = pytest.importorskip("onnxruntime_genai")
-    folder = tiny_artifact("llama", "int4")
+    folder = tiny_artifact(kind, "int4")
     prompt = rng_rows(9, lengths=(5,))[0]
     model = og.Model(str(folder))
     params = og.GeneratorParams(model)

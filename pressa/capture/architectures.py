@@ -16,7 +16,7 @@ from pressa.errors import UnsupportedArchitecture
 @dataclass(frozen=True)
 class Arch:
     model_type: str
-    genai_type: str                      # onnxruntime-genai's "type" field
+    genai_type: str                      # onnxruntime-genai's "type" field ("decoder": its generic one)
     norm_offset: float = 0.0             # Gemma stores RMSNorm gamma as (w - 1)
     embed_scale: bool = False            # Gemma multiplies embeddings by sqrt(hidden)
     qk_norm: bool = False                # per-head RMSNorm on q and k before rotary (Qwen3, Gemma3)
@@ -202,24 +202,24 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
     Arch("gemma3_text", "gemma3_text", qk_norm=True, sliding="pattern", gguf_arch="gemma3",
          gguf_defaults=(("rope_local_base_freq", 10000.0),), **_GEMMA, **_SANDWICH),
     Arch("smollm3", "llama", rope_layers=True, sliding="opt-in", gguf_permuted_qk=True),
-    Arch("stablelm", "stablelm", norm="layer", config_aliases=(("rms_norm_eps", "layer_norm_eps"),
+    Arch("stablelm", "decoder", norm="layer", config_aliases=(("rms_norm_eps", "layer_norm_eps"),
                                                                ("attention_bias", "use_qkv_bias")),
          refused=("use_parallel_residual", "qk_layernorm"), gguf_keys=(("use_parallel_residual",) * 2,)),
     # its multipliers are config keys (capture/config.py); GGUF calls them scales
     Arch("granite", "granite", gguf_permuted_qk=True,
          gguf_keys=(("attention.scale", "attention_multiplier"), ("embedding_scale", "embedding_multiplier"),
                     ("residual_scale", "residual_multiplier"), ("logit_scale", "logits_scaling"))),
-    Arch("cohere", "cohere", norm="layer", norm_bias=False, parallel="shared norm", rotary_interleaved=True,
+    Arch("cohere", "decoder", norm="layer", norm_bias=False, parallel="shared norm", rotary_interleaved=True,
          tie_default=True, config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("use_qk_norm",),
          gguf_arch="command-r", gguf_keys=(("logit_scale",) * 2,)),
-    Arch("olmo2", "olmo2", qk_norm=True, qk_norm_whole=True, pre_norm=False, mlp_norm="",
+    Arch("olmo2", "decoder", qk_norm=True, qk_norm_whole=True, pre_norm=False, mlp_norm="",
          post_attn_norm="post_attention_layernorm", post_mlp_norm="post_feedforward_layernorm"),
     Arch("phi", "phi", norm="layer", gated_mlp=False, parallel="shared norm", default_act="gelu_new",
          config_aliases=(("rms_norm_eps", "layer_norm_eps"),), refused=("qk_layernorm",), gguf_arch="phi2",
          hf_names=(("final_norm", "model.final_layernorm"), ("o", "model.layers.{i}.self_attn.dense"),
                    ("up", "model.layers.{i}.mlp.fc1"), ("down", "model.layers.{i}.mlp.fc2"))),
     # Pythia: parallel attention and MLP with a norm each (unless use_parallel_residual is off)
-    Arch("gpt_neox", "gpt_neox", norm="layer", gated_mlp=False, parallel="two norms", fused_qkv="qkv_proj",
+    Arch("gpt_neox", "decoder", norm="layer", gated_mlp=False, parallel="two norms", fused_qkv="qkv_proj",
          interleaved_qkv=True, default_act="gelu", gguf_arch="gptneox", gguf_keys=(("use_parallel_residual",) * 2,),
          config_aliases=(("rms_norm_eps", "layer_norm_eps"), ("partial_rotary_factor", "rotary_pct"),
                          ("rope_theta", "rotary_emb_base")),
@@ -231,18 +231,18 @@ ARCHITECTURES: dict[str, Arch] = {a.model_type: a for a in [
                    ("up", "gpt_neox.layers.{i}.mlp.dense_h_to_4h"), ("down", "gpt_neox.layers.{i}.mlp.dense_4h_to_h"))),
     # transformers 5 writes num_local_experts where 4 wrote num_experts
     # (llama.cpp's qwen3moe always renormalizes the top-k weights)
-    Arch("qwen3_moe", "qwen3_moe", qk_norm=True, moe=True, moe_normalize=False, sliding="opt-in", gguf_arch="qwen3moe",
+    Arch("qwen3_moe", "decoder", qk_norm=True, moe=True, moe_normalize=False, sliding="opt-in", gguf_arch="qwen3moe",
          config_aliases=(("num_experts", "num_local_experts"),), gguf_defaults=(("norm_topk_prob", True),),
          gguf_keys=(("expert_weights_norm", "norm_topk_prob"),)),
     # llama.cpp writes Mixtral as llama with expert tensors (GGUF_EXPERTS)
-    Arch("mixtral", "mixtral", moe=True, config_aliases=(("num_experts", "num_local_experts"),), gguf_arch="llama",
+    Arch("mixtral", "decoder", moe=True, config_aliases=(("num_experts", "num_local_experts"),), gguf_arch="llama",
          gguf_permuted_qk=True,
          hf_names=(("router", "model.layers.{i}.block_sparse_moe.gate"),
                    ("expert_gate", "model.layers.{i}.block_sparse_moe.experts.{e}.w1"),
                    ("expert_up", "model.layers.{i}.block_sparse_moe.experts.{e}.w3"),
                    ("expert_down", "model.layers.{i}.block_sparse_moe.experts.{e}.w2"))),
     # GPT-2 (DialoGPT, distilgpt2): learned positions, LayerNorm with bias, Conv1D weights, fused qkv
-    Arch("gpt2", "gpt2", norm="layer", positions="learned", gated_mlp=False, mlp_ratio=4, fused_qkv="qkv_proj",
+    Arch("gpt2", "decoder", norm="layer", positions="learned", gated_mlp=False, mlp_ratio=4, fused_qkv="qkv_proj",
          default_act="gelu_new", tie_default=True,
          config_aliases=(("hidden_size", "n_embd"), ("num_attention_heads", "n_head"),
                          ("num_hidden_layers", "n_layer"), ("max_position_embeddings", "n_positions"),
