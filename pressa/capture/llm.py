@@ -13,7 +13,7 @@ from pressa.artifact import ArtifactKind, Manifest, atomic_folder, write_json, w
 from pressa.artifact.llm_io import GENAI_CONFIG, genai_config
 from pressa.capture.config import DecoderConfig, decoder_config
 from pressa.capture.decoder import BuildOptions, DecoderBuilder
-from pressa.errors import BadArgument
+from pressa.errors import BadArgument, UnsupportedArchitecture
 from pressa.quant.sensitivity import assign_bits, relative_rtn_error
 from pressa.sources import open_source
 from pressa.sources.base import Source
@@ -83,6 +83,23 @@ def estimated_size(model: str | None, precision: str) -> int:
     return int(sum(f.stat().st_size for f in files) * per_weight)
 
 
+def _general(src, out_dir: Path, opts: BuildOptions, provider: str, reason: str, log, progress, workflow,
+             t0: float) -> dict:
+    """A causal LM outside the table, through capture.general."""
+    from pressa.capture.general import build_general_into
+
+    facts = build_general_into(src, out_dir, opts, provider, reason, log, progress)
+    settings = {"precision": opts.precision, "block_size": opts.block_size, "symmetric": opts.symmetric,
+                "provider": provider, "path": "general"}
+    seconds = round(time.perf_counter() - t0, 2)
+    return write_manifest(out_dir, Manifest(
+        kind=ArtifactKind.DECODER_LLM, workflow=workflow,
+        source={"kind": src.kind, "location": src.location, "model_type": src.config.get("model_type")},
+        passes=[{"pass": "source", "location": src.location},
+                {"pass": "model-builder", "config": settings, "seconds": seconds, "report": facts["general"]}],
+        settings=settings, graph=facts["graph"], build_seconds=seconds))
+
+
 def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, ratio: float = 1.0,
                    provider: str = "cpu", progress: Progress | None = None,
                    log: Callable[[str], None] = lambda s: None, status=_no_status,
@@ -95,7 +112,12 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
     opts.validate()
     with status(f"reading {model or 'the bundled model'}"):
         src = open_source(model)
-    cfg = decoder_config(src.config)
+    try:
+        cfg = decoder_config(src.config)
+    except UnsupportedArchitecture as err:
+        if src.kind not in ("hf", "hub"):
+            raise
+        return _general(src, out_dir, opts, provider, str(err), log, progress, workflow, t0)
     if not src.pressa_names:
         src.weights = cfg.arch.canonical(src.weights, cfg.num_layers, cfg.num_heads, cfg.num_experts)
     if not cfg.arch.calibrated and (opts.algorithm != "rtn" or ratio < 1.0):

@@ -38,6 +38,8 @@ class DecoderBackend:
         self.context_length = self.config["model"]["context_length"]
         self.vocab_size = self.config["model"]["vocab_size"]
         self.model_path = folder / d.get("filename", "model.onnx")
+        # False for the general path's graphs, whose cache grows by concatenation (capture/general.py)
+        self.shared_buffer = bool(self.config.get("search", {}).get("past_present_share_buffer", True))
         self.lengths: np.ndarray | None = None
 
     def check_capacity(self, capacity: int) -> None:
@@ -124,9 +126,10 @@ class DecoderSession(DecoderBackend):
         types = {i.name: i.type for i in self.session.get_inputs()}
         self.kv_dtype = _NP.get(types.get(past(0, "key")), np.float32)
 
-    def bind(self, cache: list[tuple[np.ndarray, np.ndarray]]) -> Binding:
-        """The graph with `cache` (rows of the buffers, or views of them) as both past and present."""
-        return Binding(self, cache)
+    def bind(self, cache: list[tuple[np.ndarray, np.ndarray]]) -> Binding | ConcatBinding:
+        """The graph with `cache` (rows of the buffers, or views of them) as both past and present (or,
+        for a graph whose present is past + new, fed from and copied back into it)."""
+        return Binding(self, cache) if self.shared_buffer else ConcatBinding(self, cache)
 
 
 class Binding:
@@ -153,6 +156,38 @@ class Binding:
             self.io.bind_ortvalue_output(LOGITS, self._ov.ortvalue_from_numpy(logits))
             self._logits = logits
         self.session.run_with_iobinding(self.io)
+
+
+class ConcatBinding:
+    """A graph whose present is past followed by the new positions (the general path's): each run feeds
+    the held positions and copies the new keys and values into each row's next free positions, keeping
+    the cache laid out as GroupQueryAttention's (each row's tokens from position 0, lengths per row)."""
+
+    def __init__(self, dec: DecoderSession, cache: list[tuple[np.ndarray, np.ndarray]]):
+        self.session, self.cache = dec.session, cache
+        self.outputs = [LOGITS] + [present(i, kv) for i in range(len(cache)) for kv in ("key", "value")]
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, logits: np.ndarray, live=None) -> None:
+        rows, new = ids.shape
+        held = mask.shape[1] - new                  # positions already in the cache (the longest row's)
+        if held and new != 1:
+            raise BadArgument("a prompt continued from a filled cache needs a graph with a shared KV buffer")
+        lengths = mask.sum(axis=1) - new if held else np.zeros(rows, np.int64)
+        feed_mask = mask if not held else np.concatenate(
+            [(np.arange(held)[None, :] < lengths[:, None]), np.ones((rows, 1), bool)], axis=1).astype(np.int64)
+        feeds = {INPUT_IDS: ids, ATTENTION_MASK: feed_mask}
+        for i, (k, v) in enumerate(self.cache):
+            feeds[past(i, "key")] = np.ascontiguousarray(k[:, :, :held])
+            feeds[past(i, "value")] = np.ascontiguousarray(v[:, :, :held])
+        out = self.session.run(self.outputs, feeds)
+        logits[...] = out[0][:, -logits.shape[1]:]
+        at = np.arange(rows)
+        for i, (k, v) in enumerate(self.cache):
+            for buf, got in ((k, out[1 + 2 * i]), (v, out[2 + 2 * i])):
+                if held:
+                    buf[at, :, lengths] = got[:, :, held]
+                else:
+                    buf[:, :, :new] = got
 
 
 def right_padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
