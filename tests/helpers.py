@@ -130,3 +130,21 @@ def call(server, path, body=None, key=KEY, raw: bytes | None = None):
                               else text)
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read().decode())
+
+
+def genai_greedy(folder, prompt: list[int], new_tokens: int) -> list[int]:
+    """onnxruntime-genai's greedy tokens for `prompt` from the artifact `folder`."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False,
+                              min_length=len(prompt) + new_tokens)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array(prompt, dtype=np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    return got

@@ -12,7 +12,7 @@ from pressa.capture.llm import build_llm
 from pressa.genai.decoder_session import DecoderSession
 
 from conftest import hf_left_padded, load_hf, rng_rows, write_tiny_tokenizer
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, genai_greedy, run_cli
 
 OUTSIDE = {"bloom": dict(n_layer=2, n_head=4, hidden_size=64),
            "falcon": dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, new_decoder_architecture=False,
@@ -100,19 +100,12 @@ def test_general_path_cli_says_so_once_and_generates(outside, tmp_path):
 
 
 def test_onnxruntime_genai_runs_a_general_path_artifact(outside):
-    og = pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("onnxruntime_genai")
     import pressa
     from pressa.genai.sampling import SamplingConfig
 
     _, out = outside("falcon")
-    params = og.GeneratorParams(model := og.Model(str(out)))
-    params.set_search_options(max_length=len(PROMPT) + 6, do_sample=False, min_length=len(PROMPT) + 6)
-    gen = og.Generator(model, params)
-    gen.append_tokens(np.array(PROMPT, dtype=np.int32))
-    got = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
+    got = genai_greedy(out, PROMPT, 6)
     ours = [int(t[0]) for t, _ in pressa.load(out).generate_ids([PROMPT], SamplingConfig(max_new_tokens=6,
                                                                                          ignore_eos=True))]
     assert got == ours

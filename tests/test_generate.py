@@ -11,6 +11,7 @@ from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choo
 from pressa.genai.sequence import Detokenizer
 
 from conftest import ARCH_CONFIGS, load_hf, rng_rows
+from helpers import genai_greedy
 
 
 def greedy_ids(model: Model, rows, n):
@@ -138,18 +139,10 @@ def test_streaming_never_splits_multibyte_characters():
 def test_onnxruntime_genai_loads_the_folder(kind, tiny_artifact):
     """Every row's artifact runs in onnxruntime-genai (its family's type, or its generic "decoder") with
     pressa's greedy tokens."""
-    og = pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("onnxruntime_genai")
     folder = tiny_artifact(kind, "int4")
     prompt = rng_rows(9, lengths=(5,))[0]
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + 8, do_sample=False, min_length=len(prompt) + 8)
-    gen = og.Generator(model, params)
-    gen.append_tokens(np.array(prompt, dtype=np.int32))
-    got = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
+    got = genai_greedy(folder, prompt, 8)
     ours = greedy_ids(Model.load(folder, threads=1), [prompt], len(got))[0]
     assert got == ours
 

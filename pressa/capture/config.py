@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pressa.capture.architectures import Arch, get_arch
+from pressa.capture.architectures import ALIASES, Arch, get_arch
 from pressa.errors import BadArgument
 
 
@@ -85,8 +85,8 @@ def _experts(arch: Arch, cfg: dict, n: int) -> dict:
 
 def decoder_config(cfg: dict) -> DecoderConfig:
     """Normalize a config.json dict. Raises UnsupportedArchitecture for models not in the table."""
-    if "text_config" in cfg and cfg.get("model_type") == "gemma3":
-        cfg = {**cfg["text_config"], "model_type": "gemma3_text"}
+    if "text_config" in cfg and cfg.get("model_type") in ALIASES:     # a multimodal config: its text model
+        cfg = {**cfg["text_config"], "model_type": ALIASES[cfg["model_type"]]}
     model_type = cfg.get("model_type", "")
     arch = get_arch(model_type)
     raw, cfg = cfg, arch.config_view(cfg)
