@@ -13,6 +13,7 @@ IR_MODEL = "openvino_model.xml"      # an OpenVINO IR folder's graph (pressa exp
 class ArtifactKind(StrEnum):
     DECODER_LLM = "decoder-llm"      # built by auto-opt: a KV-cache decoder graph with genai_config.json
     ONNX = "onnx"                    # any other model: an .onnx file or a folder holding one (or its IR)
+    LORA_ADAPTER = "lora-adapter"    # made by finetune: a PEFT adapter (adapter_config.json, adapter_model.safetensors)
 
 
 def kind_of(path: Path) -> ArtifactKind | None:

@@ -37,6 +37,7 @@ class BuildOptions:
     embedding_bits: int = 8              # tied embedding / lm_head in quantized precisions
     layer_bits: dict[str, int] = field(default_factory=dict)   # per-weight override (mixed precision)
     context_length: int | None = None
+    adapter_path: str | None = None      # a PEFT LoRA adapter merged into the weights as they are read
     last_token_logits: bool = True       # lm_head only on each row's last token (prefill speed)
     algorithm: str = "rtn"               # rtn | awq | gptq (awq/gptq need calibration statistics)
     scale_search: bool = True            # per-group MSE search of scale / zero point

@@ -173,8 +173,9 @@ def build_general_into(src, out_dir: Path, opts, provider: str, reason: str, log
     from pressa.artifact.llm_io import GENAI_CONFIG
     from pressa.graph.onnx_io import load_model
 
-    if opts.algorithm != "rtn":
-        raise BadArgument(f"--algorithm {opts.algorithm} is not built on the general path; use the default RTN")
+    if opts.algorithm != "rtn" or opts.adapter_path:
+        raise BadArgument(f"{'--adapter_path' if opts.adapter_path else '--algorithm ' + opts.algorithm} is not "
+                          "built on the general path yet")
     model_type = str(src.config.get("model_type", ""))
     if not transformers_knows(model_type):
         raise BadArgument(f"{reason}; transformers does not know it either, so the general path cannot export it")

@@ -118,6 +118,11 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         if src.kind not in ("hf", "hub"):
             raise
         return _general(src, out_dir, opts, provider, str(err), log, progress, workflow, t0)
+    if opts.adapter_path:
+        from pressa.finetune.merge import merged
+
+        src.weights = merged(src.weights, Path(opts.adapter_path))
+        log(f"adapter {opts.adapter_path} merged into the weights")
     if not src.pressa_names:
         src.weights = cfg.arch.canonical(src.weights, cfg.num_layers, cfg.num_heads, cfg.num_experts)
     if not cfg.arch.calibrated and (opts.algorithm != "rtn" or ratio < 1.0):

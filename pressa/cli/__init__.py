@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from pressa.cli import llm, onnx, serve, workflow  # noqa: F401  (each adds its commands to the app)
+from pressa.cli import finetune, llm, onnx, serve, workflow  # noqa: F401  (each adds its commands to the app)
 from pressa.cli.app import app
 
 __all__ = ["app", "main"]

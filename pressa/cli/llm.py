@@ -34,7 +34,7 @@ def print_architectures() -> None:
 
 
 AUTO_OPT_FLAGS = {"group_size": ("--group-size", "--block_size"), "symmetric": ("--sym/--asym",),
-                  "calibration_data": ("--calibration-data",)}
+                  "calibration_data": ("--calibration-data",), "adapter_path": ("--adapter_path", "--adapter-path")}
 
 
 @app.command("auto-opt")

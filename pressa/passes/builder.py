@@ -33,6 +33,9 @@ class BuilderConfig(PassConfig):
                                 json_schema_extra=olive("int4_accuracy_level"))
     embedding_bits: Literal[4, 8] = Field(8, description="bits of the tied embedding / lm_head in int4/int8 builds")
     execution_provider: Literal["cpu", "cuda"] = Field("cpu", description="cpu or cuda (genai_config's provider)")
+    adapter_path: str | None = Field(None, description="a PEFT LoRA adapter (pressa finetune's) merged into the "
+                                     "weights as they stream through the builder",
+                                     json_schema_extra=olive("adapter_path"))
 
     @field_validator("group_size")
     @classmethod
@@ -55,7 +58,7 @@ class BuilderConfig(PassConfig):
         return BuildOptions(precision=self.precision, block_size=self.group_size, symmetric=self.symmetric,
                             accuracy_level=self.accuracy_level if self.execution_provider == "cpu" else 0,
                             embedding_bits=self.embedding_bits, algorithm=self.algorithm,
-                            scale_search=self.scale_search)
+                            scale_search=self.scale_search, adapter_path=self.adapter_path)
 
 
 class ModelBuilder(Pass):

@@ -1,0 +1,160 @@
+"""pressa finetune: a tiny random model learns a fixed mapping it could not answer before, the adapter is
+peft's own format, and auto-opt --adapter_path builds what peft's merged model computes."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny, rng_rows
+from helpers import assert_user_error, run_cli
+
+pytest.importorskip("peft")
+
+MAP = {f"t{20 + i}": f"t{100 + (i * 7) % 40}" for i in range(12)}
+TEMPLATE = "t5 {question} t6 {answer}"
+
+
+def mapping_records(n: int, seed: int) -> list[dict]:
+    """Questions with random filler before the mapped token; the answer is the mapping's."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        q = rng.choice(sorted(MAP))
+        filler = " ".join(f"t{rng.randrange(40, 90)}" for _ in range(rng.randrange(1, 4)))
+        out.append({"question": f"{filler} {q}", "answer": MAP[q]})
+    return out
+
+
+def write_jsonl(path, recs):
+    path.write_text("\n".join(json.dumps(r) for r in recs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from pressa.finetune.data import DataOptions
+    from pressa.finetune.run import finetune
+    from pressa.finetune.train import LoraOptions
+
+    tmp = tmp_path_factory.mktemp("finetune")
+    hf = make_tiny("llama", tmp / "hf")
+    data = write_jsonl(tmp / "train.jsonl", mapping_records(240, 0))
+    manifest = finetune(str(hf), DataOptions(data_files=str(data), text_template=TEMPLATE, eval_share=0.1),
+                        LoraOptions(lora_r=16, lora_alpha=32, max_steps=200, learning_rate=3e-3, batch_size=8),
+                        tmp / "adapter")
+    return hf, tmp / "adapter", manifest
+
+
+def greedy_answers(model, tok, recs) -> int:
+    import torch
+
+    right = 0
+    for r in recs:
+        ids = tok.encode(f"t5 {r['question']} t6")
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=1, do_sample=False, pad_token_id=0)
+        right += tok.decode(out[0, len(ids):].tolist()) == r["answer"]
+    return right
+
+
+def test_lora_learns_a_mapping_it_could_not_answer(trained):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pressa.genai.tokenizer import TextTokenizer
+
+    hf, adapter, manifest = trained
+    f = manifest["finetune"]
+    assert f["losses"][0] / f["losses"][-1] >= 10 and f["eval_loss_before"] / f["eval_loss_after"] >= 10
+    held = mapping_records(24, seed=99)                         # fillers never seen in training
+    tok = TextTokenizer(hf)
+    base = AutoModelForCausalLM.from_pretrained(str(hf)).eval()
+    assert greedy_answers(base, tok, held) <= 4
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(hf)), str(adapter)).eval()
+    assert greedy_answers(tuned, tok, held) == len(held)
+    assert (adapter / "loss.png").stat().st_size > 1000
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(hf)
+
+
+def test_merged_build_equals_peft_merged_model(trained, tmp_path):
+    """auto-opt --adapter_path (fp32) gives the logits of peft's merge_and_unload, prefill and steps."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pressa.genai.decoder_session import DecoderSession
+
+    from conftest import hf_left_padded
+
+    hf, adapter, _ = trained
+    res = run_cli("auto-opt", "-m", str(hf), "--adapter_path", str(adapter), "--precision", "fp32",
+                  "-o", str(tmp_path / "merged"))
+    assert res.returncode == 0, res.stderr
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(hf), attn_implementation="eager"),
+                                       str(adapter)).merge_and_unload().eval()
+    rows = rng_rows(4, lengths=(6, 3))
+    ref, steps = hf_left_padded(merged, rows, [[5, 6], [7, 8]])
+    s = DecoderSession(tmp_path / "merged", threads=1, all_logits=True)
+    _, full = s.prefill(rows, capacity=10)
+    for b, r in enumerate(rows):
+        assert np.abs(full[b, : len(r)] - ref[b]).max() < 1e-4
+    for tokens, want in zip([[5, 6], [7, 8]], steps):
+        assert np.abs(s.step(np.array(tokens)) - want).max() < 1e-4
+
+
+def test_chat_template_trains_on_the_assistant_turns_only(tmp_path):
+    from pressa.finetune.data import DataOptions, example
+    from pressa.genai.tokenizer import TextTokenizer
+
+    tok = TextTokenizer(make_tiny("llama", tmp_path / "hf"))
+    tok.eos_id = 2
+    rec = {"messages": [{"role": "user", "content": "t30 t31"}, {"role": "assistant", "content": "t40 t41"},
+                        {"role": "user", "content": "t32"}, {"role": "assistant", "content": "t42"}]}
+    ex = example(tok, rec, DataOptions(use_chat_template=True))
+    trained = [tok.tok.id_to_token(i) for i, keep in zip(ex.ids, ex.trained) if keep]
+    # the tiny template renders each turn as "t10 {content} t11": the assistant's content and its closing t11
+    assert trained == ["t10", "t40", "t41", "t11", "t10", "t42", "t11"]
+
+
+def test_bad_data_is_one_line(tmp_path):
+    hf = make_tiny("llama", tmp_path / "hf")
+    good = write_jsonl(tmp_path / "d.jsonl", mapping_records(20, 1))
+    (tmp_path / "empty.jsonl").write_text("")
+    write_jsonl(tmp_path / "blank.jsonl", [{"question": "t30", "answer": ""}] * 10)
+    cases = [(["--data_files", str(good), "--text_template", "t5 {question} t6 {reply}"], ("{reply}", "answer")),
+             (["--data_files", str(tmp_path / "empty.jsonl"), "--text_template", TEMPLATE], ("empty",)),
+             (["--data_files", str(tmp_path / "blank.jsonl"), "--text_template", TEMPLATE], ("no training example",)),
+             (["--data_files", str(good), "--text_template", TEMPLATE, "--method", "qlora"], ("qlora", "CUDA")),
+             (["--text_template", TEMPLATE], ("--data_files",))]
+    for args, said in cases:
+        res = run_cli("finetune", "-m", str(hf), "-o", str(tmp_path / "out"), "--max_steps", "2", *args)
+        assert_user_error(res, *said)
+        assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_keeps_the_adapter_and_resume_continues(tmp_path):
+    hf = make_tiny("llama", tmp_path / "hf")
+    data = write_jsonl(tmp_path / "d.jsonl", mapping_records(64, 2))
+    args = [sys.executable, "-m", "pressa", "finetune", "-m", str(hf), "--data_files", str(data), "--text_template",
+            TEMPLATE, "--lora_r", "8", "--batch_size", "2", "-o", str(tmp_path / "ad")]
+    proc = subprocess.Popen([*args, "--max_steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = b""
+    while b"Ctrl-C stops" not in seen and proc.poll() is None:    # the line said when the steps begin
+        seen += proc.stderr.readline()
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-3000:]
+    done = json.loads((tmp_path / "ad" / "pressa.json").read_text())["finetune"]
+    assert done["interrupted"] and 0 < done["steps"] < 100000
+    res = subprocess.run([*args, "--max_steps", str(done["steps"] + 3), "--resume"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    again = json.loads((tmp_path / "ad" / "pressa.json").read_text())["finetune"]
+    assert again["steps"] == done["steps"] + 3 and again["losses"][: done["steps"]] == done["losses"]
