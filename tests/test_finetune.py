@@ -158,3 +158,94 @@ def test_ctrl_c_keeps_the_adapter_and_resume_continues(tmp_path):
     assert res.returncode == 0, res.stderr
     again = json.loads((tmp_path / "ad" / "pressa.json").read_text())["finetune"]
     assert again["steps"] == done["steps"] + 3 and again["losses"][: done["steps"]] == done["losses"]
+
+
+def random_adapter(hf, folder, seed: int = 3):
+    """A LoRA adapter with random A and B (rank 4, q and v only): a second, differently shaped adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(hf)),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runtime_builds(trained, tmp_path_factory):
+    """fp32 builds of one base: with both adapters at run time, each merged, and plain."""
+    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.llm import build_llm
+
+    hf, adapter, _ = trained
+    tmp = tmp_path_factory.mktemp("runtime-adapters")
+    other = random_adapter(hf, tmp / "other-adapter")
+    specs = f"map={adapter},other={other}"
+    build_llm(str(hf), tmp / "multi", BuildOptions(precision="fp32", adapters=specs))
+    build_llm(str(hf), tmp / "base", BuildOptions(precision="fp32"))
+    for name, folder in (("map", adapter), ("other", other)):
+        build_llm(str(hf), tmp / name, BuildOptions(precision="fp32", adapter_path=str(folder)))
+    return tmp
+
+
+def test_runtime_adapters_equal_the_merged_builds_and_the_base(runtime_builds):
+    from pressa.genai.decoder_session import DecoderSession
+
+    rows = rng_rows(4, lengths=(6, 3))
+    multi = DecoderSession(runtime_builds / "multi", threads=1, all_logits=True)
+    assert multi.adapters == ["map", "other"]
+    for adapter, reference in ((None, "base"), ("map", "map"), ("other", "other")):
+        ref = DecoderSession(runtime_builds / reference, threads=1, all_logits=True)
+        _, want = ref.prefill(rows, capacity=10)
+        _, got = multi.prefill(rows, capacity=10, adapter=adapter)
+        assert np.abs(got - want).max() < 1e-4, adapter
+        for tokens in ([5, 6], [7, 8]):
+            assert np.abs(multi.step(np.array(tokens)) - ref.step(np.array(tokens))).max() < 1e-4, adapter
+
+
+def test_two_adapters_in_one_continuous_batch_equal_each_alone(runtime_builds):
+    import pressa
+    from pressa.genai.sampling import SamplingConfig
+    from pressa.genai.sequence import Sequence
+    from pressa.genai.slots import SlotBatch
+
+    model = pressa.load(runtime_builds / "multi")
+    prompts = [[5, 9, 17, 33, 4, 70], [5, 41, 22, 6], [5, 9, 17, 33, 4, 70]]
+    adapters = ["map", "other", None]
+    alone = []
+    for p, a in zip(prompts, adapters):
+        cfg = SamplingConfig(max_new_tokens=6, ignore_eos=True, adapter=a)
+        alone.append([int(t[0]) for t, _ in model.generate_ids([p], cfg)])
+    seqs = [Sequence(list(p), SamplingConfig(max_new_tokens=6, ignore_eos=True, adapter=a))
+            for p, a in zip(prompts, adapters)]
+    batch = SlotBatch(model.session, 3, 16, model.eos_ids)
+    batch.admit(seqs[:2])                       # the third joins after a step, into the running batch
+    got = [[s.next_token] for s in seqs[:2]] + [[]]
+    batch.step()
+    for r in range(2):
+        got[r].append(seqs[r].next_token)
+    batch.admit(seqs[2:])
+    got[2].append(seqs[2].next_token)
+    while batch.active:
+        batch.step()
+        for r, s in enumerate(seqs):
+            if len(got[r]) < s.count:
+                got[r].append(s.next_token)
+    assert got == alone
+    assert alone[0] != alone[2]                 # the adapter really changes what the model says
+
+
+def test_generate_cli_and_api_pick_the_adapter(runtime_builds):
+    import pressa
+
+    m = pressa.load(runtime_builds / "multi")
+    plain = m.generate("t5 t50 t21 t6", chat=False, max_new_tokens=1)
+    mapped = m.generate("t5 t50 t21 t6", chat=False, max_new_tokens=1, adapter="map")
+    assert mapped.strip() == MAP["t21"] and plain != mapped
+    res = run_cli("generate", str(runtime_builds / "multi"), "t5 t50 t21 t6", "--no-chat", "--max-new-tokens", "1",
+                  "--adapter", "map")
+    assert res.returncode == 0 and res.stdout.strip() == MAP["t21"], res.stderr
+    assert_user_error(run_cli("generate", str(runtime_builds / "multi"), "t5", "--adapter", "nope"),
+                      "no adapter named 'nope'", "map, other")

@@ -137,12 +137,10 @@ class Arch:
             raise UnsupportedArchitecture(f"{self.model_type} with {on[0]} is not supported yet")
         return {**cfg, **{k: cfg[v] for k, v in self.config_aliases if cfg.get(v) is not None}}
 
-    def canonical(self, reader, layers: int, heads: int = 1, experts: int = 0):
-        """The weights (a WeightReader) under the names and layout the builder reads (Llama's, [out, in])."""
-        from pressa.sources.base import WeightReader
-
+    def checkpoint_names(self, reader, layers: int, experts: int = 0) -> dict[str, str]:
+        """pressa's weight names -> their names in `reader` (the family's checkpoint)."""
         if not self.hf_names:
-            return reader
+            return {n: n for n in reader.names}
         spelled, names = dict(self.hf_names), {}
         for role, ours in self.role_names().items():
             for i in range(layers) if ROLES[role].layer else [0]:
@@ -152,6 +150,15 @@ class Arch:
                                              for p in self.weight_prefixes)
                         if found:
                             names[ours.format(i=i, e=e) + suffix] = found
+        return names
+
+    def canonical(self, reader, layers: int, heads: int = 1, experts: int = 0):
+        """The weights (a WeightReader) under the names and layout the builder reads (Llama's, [out, in])."""
+        from pressa.sources.base import WeightReader
+
+        if not self.hf_names:
+            return reader
+        names = self.checkpoint_names(reader, layers, experts)
         flip = {n for n, src in names.items() if n.endswith(".weight") and any(t in src for t in self.transposed)}
 
         def read(name: str):

@@ -38,6 +38,7 @@ class BuildOptions:
     layer_bits: dict[str, int] = field(default_factory=dict)   # per-weight override (mixed precision)
     context_length: int | None = None
     adapter_path: str | None = None      # a PEFT LoRA adapter merged into the weights as they are read
+    adapters: str | None = None          # NAME=DIR,...: adapters kept as run-time weights (capture/lora.py)
     last_token_logits: bool = True       # lm_head only on each row's last token (prefill speed)
     algorithm: str = "rtn"               # rtn | awq | gptq (awq/gptq need calibration statistics)
     scale_search: bool = True            # per-group MSE search of scale / zero point
@@ -70,6 +71,7 @@ class DecoderBuilder(PositionEmitters):
                                           "GroupQueryAttention needs a multiple of 16")
         self.cfg, self.w, self.o = cfg, weights, opts
         self.calib = calib or {}
+        self.lora = None                     # RuntimeAdapters (capture/lora.py) for auto-opt --adapters
         self._captured: set[str] = set()
         self.fp16 = opts.precision == "fp16"
         self.np_dtype = np.float16 if self.fp16 else np.float32
@@ -101,6 +103,7 @@ class DecoderBuilder(PositionEmitters):
             self._captured.add(key)
             g.node("Identity", [x], f"/calib/{key}", outputs=[f"calib.{key}"])
             g.add_output(f"calib.{key}", self.onnx_dtype, None)
+        x_in = x
         if input_scale is not None:
             inv = self.fw(g, f"{name}.input_scale", 1.0 / input_scale)
             x = g.op("Mul", [x, inv], f"{name}/awq_Mul")
@@ -110,6 +113,11 @@ class DecoderBuilder(PositionEmitters):
             y = self.matmul_nbits(g, x, name, w, bits, key=key)
         if bias is not None:
             y = g.op("Add", [y, self.fw(g, f"{name}.bias", bias)], f"{name}/Add")
+        if self.lora is not None and key.split(".")[-1] in LINEARS:
+            parts = self.cfg.arch.linear_parts(int(key.split(".")[0]))[key.split(".")[1]]
+            outs = [(self.w.shapes(p + ".weight") if self.w.shapes else self.read(p + ".weight").shape)[0]
+                    for p in parts]
+            y = self.lora.branch(g, self.fw, x_in, y, name, parts, outs)
         return y
 
     def matmul_nbits(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bits: int,
@@ -202,6 +210,8 @@ class DecoderBuilder(PositionEmitters):
         for i in range(cfg.num_layers):
             for kv in ("key", "value"):
                 g.add_input(past(i, kv), dt, kv_shape)
+        if self.lora is not None:
+            self.lora.declare(g)
         g.add_output(LOGITS, TensorProto.FLOAT,
                      ["batch_size", 1 if self.o.last_token_logits else "sequence_length", cfg.vocab_size])
 

@@ -13,6 +13,7 @@ from pressa.artifact import ArtifactKind, Manifest, atomic_folder, write_json, w
 from pressa.artifact.llm_io import GENAI_CONFIG, genai_config
 from pressa.capture.config import DecoderConfig, decoder_config
 from pressa.capture.decoder import BuildOptions, DecoderBuilder
+from pressa.capture.lora import parse_adapters
 from pressa.errors import BadArgument, UnsupportedArchitecture
 from pressa.quant.sensitivity import assign_bits, relative_rtn_error
 from pressa.sources import open_source
@@ -83,6 +84,24 @@ def estimated_size(model: str | None, precision: str) -> int:
     return int(sum(f.stat().st_size for f in files) * per_weight)
 
 
+def _runtime_adapters(cfg: DecoderConfig, src: Source, opts: BuildOptions, log):
+    """auto-opt --adapters: each adapter's A and B, under pressa's weight names, for the builder."""
+    from pressa.capture.lora import RuntimeAdapters, parse_adapters
+
+    why = ("--adapter_path merges one adapter; give run-time adapters or a merged one" if opts.adapter_path else
+           "AWQ scales the linears' inputs the adapters read" if opts.algorithm == "awq" else
+           "its qkv rows are interleaved per head" if cfg.arch.interleaved_qkv else
+           "its experts are not adapted at run time" if cfg.arch.moe else "")
+    if why:
+        raise BadArgument(f"--adapters is not built for {cfg.arch.model_type} with these options yet: {why}")
+    specs = parse_adapters(opts.adapters)
+    family = ({n: n for n in src.weights.names} if src.pressa_names
+              else cfg.arch.checkpoint_names(src.weights, cfg.num_layers, cfg.num_experts))
+    lora = RuntimeAdapters(specs, family)
+    log(f"run-time adapters: {', '.join(lora.names)} (ids 1..{len(lora.names)}; 0 is the base)")
+    return lora
+
+
 def _general(src, out_dir: Path, opts: BuildOptions, provider: str, reason: str, log, progress, workflow,
              t0: float) -> dict:
     """A causal LM outside the table, through capture.general."""
@@ -123,6 +142,7 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
 
         src.weights = merged(src.weights, Path(opts.adapter_path))
         log(f"adapter {opts.adapter_path} merged into the weights")
+    lora = _runtime_adapters(cfg, src, opts, log) if opts.adapters else None
     if not src.pressa_names:
         src.weights = cfg.arch.canonical(src.weights, cfg.num_layers, cfg.num_heads, cfg.num_experts)
     if not cfg.arch.calibrated and (opts.algorithm != "rtn" or ratio < 1.0):
@@ -144,7 +164,13 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, calib)
         n8 = sum(1 for b in opts.layer_bits.values() if b == 8)
         log(f"mixed precision: {len(opts.layer_bits) - n8} weights int4, {n8} int8 (ratio {ratio})")
-    info = DecoderBuilder(cfg, src.weights, opts, calib).build(out_dir, progress)
+    builder = DecoderBuilder(cfg, src.weights, opts, calib)
+    builder.lora = lora
+    info = builder.build(out_dir, progress)
+    if lora:
+        from pressa.capture.lora import write_adapters_file
+
+        write_adapters_file(out_dir, lora.names, parse_adapters(opts.adapters))
     for name, data in src.tokenizer_files.items():
         (out_dir / name).write_bytes(data)
     write_json(out_dir / "config.json", src.config)

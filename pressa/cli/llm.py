@@ -106,7 +106,7 @@ def _auto_opt_openvino(workflow: dict, output: Path, overwrite: bool) -> None:
     log.info(f"wrote {output} (OpenVINO IR, {r['ir_bytes'] / 1e6:.1f} MB)")
 
 
-def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop):
+def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, adapter=None):
     from pressa.errors import BadArgument
     from pressa.genai.sampling import SamplingConfig
 
@@ -116,7 +116,7 @@ def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, see
             raise BadArgument("--stop '': an empty stop string would end every generation at once; give some text")
     return SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                           repetition_penalty=repetition_penalty, seed=seed, max_new_tokens=max_new_tokens,
-                          stop=list(stop or []))
+                          stop=list(stop or []), adapter=adapter)
 
 
 _MAXNEW = typer.Option(256, "--max-new-tokens", "--max_new_tokens", min=1, help="Tokens to generate at most.")
@@ -126,6 +126,8 @@ _TOPP = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling ma
 _REP = typer.Option(1.0, "--repetition-penalty", min=0.01, help="Penalty on tokens seen already (1 = off).")
 _SEED = typer.Option(None, "--seed", help="Random seed for sampling.")
 _STOP = typer.Option(None, "--stop", help="Stop when this text appears (repeatable).")
+_ADAPTER = typer.Option(None, "--adapter", help="Decode with this run-time LoRA adapter of the artifact "
+                        "(auto-opt --adapters NAME=DIR); default: the base model.")
 
 
 @app.command()
@@ -137,14 +139,14 @@ def generate(
     repetition_penalty: float = _REP, seed: int | None = _SEED, stop: list[str] | None = _STOP,
     chat: bool | None = typer.Option(None, "--chat/--no-chat",
                                         help="Wrap prompts in the model's chat template (default: when it has one)."),
-    runtime=None,
+    adapter: str | None = _ADAPTER, runtime=None,
 ):
     """Generate text. Only the generated text goes to stdout, streamed as it is produced."""
     import pressa
     from pressa.artifact import ArtifactKind, require_kind
 
     require_kind(model, ArtifactKind.DECODER_LLM, "generate")
-    cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop)
+    cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, adapter)
     prompts = [read_stdin() if p == "-" else check_text(p, "the prompt") for p in prompts]
     m = pressa.load(model, **runtime.model_dump())
     if len(prompts) == 1:
@@ -168,7 +170,7 @@ def chat(
     max_new_tokens: int = _MAXNEW, temperature: float = typer.Option(0.7, "--temperature", min=0.0),
     top_k: int = typer.Option(50, "--top-k", min=0), top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
     repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", min=0.01),
-    seed: int | None = _SEED, runtime=None,
+    seed: int | None = _SEED, adapter: str | None = _ADAPTER, runtime=None,
 ):
     """Chat in the terminal with the model's chat template. /reset clears history, /exit or Ctrl-D quits.
 
@@ -180,8 +182,9 @@ def chat(
 
     require_kind(model, ArtifactKind.DECODER_LLM, "chat")
     system = check_text(system, "--system") if system else None
-    cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None)
+    cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None, adapter)
     m = pressa.load(model, **runtime.model_dump())
+    m.session.adapter_id(adapter)
     if not m.has_chat_template:
         raise BadArgument("this model has no chat template; use `pressa generate --no-chat`")
     if max_new_tokens >= m.session.context_length:

@@ -58,9 +58,10 @@ def open_decoder(folder, runtime, all_logits: bool = False, log=None) -> Decoder
     # ONNX Runtime takes the device asked for only when it is the backend asked for (not OpenVINO's AUTO, ...)
     on_ort = runtime.model_copy(update={"backend": "onnxruntime",
                                         **({} if runtime.backend == "onnxruntime" else {"device": "cpu"})})
-    if not probe.shared_buffer:                 # the general path's graphs run on ONNX Runtime
+    if not probe.shared_buffer or probe.adapters:     # general-path graphs and run-time adapters: ONNX Runtime
         if runtime.backend == "openvino":
-            raise BadArgument(f"{folder} was built by the general path, which runs on --backend onnxruntime only")
+            what = "has run-time adapters" if probe.adapters else "was built by the general path"
+            raise BadArgument(f"{folder} {what}, which run on --backend onnxruntime only")
         return DecoderSession(folder, all_logits=all_logits, runtime=on_ort)
     if runtime.backend == "onnxruntime" or all_logits:
         if all_logits and runtime.backend == "openvino":

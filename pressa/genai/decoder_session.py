@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, present, read_genai_config
+from pressa.capture.lora import ADAPTER_IDS, read_adapter_names
 from pressa.capture.positions import LAST_TOKEN_NODE
 from pressa.errors import BadArgument
 from pressa.runtime.session import open_session
@@ -40,7 +41,23 @@ class DecoderBackend:
         self.model_path = folder / d.get("filename", "model.onnx")
         # False for the general path's graphs, whose cache grows by concatenation (capture/general.py)
         self.shared_buffer = bool(self.config.get("search", {}).get("past_present_share_buffer", True))
+        self.adapters = read_adapter_names(folder)       # run-time LoRA adapters (capture/lora.py), id = index + 1
         self.lengths: np.ndarray | None = None
+        self._adapter_rows: np.ndarray | None = None
+
+    def adapter_id(self, name: str | None) -> int:
+        """The graph's id of a run-time adapter (0: none, the base)."""
+        if not name:
+            return 0
+        if name not in self.adapters:
+            have = f"this model has: {', '.join(self.adapters)}" if self.adapters else "this model has none"
+            raise BadArgument(f"no adapter named {name!r}; {have} (auto-opt --adapters NAME=DIR builds them in)")
+        return self.adapters.index(name) + 1
+
+    def adapter_rows(self, names: list[str | None]) -> dict:
+        """run()'s keyword for rows using these adapters: {} for a model without run-time adapters."""
+        ids = [self.adapter_id(n) for n in names]
+        return {"adapters": np.asarray(ids, np.int64)} if self.adapters else {}
 
     def check_capacity(self, capacity: int) -> None:
         """BadArgument when a sequence of `capacity` positions (prompt plus new tokens) cannot fit."""
@@ -55,9 +72,11 @@ class DecoderBackend:
         return KVBuffers((zeros(shape, self.kv_dtype), zeros(shape, self.kv_dtype)) for _ in range(self.num_layers))
 
     # -- whole-batch use (evaluation, tests): prefill prompts, then step every row ------------
-    def prefill(self, prompts: list[list[int]], capacity: int) -> tuple[np.ndarray, np.ndarray]:
-        """Run the prompts; returns (last-token logits [B, V], logits [B, S, V] right-padded, where S
-        is 1 for a last-token graph unless the session was opened with all_logits)."""
+    def prefill(self, prompts: list[list[int]], capacity: int, adapter: str | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Run the prompts (with run-time adapter `adapter`, if any); returns (last-token logits [B, V],
+        logits [B, S, V] right-padded, where S is 1 for a last-token graph unless the session was opened
+        with all_logits)."""
         self.check_capacity(capacity)
         self.capacity = capacity
         self.cache = self.new_cache(len(prompts), capacity)
@@ -65,7 +84,8 @@ class DecoderBackend:
         ids, mask = right_padded(prompts)
         lens = mask.sum(axis=1)
         logits = np.empty((len(prompts), 1 if self.last_only else ids.shape[1], self.vocab_size), np.float32)
-        self.binding.run(ids, mask, logits)
+        self._rows = self.adapter_rows([adapter] * len(prompts))
+        self.binding.run(ids, mask, logits, **self._rows)
         self.lengths = lens
         self._step_logits = np.zeros((len(prompts), 1, self.vocab_size), np.float32)
         last = logits[:, 0] if self.last_only else logits[np.arange(len(prompts)), lens - 1]
@@ -75,7 +95,8 @@ class DecoderBackend:
         """One new token per row; returns logits [B, V] (a view reused by the next step)."""
         if int(self.lengths.max()) + 1 > self.capacity:
             raise BadArgument("the KV cache is full; raise the capacity")
-        self.binding.run(np.asarray(tokens, np.int64).reshape(-1, 1), step_mask(self.lengths), self._step_logits)
+        self.binding.run(np.asarray(tokens, np.int64).reshape(-1, 1), step_mask(self.lengths), self._step_logits,
+                         **self._rows)
         self.lengths = self.lengths + 1
         return self._step_logits[:, 0, :]
 
@@ -145,13 +166,20 @@ class Binding:
             self.io.bind_ortvalue_output(present(i, "key"), ko)
             self.io.bind_ortvalue_output(present(i, "value"), vo)
         self._ov, self._logits = OV, None
+        self._adapters = bool(dec.adapters)
 
-    def run(self, ids: np.ndarray, mask: np.ndarray, logits: np.ndarray, live=None) -> None:
+    def run(self, ids: np.ndarray, mask: np.ndarray, logits: np.ndarray, live=None,
+            adapters: np.ndarray | None = None) -> None:
         """Tokens [B, S] with the attention mask over past and new positions [B, T]; the logits are
         written into `logits` ([B, 1, V] for a last-token graph, else [B, S, V]). `live`: the rows
-        that hold sequences, when some do not (a backend that runs rows one by one skips the others)."""
+        that hold sequences, when some do not (a backend that runs rows one by one skips the others).
+        `adapters`: each row's run-time adapter id (a graph with adapters; default all 0, the base)."""
         self.io.bind_cpu_input(INPUT_IDS, ids)
         self.io.bind_cpu_input(ATTENTION_MASK, mask)
+        if self._adapters:           # an overridable initializer (default 0): bound as an OrtValue, kept alive
+            rows = adapters if adapters is not None else np.zeros(len(ids), np.int64)
+            self._adapter_value = self._ov.ortvalue_from_numpy(np.ascontiguousarray(rows, np.int64))
+            self.io.bind_ortvalue_input(ADAPTER_IDS, self._adapter_value)
         if logits is not self._logits:
             self.io.bind_ortvalue_output(LOGITS, self._ov.ortvalue_from_numpy(logits))
             self._logits = logits

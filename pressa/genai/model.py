@@ -95,6 +95,7 @@ class Model:
         text (no text is decoded without it)."""
         for ids in prompts:
             check_request(ids, cfg)
+        self.session.adapter_id(cfg.adapter)
         capacity = max(len(p) for p in prompts) + cfg.max_new_tokens
         self.session.check_capacity(capacity)
         seqs = []

@@ -19,6 +19,7 @@ class SamplingConfig:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None       # report each chosen token's log-probability and this many alternatives
+    adapter: str | None = None        # the run-time LoRA adapter the sequence decodes with (None: the base)
 
 
 def token_logprobs(logits: np.ndarray, token: int, top: int) -> dict:

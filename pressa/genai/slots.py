@@ -86,7 +86,7 @@ class SlotBatch:
         slots = [i for i, r in enumerate(self.running) if r is None][:b]
         cache, settle = self.cache.for_slots(slots, width, dec.new_cache)
         logits = np.empty((b, 1 if dec.last_only else width, dec.vocab_size), np.float32)
-        dec.bind(cache).run(ids, mask, logits)
+        dec.bind(cache).run(ids, mask, logits, **dec.adapter_rows([s.cfg.adapter for s in group]))
         if settle:
             settle(lens)
         self.prefills += 1
@@ -105,7 +105,11 @@ class SlotBatch:
         live = [s for s in self.running[:n] if s is not None]
         for s in live:
             tokens[s.slot, 0] = s.next_token
-        self._step.run(tokens, step_mask(self.lengths[:n]), self._step_logits, [s.slot for s in live])
+        names = [None] * n
+        for s in live:
+            names[s.slot] = s.cfg.adapter
+        self._step.run(tokens, step_mask(self.lengths[:n]), self._step_logits, [s.slot for s in live],
+                       **self.backend.adapter_rows(names))
         for s in live:
             self.lengths[s.slot] += 1
         self.steps += 1

@@ -36,6 +36,8 @@ class BuilderConfig(PassConfig):
     adapter_path: str | None = Field(None, description="a PEFT LoRA adapter (pressa finetune's) merged into the "
                                      "weights as they stream through the builder",
                                      json_schema_extra=olive("adapter_path"))
+    adapters: str | None = Field(None, description="NAME=DIR,...: PEFT LoRA adapters kept as small run-time "
+                                 "weights beside the base (quantized once); each request picks one by name")
 
     @field_validator("group_size")
     @classmethod
@@ -58,7 +60,8 @@ class BuilderConfig(PassConfig):
         return BuildOptions(precision=self.precision, block_size=self.group_size, symmetric=self.symmetric,
                             accuracy_level=self.accuracy_level if self.execution_provider == "cpu" else 0,
                             embedding_bits=self.embedding_bits, algorithm=self.algorithm,
-                            scale_search=self.scale_search, adapter_path=self.adapter_path)
+                            scale_search=self.scale_search, adapter_path=self.adapter_path,
+                            adapters=self.adapters)
 
 
 class ModelBuilder(Pass):
