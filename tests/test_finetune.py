@@ -249,3 +249,24 @@ def test_generate_cli_and_api_pick_the_adapter(runtime_builds):
     assert res.returncode == 0 and res.stdout.strip() == MAP["t21"], res.stderr
     assert_user_error(run_cli("generate", str(runtime_builds / "multi"), "t5", "--adapter", "nope"),
                       "no adapter named 'nope'", "map, other")
+
+
+def test_serve_names_adapters_base_colon_adapter(runtime_builds):
+    """OpenAI clients pick an adapter with "model": "smol:map"; /v1/models lists the base and each adapter."""
+    openai = pytest.importorskip("openai")
+    from pressa.serve.models import load_models
+
+    from helpers import KEY, running
+
+    models = load_models([{"name": "smol", "path": str(runtime_builds / "multi")}])
+    with running(models, max_tokens=64) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["smol", "smol:map", "smol:other"]
+        answers = {}
+        for name in ("smol", "smol:map"):
+            r = client.completions.create(model=name, prompt="t5 t50 t21 t6", max_tokens=1, temperature=0)
+            assert r.model == name
+            answers[name] = r.choices[0].text.strip()
+        assert answers["smol:map"] == MAP["t21"] != answers["smol"]
+        with pytest.raises(openai.NotFoundError, match="smol:map, smol:other"):
+            client.completions.create(model="smol:nope", prompt="t5", max_tokens=1)

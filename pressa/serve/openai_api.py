@@ -75,9 +75,10 @@ class Completion:
 
     def __init__(self, request: Request, req: ChatRequest | CompletionRequest):
         self.request, self.req, self.chat = request, req, isinstance(req, ChatRequest)
-        self.m = model_named(request, req.model, TextGenerator, "/v1/embeddings")
+        self.m, adapter = with_adapter(request, req.model)
         logprobs = (req.top_logprobs or 0) if self.chat and req.logprobs else None if self.chat else req.logprobs
         self.cfg = sampling_config(req, request.app.state.max_tokens, logprobs)
+        self.cfg.adapter = adapter
         if self.chat:
             prompt = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
                       for m in req.messages]
@@ -121,7 +122,7 @@ class Completion:
                 "total_tokens": self.prompt_tokens + used}
 
     def envelope(self, obj: str, choices: list, **more) -> dict:
-        return {"id": self.rid, "object": obj, "created": self.created, "model": self.m.name, "choices": choices,
+        return {"id": self.rid, "object": obj, "created": self.created, "model": self.req.model, "choices": choices,
                 **more}
 
     async def answer(self) -> dict:
@@ -204,9 +205,26 @@ async def embeddings(request: Request):
             "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vecs)]}
 
 
+def with_adapter(request: Request, name: str) -> tuple[TextGenerator, str | None]:
+    """The text generator and run-time adapter a request's "model" names: "base", or "base:adapter"."""
+    models = request.app.state.models
+    base, sep, adapter = name.rpartition(":")
+    if name in models or not sep or base not in models:
+        return model_named(request, name, TextGenerator, "/v1/embeddings"), None
+    m = model_named(request, base, TextGenerator, "/v1/embeddings")
+    if adapter not in m.model.session.adapters:
+        have = ", ".join(f"{base}:{a}" for a in m.model.session.adapters) or "none"
+        raise RequestError(f"model {base} has no adapter {adapter!r}; its adapters: {have}", 404)
+    return m, adapter
+
+
 async def list_models(request: Request):
-    return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "pressa"}
-                                       for n in request.app.state.models]}
+    ids = []
+    for n, m in request.app.state.models.items():
+        ids.append(n)
+        if isinstance(m, TextGenerator):
+            ids += [f"{n}:{a}" for a in m.model.session.adapters]
+    return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "pressa"} for i in ids]}
 
 
 for prefix in ("/v1", "/v3"):
