@@ -270,3 +270,18 @@ def test_serve_names_adapters_base_colon_adapter(runtime_builds):
         assert answers["smol:map"] == MAP["t21"] != answers["smol"]
         with pytest.raises(openai.NotFoundError, match="smol:map, smol:other"):
             client.completions.create(model="smol:nope", prompt="t5", max_tokens=1)
+
+
+def test_eval_and_benchmark_take_the_adapter(runtime_builds, tmp_path):
+    """pressa eval --adapter measures the adapter: its perplexity equals the merged build's."""
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(f"t{20 + (i * 13) % 120}" for i in range(400)))
+    args = ("--perplexity", str(text), "--windows", "2", "--window-size", "64", "--json")
+    got = json.loads(run_cli("eval", str(runtime_builds / "multi"), *args, "--adapter", "map").stdout)
+    want = json.loads(run_cli("eval", str(runtime_builds / "map"), *args).stdout)
+    base = json.loads(run_cli("eval", str(runtime_builds / "multi"), *args).stdout)
+    assert abs(got["perplexity"] - want["perplexity"]) < 1e-3 * want["perplexity"]
+    assert abs(got["perplexity"] - base["perplexity"]) > 1e-2
+    res = run_cli("benchmark", str(runtime_builds / "multi"), "--prompt-tokens", "8", "--new-tokens", "4", "--runs",
+                  "1", "--warmup", "0", "--adapter", "other", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["decode_tokens_per_s"] > 0, res.stderr

@@ -243,6 +243,8 @@ def eval_cmd(
     data: Path | None = typer.Option(None, "--data", help="Text file for --reference: one sample per line."),
     samples: int = typer.Option(32, "--samples", min=1, help="Lines of --data to use."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    adapter: str | None = typer.Option(None, "--adapter", help="Perplexity with this run-time LoRA adapter of "
+                                       "the artifact (auto-opt --adapters)."),
     runtime=None,
 ):
     """Measure how much worse: perplexity on a text file, and/or agreement (top-1, KL) with the original."""
@@ -261,8 +263,12 @@ def eval_cmd(
 
         text = read_text(perplexity)
         with log.progress_bar("perplexity") as bar:
-            result.update(ppl(model, text, windows, window_size, batch, threads, bar))
+            result.update(ppl(model, text, windows, window_size, batch, threads, bar, adapter))
+        if adapter:
+            result["adapter"] = adapter
     if reference is not None:
+        if adapter:
+            raise BadArgument("--adapter applies to --perplexity; --reference compares the base")
         if data is None:
             raise BadArgument("--reference needs --data FILE (the inputs both models see)")
         from pressa.evaluate.agreement import agreement, artifact_logits, reference_logits, text_samples
@@ -291,7 +297,7 @@ def benchmark(
     runs: int = typer.Option(5, "--runs", min=1, help="Timed repetitions (median reported)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed repetitions first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
-    runtime=None,
+    adapter: str | None = _ADAPTER, runtime=None,
 ):
     """Time an artifact. LLMs: decode tokens/s, time to first token, prefill tokens/s; encoders and other
     ONNX models: rows (sentences)/s at --batch-size x --seq-len and latency at batch 1. Peak RSS for both."""
@@ -301,7 +307,8 @@ def benchmark(
 
     with log.progress_bar("benchmark") as bar:
         if kind_of(model) == ArtifactKind.DECODER_LLM:
-            result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, progress=bar, runtime=runtime)
+            result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, progress=bar, runtime=runtime,
+                                   adapter=adapter)
         else:
             result = benchmark_tensor_model(model, runtime, batch_size, seq_len, runs, warmup, bar)
     print_result(result, as_json, f"benchmark {model}")

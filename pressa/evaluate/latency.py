@@ -47,7 +47,7 @@ def prompt_of(model, tokens: int, text: str | None = None) -> list[int]:
 def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
               threads: int | None = None, hint: str = "latency", device: str = "cpu", text: str | None = None,
               chat_prompt: str | None = None, progress: Callable[[int, int, str], None] | None = None,
-              runtime=None) -> dict:
+              runtime=None, adapter: str | None = None) -> dict:
     """Warm-up, then `runs` repetitions of: TTFT of a `prompt_tokens` prompt, and decode speed of
     `new_tokens` greedy tokens (EOS ignored) after it; with `chat_prompt`, decode speed is timed
     after that (short) chat prompt instead, as chat users see it. Medians and spread."""
@@ -60,7 +60,8 @@ def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, run
     m = pressa.load(folder, **runtime.model_dump())
     load_s = time.perf_counter() - t_load
     ids = prompt_of(m, prompt_tokens, text)
-    cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
+    cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True, adapter=adapter)
+    m.session.adapter_id(adapter)
     chat_ids = m.encode_prompt(chat_prompt) if chat_prompt else None
 
     def one(prompt: list[int]) -> tuple[float, float]:

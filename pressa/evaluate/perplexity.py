@@ -33,17 +33,19 @@ def make_windows(ids: list[int], windows: int, window_size: int) -> list[list[in
 
 
 def perplexity(folder: Path, text: str, windows: int = 32, window_size: int = 512, batch: int = 2,
-               threads: int | None = None, progress: Callable[[int, int, str], None] | None = None) -> dict:
+               threads: int | None = None, progress: Callable[[int, int, str], None] | None = None,
+               adapter: str | None = None) -> dict:
     from pressa.genai.decoder_session import DecoderSession
     from pressa.genai.tokenizer import TextTokenizer
 
     tok = TextTokenizer(folder)
     chunks = make_windows(tok.encode(text, add_special_tokens=False), windows, window_size)
     session = DecoderSession(folder, threads=threads, hint="throughput", all_logits=True)
+    session.adapter_id(adapter)
     nlls: list[float] = []
     for i in range(0, len(chunks), batch):
         rows = chunks[i:i + batch]
-        _, logits = session.prefill(rows, capacity=window_size)
+        _, logits = session.prefill(rows, capacity=window_size, adapter=adapter)
         nlls += [window_nll(logits[b], np.asarray(r)) for b, r in enumerate(rows)]
         if progress:
             progress(len(nlls), len(chunks), f"window {len(nlls)}/{len(chunks)}")
