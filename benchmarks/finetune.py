@@ -42,7 +42,7 @@ def chitchat_jsonl(path: Path, n: int) -> Path:
     return path
 
 
-def artifact_eval_loss(folder: Path, exs) -> float:
+def artifact_eval_loss(folder: Path, exs, adapter: str | None = None) -> float:
     """Mean NLL per trained token of the artifact on the examples (pressa's ONNX Runtime decoder)."""
     import numpy as np
 
@@ -51,7 +51,7 @@ def artifact_eval_loss(folder: Path, exs) -> float:
     s = DecoderSession(folder, all_logits=True)
     total, count = 0.0, 0
     for e in exs:
-        _, logits = s.prefill([e.ids], capacity=len(e.ids) + 1)
+        _, logits = s.prefill([e.ids], capacity=len(e.ids) + 1, adapter=adapter)
         lg = logits[0, : len(e.ids) - 1].astype(np.float64)
         logp = lg - np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True)) - lg.max(-1, keepdims=True)
         for t in range(1, len(e.ids)):
@@ -86,15 +86,20 @@ def main() -> None:
         pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "fp32", "-o", str(w / "fp32-merged"))
         pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "int4", "-o", str(w / "int4-merged"))
         pressa("auto-opt", "--precision", "int4", "-o", str(w / "int4-base"))
+        pressa("auto-opt", "--adapters", f"chat={w / 'adapter'}", "--precision", "int4", "-o", str(w / "int4-runtime"))
         opts = DataOptions(data_files=str(data), use_chat_template=True, max_seq_len=a.max_seq_len)
         tok = TextTokenizer(w / "int4-base")
         tok.eos_id = tok.token_id(tok.eos_token)
         held = examples(tok, records(opts)[1], opts, "eval")
         losses = {name: artifact_eval_loss(w / name, held) for name in ("fp32-merged", "int4-merged", "int4-base")}
-        from decode import measure
+        losses["int4-runtime (adapter chat)"] = artifact_eval_loss(w / "int4-runtime", held, "chat")
+        from pressa.evaluate.latency import benchmark
 
-        speed = {name: measure(str(w / name), 3, None, new_tokens=64)["decode_tokens_per_s"]
-                 for name in ("int4-base", "int4-merged")}
+        def tok_s(name, adapter=None):
+            return benchmark(w / name, prompt_tokens=128, new_tokens=64, runs=5, adapter=adapter)["decode_tokens_per_s"]
+        speed = {"int4-base": tok_s("int4-base"), "int4-merged": tok_s("int4-merged"),
+                 "int4-runtime (no adapter)": tok_s("int4-runtime"),
+                 "int4-runtime (adapter chat)": tok_s("int4-runtime", "chat")}
         (Path.cwd() / "finetune-loss.png").write_bytes((w / "adapter" / "loss.png").read_bytes())
     result = {"benchmark": "finetune", "steps": ft["steps"], "steps_per_s": ft["steps_per_s"],
               "peak_rss_mb": ft["peak_rss_mb"], "train_wall_s": round(train_s, 1),
@@ -103,7 +108,8 @@ def main() -> None:
               "machine": machine()}
     rows = [("torch fp32, before", f"{ft['eval_loss_before']:.4f}", ""),
             ("torch fp32, after (LoRA)", f"{ft['eval_loss_after']:.4f}", ""),
-            *[(f"pressa {n}", f"{v:.4f}", f"{speed.get(n, 0):.1f}" if n in speed else "") for n, v in losses.items()]]
+            *[(f"pressa {n}", f"{v:.4f}", f"{speed[n]:.1f}" if n in speed else "") for n, v in losses.items()],
+            ("pressa int4-runtime (no adapter)", "", f"{speed['int4-runtime (no adapter)']:.1f}")]
     emit(result, rows, ("model", "eval loss (held-out assistant turns)", "decode tok/s"), a.json)
     print(f"training: {ft['steps']} steps, {ft['steps_per_s']} steps/s, peak RSS {ft['peak_rss_mb']} MB; "
           "loss curve in finetune-loss.png", file=sys.stderr)

@@ -285,3 +285,43 @@ def test_eval_and_benchmark_take_the_adapter(runtime_builds, tmp_path):
     res = run_cli("benchmark", str(runtime_builds / "multi"), "--prompt-tokens", "8", "--new-tokens", "4", "--runs",
                   "1", "--warmup", "0", "--adapter", "other", "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["decode_tokens_per_s"] > 0, res.stderr
+
+
+def test_workflow_fine_tunes_then_builds_and_guards_against_the_tuned_model(tmp_path):
+    """pressa run: Olive's LoRA pass, then ModelBuilder; the accuracy guard's reference is the fine-tuned
+    model (as fp32), not the base."""
+    import pressa
+
+    hf = make_tiny("llama", tmp_path / "hf")
+    data = write_jsonl(tmp_path / "train.jsonl", mapping_records(240, 0))
+    cfg = {"input_model": {"type": "HfModel", "model_path": str(hf)},
+           "passes": {"tune": {"type": "LoRA", "data_files": str(data), "text_template": TEMPLATE, "lora_r": 16,
+                               "lora_alpha": 32, "max_steps": 200, "learning_rate": 3e-3, "batch_size": 8},
+                      "build": {"type": "ModelBuilder", "precision": "int8"}},
+           "evaluators": {"e": {"metrics": [{"name": "agree", "type": "accuracy",
+                                             "sub_types": [{"name": "agreement"}]}]}},
+           "cache_dir": "c", "output_dir": "out"}
+    (tmp_path / "w.json").write_text(json.dumps(cfg))
+    res = run_cli("run", "--config", str(tmp_path / "w.json"))
+    assert res.returncode == 0, res.stderr
+    assert "reference: the fine-tuned model as fp32" in res.stderr
+    foot = json.loads((tmp_path / "out" / "footprints.json").read_text())
+    agree = foot["trials"][foot["chosen"]]["metrics"]["agree"]["agreement"]
+    assert agree > 0.9                                    # int8 of the tuned model against the tuned model
+    m = pressa.load(tmp_path / "out")
+    held = mapping_records(12, seed=7)
+    assert all(m.generate(f"t5 {r['question']} t6", chat=False, max_new_tokens=1).strip() == r["answer"]
+               for r in held)
+
+
+def test_data_name_reads_a_dataset_folder_and_its_splits(tmp_path):
+    """--data_name takes what datasets.load_dataset takes (a Hub name from the local cache, or a folder of
+    data files with splits); --eval_split names the held-out split."""
+    from pressa.finetune.data import DataOptions, records
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", mapping_records(30, 4))
+    write_jsonl(folder / "test.jsonl", mapping_records(5, 5))
+    train, held = records(DataOptions(data_name=str(folder), eval_split="test", text_template=TEMPLATE))
+    assert len(train) == 30 and len(held) == 5 and held[0] == mapping_records(5, 5)[0]

@@ -117,7 +117,7 @@ class DecoderBuilder(PositionEmitters):
             parts = self.cfg.arch.linear_parts(int(key.split(".")[0]))[key.split(".")[1]]
             outs = [(self.w.shapes(p + ".weight") if self.w.shapes else self.read(p + ".weight").shape)[0]
                     for p in parts]
-            y = self.lora.branch(g, self.fw, x_in, y, name, parts, outs)
+            y = self.lora.branch(self, g, x_in, y, name, parts, outs)
         return y
 
     def matmul_nbits(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bits: int,

@@ -3,9 +3,10 @@ kept in float beside them, and each row of a batch choosing its adapter by the g
 `adapter_ids` (0: none; 1..n: the adapters in artifact order; default 0, so runtimes that do not know
 the input run the base).
 
-Per linear that an adapter changes, for the rows' adapters k: y += (x @ A_k^T) @ (scale_k B_k)^T, with
-A and B gathered per row from tensors stacked over the adapters (slot 0 all zeros). A fused linear (q, k,
-v stacked; gate and up) takes the parts' A side by side and one B per part, and concatenates.
+Per linear that an adapter changes, for the rows' adapters k: y += (x @ A_k^T) @ (scale_k B_k)^T: every
+adapter's A side by side, the row's ranks kept by a mask, every adapter's B stacked (so the weights are
+read in place, never gathered per row). A fused linear (q, k, v stacked; gate and up) takes the parts'
+A side by side and one B per part, and concatenates.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class RuntimeAdapters:
             scale = lora_scale(cfg)
             self.deltas.append({n: (a, b * scale) for n, (a, b) in pairs.items()})
         self.rows: str | None = None
+        self._masks: dict[tuple[int, int], str] = {}
 
     def declare(self, g: GraphWriter) -> None:
         """The adapter_ids input (default [0]) and its value per batch row."""
@@ -65,39 +67,61 @@ class RuntimeAdapters:
                                g.const("/lora/one", [1])], "/lora/batch")
         self.rows = g.op("Expand", [ADAPTER_IDS, batch], "/lora/rows")
 
-    def stacks(self, parts: list[str], outs: list[int]) -> tuple[np.ndarray, list[np.ndarray]] | None:
-        """(A stacked [n+1, in, P*R], [B_p [n+1, R, out_p]]) for a linear made of `parts` (pressa names
-        without .weight, `outs` their output sizes), or None when no adapter changes it."""
+    def stacks(self, parts: list[str], outs: list[int]) -> tuple[np.ndarray, list[np.ndarray], int] | None:
+        """(A [in, P*n*R], [B_p [n*R, out_p]], R) for a linear made of `parts` (pressa names without .weight,
+        `outs` their output sizes): part p's block of columns holds each adapter's R ranks in turn. None when
+        no adapter changes the linear."""
         found = [[d.get(self.family.get(p + ".weight", "")) for p in parts] for d in self.deltas]
         pairs = [x for row in found for x in row if x is not None]
         if not pairs:
             return None
-        rank, k_in = max(a.shape[0] for a, _ in pairs), pairs[0][0].shape[1]
-        a_all = np.zeros((len(found) + 1, k_in, len(parts) * rank), np.float32)
-        b_all = [np.zeros((len(found) + 1, rank, out), np.float32) for out in outs]
-        for k, row in enumerate(found, start=1):
+        rank, k_in, n = max(a.shape[0] for a, _ in pairs), pairs[0][0].shape[1], len(found)
+        a_all = np.zeros((k_in, len(parts) * n * rank), np.float32)
+        b_all = [np.zeros((n * rank, out), np.float32) for out in outs]
+        for k, row in enumerate(found):
             for j, x in enumerate(row):
                 if x is not None:
                     a, b = x
-                    a_all[k, :, j * rank: j * rank + a.shape[0]] = a.T
-                    b_all[j][k, : a.shape[0], :] = b.T
-        return a_all, b_all
+                    col = (j * n + k) * rank
+                    a_all[:, col: col + a.shape[0]] = a.T
+                    b_all[j][k * rank: k * rank + a.shape[0], :] = b.T
+        return a_all, b_all, rank
 
-    def branch(self, g: GraphWriter, fw, x: str, y: str, name: str, parts: list[str], outs: list[int]) -> str:
-        """y plus the rows' adapters' change of this linear (`outs`: each part's output size)."""
+    def _mask(self, g: GraphWriter, parts: int, rank: int) -> str:
+        """[B, 1, P*n*R]: 1 over the ranks of each row's adapter, 0 elsewhere (all 0 for the base)."""
+        key = (parts, rank)
+        if key not in self._masks:
+            n = len(self.deltas)
+            table = np.zeros((n + 1, parts * n * rank), np.float32)
+            for k in range(n):
+                for j in range(parts):
+                    table[k + 1, (j * n + k) * rank: (j * n + k + 1) * rank] = 1.0
+            lab = f"/lora/mask_{parts}x{rank}"
+            rows = g.op("Gather", [g.weight(f"{lab}/table", table), self.rows], f"{lab}/Gather", axis=0)
+            self._masks[key] = g.op("Unsqueeze", [rows, g.const(f"{lab}/axis", [1])], f"{lab}/Unsqueeze")
+        return self._masks[key]
+
+    def branch(self, b, g: GraphWriter, x: str, y: str, name: str, parts: list[str], outs: list[int]) -> str:
+        """y plus the rows' adapters' change of this linear (`outs`: each part's output size; `b`: the
+        DecoderBuilder, whose precision says how the adapter weights are stored: float, or int8
+        MatMulNBits in int4/int8 builds). Every adapter's ranks are computed and the row's kept by a
+        mask: the weights are read in place, where gathering each row's would copy them every step."""
         stacks = self.stacks(parts, outs)
         if stacks is None:
             return y
-        a_all, b_all = stacks
+        a_all, b_all, rank = stacks
         lab = f"{name}/lora"
-        a_rows = g.op("Gather", [fw(g, f"{name}.lora_A", a_all), self.rows], f"{lab}/Gather_A", axis=0)
-        t = g.op("MatMul", [x, a_rows], f"{lab}/MatMul_A")
+
+        def matmul(inp: str, w: np.ndarray, what: str) -> str:          # w [in, out]
+            if b.o.precision in ("int4", "int8"):
+                return b.matmul_nbits(g, inp, f"{lab}/{what}", w.T, 8, key=f"{name}.lora")
+            return g.op("MatMul", [inp, b.fw(g, f"{lab}/{what}", w)], f"{lab}/MatMul_{what}")
+
+        t = g.op("Mul", [matmul(x, a_all, "A"), self._mask(g, len(parts), rank)], f"{lab}/Mul_mask")
+        n_r = len(self.deltas) * rank
         pieces = [t] if len(parts) == 1 else g.node(
-            "Split", [t, g.const(f"{lab}/split", [a_all.shape[2] // len(parts)] * len(parts))], f"{lab}/Split",
-            len(parts), axis=-1)
-        deltas = [g.op("MatMul", [piece, g.op("Gather", [fw(g, f"{name}.lora_B{j}", b), self.rows],
-                                              f"{lab}/Gather_B{j}", axis=0)], f"{lab}/MatMul_B{j}")
-                  for j, (piece, b) in enumerate(zip(pieces, b_all))]
+            "Split", [t, g.const(f"{lab}/split", [n_r] * len(parts))], f"{lab}/Split", len(parts), axis=-1)
+        deltas = [matmul(piece, w, f"B{j}") for j, (piece, w) in enumerate(zip(pieces, b_all))]
         delta = deltas[0] if len(deltas) == 1 else g.op("Concat", deltas, f"{lab}/Concat", axis=-1)
         return g.op("Add", [y, delta], f"{lab}/Add")
 

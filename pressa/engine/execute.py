@@ -58,7 +58,7 @@ def execute(config: dict, output: Path, overwrite: bool = False, progress: Progr
     elif steps[0][0].input_kind == "llm":
         from pressa.capture.llm import estimated_size
 
-        need = estimated_size(wf.model, steps[0][1].precision)
+        need = estimated_size(wf.model, getattr(steps[-1][1], "precision", "fp32"))
     with atomic_folder(Path(output), overwrite, workflow_reads(wf), need_bytes=need) as tmp, quiet_tools():
         return _chain(steps, wf.model, tmp, config, progress, log, extra)
 

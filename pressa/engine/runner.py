@@ -105,6 +105,7 @@ def run_chain(wf: Workflow, passes: list[PassSpec], options: dict, cache: StepCa
     current: Path | str = wf.model
     key = model_key(wf.model)
     steps = []
+    made_llm = False                  # the previous pass wrote a model folder (finetune) a converter reads
     for spec in passes:
         cls = get_pass(spec.type)
         opts = options.get(spec.key, spec.fixed)
@@ -119,9 +120,9 @@ def run_chain(wf: Workflow, passes: list[PassSpec], options: dict, cache: StepCa
                 continue
             log(f"  {spec.key} ({cls.name}): cache hit")
             steps.append({"pass": spec.key, "cached": True, "cache_key": k})
-            current, key = hit, k
+            current, key, made_llm = hit, k, cls.output_kind == "llm"
             continue
-        _check_input(cls, current, wf, spec)
+        _check_input(cls, current, wf, spec, made_llm)
         log(f"  {spec.key} ({cls.name}): running")
         t0 = time.perf_counter()
         src = current
@@ -138,7 +139,7 @@ def run_chain(wf: Workflow, passes: list[PassSpec], options: dict, cache: StepCa
             continue
         steps.append({"pass": spec.key, "cached": False, "cache_key": k,
                       "seconds": round(time.perf_counter() - t0, 2)})
-        current, key = out, k
+        current, key, made_llm = out, k, cls.output_kind == "llm"
     return current, steps
 
 
@@ -149,8 +150,8 @@ def _build_step(cls, cfg, src, tmp: Path, log, progress) -> dict:
     return {k: v for k, v in rep.items() if isinstance(v, plain)}
 
 
-def _check_input(cls, current, wf: Workflow, spec: PassSpec) -> None:
-    is_source = isinstance(current, str) or Path(current) == Path(wf.model)
+def _check_input(cls, current, wf: Workflow, spec: PassSpec, made_llm: bool = False) -> None:
+    is_source = isinstance(current, str) or Path(current) == Path(wf.model) or made_llm
     if is_source and wf.model_kind in ("llm", "hf") and cls.input_kind == "onnx":
         raise BadConfig(f"passes.{spec.key}: the input model is not ONNX yet; start with a conversion pass "
                         "(ModelBuilder for LLMs, OnnxConversion for other Hugging Face models)")

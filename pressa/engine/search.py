@@ -135,15 +135,20 @@ def _original(wf: Workflow, cache: StepCache, log) -> Path | None:
         from pressa.graph.onnx_io import model_folder
 
         return model_folder(wf.model) if Path(wf.model).is_file() else Path(wf.model)
+    from pressa.passes.base import get_pass
+
     first = wf.passes[0]
+    chain = []
+    if get_pass(first.type).output_kind == "llm":          # fine-tuned first: the reference is the tuned model
+        chain, what = [first], "the fine-tuned model as fp32"
     if wf.model_kind == "llm":
-        spec = PassSpec("original", "model-builder", {"precision": "fp32"}, {})
+        chain.append(PassSpec("original", "model-builder", {"precision": "fp32"}, {}))
     elif first.type == "capture":
-        spec = PassSpec("original", "capture", dict(first.fixed), {})
+        chain.append(PassSpec("original", "capture", dict(first.fixed), {}))
     else:
         return None
-    log("reference: the original model as fp32")
-    art, _ = run_chain(wf, [spec], {}, cache, log)
+    log(f"reference: {what if len(chain) > 1 else 'the original model as fp32'}")
+    art, _ = run_chain(wf, chain, {}, cache, log)
     return Path(art)
 
 

@@ -170,11 +170,11 @@ def train(folder: str, data: DataOptions, o: LoraOptions, out: Path, progress, r
             for _ in range(o.gradient_accumulation_steps):
                 ids, mask, labels = _batch(next(batches), pad)
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                if not math.isfinite(float(loss)):
-                    raise BadArgument(f"the loss became {float(loss)} at step {run.step + 1}; "
-                                      "lower --learning_rate")
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise BadArgument(f"the loss became {value} at step {run.step + 1}; lower --learning_rate")
                 (loss / o.gradient_accumulation_steps).backward()
-                loss_sum += float(loss) / o.gradient_accumulation_steps
+                loss_sum += value / o.gradient_accumulation_steps
             opt.step()
             opt.zero_grad()
             run.step += 1

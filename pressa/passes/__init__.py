@@ -1,3 +1,3 @@
 """Every pass module, imported so that their classes register themselves (see passes.base.Pass)."""
 
-from pressa.passes import builder, capture, fp16, optimize, quantize  # noqa: F401
+from pressa.passes import builder, capture, finetune, fp16, optimize, quantize  # noqa: F401

@@ -93,6 +93,7 @@ class Pass:
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     input_kind: ClassVar[str] = "onnx"         # what it reads: onnx | hf (capture) | llm (model builder)
+    output_kind: ClassVar[str] = "onnx"        # what it writes: onnx, or llm (a model folder: finetune)
     summary: ClassVar[str] = ""
     Config: ClassVar[type[PassConfig]] = PassConfig
     registry: ClassVar[dict[str, type[Pass]]] = {}
