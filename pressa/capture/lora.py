@@ -6,7 +6,7 @@ the input run the base).
 Per linear that an adapter changes, for the rows' adapters k: y += (x @ A_k^T) @ (scale_k B_k)^T: every
 adapter's A side by side, the row's ranks kept by a mask, every adapter's B stacked (so the weights are
 read in place, never gathered per row). A fused linear (q, k, v stacked; gate and up) takes the parts'
-A side by side and one B per part, and concatenates.
+A side by side and their B block-diagonal: four nodes per linear.
 """
 
 from __future__ import annotations
@@ -67,24 +67,26 @@ class RuntimeAdapters:
                                g.const("/lora/one", [1])], "/lora/batch")
         self.rows = g.op("Expand", [ADAPTER_IDS, batch], "/lora/rows")
 
-    def stacks(self, parts: list[str], outs: list[int]) -> tuple[np.ndarray, list[np.ndarray], int] | None:
-        """(A [in, P*n*R], [B_p [n*R, out_p]], R) for a linear made of `parts` (pressa names without .weight,
-        `outs` their output sizes): part p's block of columns holds each adapter's R ranks in turn. None when
-        no adapter changes the linear."""
+    def stacks(self, parts: list[str], outs: list[int]) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(A [in, P*n*R], B [P*n*R, sum(outs)], R) for a linear made of `parts` (pressa names without
+        .weight, `outs` their output sizes): part p's block of A's columns holds each adapter's R ranks in
+        turn, and B is block-diagonal over the parts (one MatMul gives every part's change, in order). None
+        when no adapter changes the linear."""
         found = [[d.get(self.family.get(p + ".weight", "")) for p in parts] for d in self.deltas]
         pairs = [x for row in found for x in row if x is not None]
         if not pairs:
             return None
         rank, k_in, n = max(a.shape[0] for a, _ in pairs), pairs[0][0].shape[1], len(found)
         a_all = np.zeros((k_in, len(parts) * n * rank), np.float32)
-        b_all = [np.zeros((n * rank, out), np.float32) for out in outs]
+        b_all = np.zeros((len(parts) * n * rank, sum(outs)), np.float32)
+        starts = np.cumsum([0, *outs])
         for k, row in enumerate(found):
             for j, x in enumerate(row):
                 if x is not None:
                     a, b = x
                     col = (j * n + k) * rank
                     a_all[:, col: col + a.shape[0]] = a.T
-                    b_all[j][k * rank: k * rank + a.shape[0], :] = b.T
+                    b_all[col: col + a.shape[0], starts[j]: starts[j + 1]] = b.T
         return a_all, b_all, rank
 
     def _mask(self, g: GraphWriter, parts: int, rank: int) -> str:
@@ -118,11 +120,7 @@ class RuntimeAdapters:
             return g.op("MatMul", [inp, b.fw(g, f"{lab}/{what}", w)], f"{lab}/MatMul_{what}")
 
         t = g.op("Mul", [matmul(x, a_all, "A"), self._mask(g, len(parts), rank)], f"{lab}/Mul_mask")
-        n_r = len(self.deltas) * rank
-        pieces = [t] if len(parts) == 1 else g.node(
-            "Split", [t, g.const(f"{lab}/split", [n_r] * len(parts))], f"{lab}/Split", len(parts), axis=-1)
-        deltas = [matmul(piece, w, f"B{j}") for j, (piece, w) in enumerate(zip(pieces, b_all))]
-        delta = deltas[0] if len(deltas) == 1 else g.op("Concat", deltas, f"{lab}/Concat", axis=-1)
+        delta = matmul(t, b_all, "B")
         return g.op("Add", [y, delta], f"{lab}/Add")
 
 
