@@ -325,3 +325,29 @@ def test_data_name_reads_a_dataset_folder_and_its_splits(tmp_path):
     write_jsonl(folder / "test.jsonl", mapping_records(5, 5))
     train, held = records(DataOptions(data_name=str(folder), eval_split="test", text_template=TEMPLATE))
     assert len(train) == 30 and len(held) == 5 and held[0] == mapping_records(5, 5)[0]
+
+
+def test_a_gguf_model_is_fine_tuned_and_merged(tmp_path):
+    """A GGUF source is written out as a trainable folder; its adapter merges back into the GGUF's build."""
+    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.llm import build_llm
+    from pressa.finetune.data import DataOptions
+    from pressa.finetune.run import finetune
+    from pressa.finetune.train import LoraOptions
+    from pressa.genai.decoder_session import DecoderSession
+
+    from gguf_files import write_gguf
+
+    hf = make_tiny("llama", tmp_path / "hf")
+    write_gguf(hf, tmp_path / "tiny.gguf")
+    # the test GGUF's byte-level vocabulary spells bytes 0x00..0x20 (gguf_files): text of control characters
+    data = write_jsonl(tmp_path / "d.jsonl", [{"q": chr(3 + i % 20), "a": chr(3 + (i * 7) % 20)} for i in range(40)])
+    f = finetune(str(tmp_path / "tiny.gguf"), DataOptions(data_files=str(data), text_template="\x01{q}\x02{a}"),
+                 LoraOptions(lora_r=8, max_steps=3, batch_size=4), tmp_path / "ad")["finetune"]
+    assert f["steps"] == 3 and len(f["losses"]) == 3
+    build_llm(str(tmp_path / "tiny.gguf"), tmp_path / "base", BuildOptions(precision="fp32"))
+    build_llm(str(tmp_path / "tiny.gguf"), tmp_path / "tuned", BuildOptions(precision="fp32",
+                                                                            adapter_path=str(tmp_path / "ad")))
+    rows = [[5, 9, 17, 33]]
+    base, tuned = (DecoderSession(tmp_path / p, threads=1).prefill(rows, capacity=6)[0] for p in ("base", "tuned"))
+    assert np.abs(base - tuned).max() > 1e-3                 # the adapter reached the GGUF's weights
