@@ -71,6 +71,23 @@ def token_ids(v) -> list[int]:
     return [int(x) for x in v] if isinstance(v, list) else [int(v)]
 
 
+def _ropes(cfg: dict) -> tuple[Rope, Rope | None, float]:
+    """(rotary of full-attention layers, of sliding layers when another, the rotary share of each head)."""
+    rope_all = cfg.get("rope_parameters") or cfg.get("rope_scaling")
+    theta = float(cfg.get("rope_theta", 10000.0))
+    local_rope = None
+    if isinstance(rope_all, dict) and "full_attention" in rope_all:   # transformers 5, per layer type
+        rope = _rope_from(rope_all["full_attention"], theta)
+        local_rope = _rope_from(rope_all.get("sliding_attention"), theta)
+    else:
+        rope = _rope_from(rope_all if isinstance(rope_all, dict) else None, theta)
+        if "rope_local_base_freq" in cfg:
+            local_rope = Rope(theta=float(cfg["rope_local_base_freq"]))
+    partial = float(cfg.get("partial_rotary_factor", (rope_all or {}).get("partial_rotary_factor", 1.0)
+                            if isinstance(rope_all, dict) else 1.0))
+    return rope, local_rope, partial
+
+
 def _experts(arch: Arch, cfg: dict, n: int) -> dict:
     """The mixture-of-experts fields: every layer, or every decoder_sparse_step-th outside mlp_only_layers."""
     if not arch.moe:
@@ -95,18 +112,7 @@ def decoder_config(cfg: dict) -> DecoderConfig:
         heads = int(cfg["num_attention_heads"])
         n = int(cfg["num_hidden_layers"])
         head_dim = int(cfg.get("head_dim") or hidden // heads)
-        rope_all = cfg.get("rope_parameters") or cfg.get("rope_scaling")
-        theta = float(cfg.get("rope_theta", 10000.0))
-        local_rope = None
-        if isinstance(rope_all, dict) and "full_attention" in rope_all:   # transformers 5, per layer type
-            rope = _rope_from(rope_all["full_attention"], theta)
-            local_rope = _rope_from(rope_all.get("sliding_attention"), theta)
-        else:
-            rope = _rope_from(rope_all if isinstance(rope_all, dict) else None, theta)
-            if "rope_local_base_freq" in cfg:
-                local_rope = Rope(theta=float(cfg["rope_local_base_freq"]))
-        partial = float(cfg.get("partial_rotary_factor", (rope_all or {}).get("partial_rotary_factor", 1.0)
-                                if isinstance(rope_all, dict) else 1.0))
+        rope, local_rope, partial = _ropes(cfg)
         act = arch.activation(cfg.get("hidden_activation") or cfg.get("hidden_act") or arch.default_act)
         qpas = cfg.get("query_pre_attn_scalar")
         attn_scale = float(qpas) ** -0.5 if qpas else cfg.get("attention_multiplier")

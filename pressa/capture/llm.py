@@ -13,7 +13,6 @@ from pressa.artifact import ArtifactKind, Manifest, atomic_folder, write_json, w
 from pressa.artifact.llm_io import GENAI_CONFIG, genai_config
 from pressa.capture.config import DecoderConfig, decoder_config
 from pressa.capture.decoder import BuildOptions, DecoderBuilder
-from pressa.capture.lora import parse_adapters
 from pressa.errors import BadArgument, UnsupportedArchitecture
 from pressa.quant.sensitivity import assign_bits, relative_rtn_error
 from pressa.sources import open_source
@@ -84,6 +83,20 @@ def estimated_size(model: str | None, precision: str) -> int:
     return int(sum(f.stat().st_size for f in files) * per_weight)
 
 
+def _prepare_weights(cfg: DecoderConfig, src: Source, opts: BuildOptions, log):
+    """The source's weights as the builder reads them: an --adapter_path merged in, under pressa's names
+    and layout; returns the run-time adapters (--adapters) or None."""
+    if opts.adapter_path:
+        from pressa.finetune.merge import merged
+
+        src.weights = merged(src.weights, Path(opts.adapter_path))
+        log(f"adapter {opts.adapter_path} merged into the weights")
+    lora = _runtime_adapters(cfg, src, opts, log) if opts.adapters else None
+    if not src.pressa_names:
+        src.weights = cfg.arch.canonical(src.weights, cfg.num_layers, cfg.num_heads, cfg.num_experts)
+    return lora
+
+
 def _runtime_adapters(cfg: DecoderConfig, src: Source, opts: BuildOptions, log):
     """auto-opt --adapters: each adapter's A and B, under pressa's weight names, for the builder."""
     from pressa.capture.lora import RuntimeAdapters, parse_adapters
@@ -137,14 +150,7 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         if src.kind not in ("hf", "hub"):
             raise
         return _general(src, out_dir, opts, provider, str(err), log, progress, workflow, t0)
-    if opts.adapter_path:
-        from pressa.finetune.merge import merged
-
-        src.weights = merged(src.weights, Path(opts.adapter_path))
-        log(f"adapter {opts.adapter_path} merged into the weights")
-    lora = _runtime_adapters(cfg, src, opts, log) if opts.adapters else None
-    if not src.pressa_names:
-        src.weights = cfg.arch.canonical(src.weights, cfg.num_layers, cfg.num_heads, cfg.num_experts)
+    lora = _prepare_weights(cfg, src, opts, log)
     if not cfg.arch.calibrated and (opts.algorithm != "rtn" or ratio < 1.0):
         raise BadArgument(f"{cfg.arch.model_type}: --algorithm {opts.algorithm} and --ratio are not built for its "
                           "layer form yet (they fold scales into a pre-norm before a gated MLP); use the default RTN")
@@ -168,9 +174,7 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
     builder.lora = lora
     info = builder.build(out_dir, progress)
     if lora:
-        from pressa.capture.lora import write_adapters_file
-
-        write_adapters_file(out_dir, lora.names, parse_adapters(opts.adapters))
+        lora.write(out_dir)
     for name, data in src.tokenizer_files.items():
         (out_dir / name).write_bytes(data)
     write_json(out_dir / "config.json", src.config)

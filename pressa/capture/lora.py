@@ -45,7 +45,7 @@ class RuntimeAdapters:
         """`family`: pressa's weight names -> the names in the checkpoint the adapters were trained on."""
         from pressa.finetune.merge import lora_scale, read_adapter
 
-        self.names = list(specs)
+        self.specs, self.names = specs, list(specs)
         self.deltas: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
         self.family = family
         for name, folder in specs.items():
@@ -58,6 +58,12 @@ class RuntimeAdapters:
             self.deltas.append({n: (a, b * scale) for n, (a, b) in pairs.items()})
         self.rows: str | None = None
         self._masks: dict[tuple[int, int], str] = {}
+
+    def write(self, folder: Path) -> None:
+        """adapters.json beside the graph: each adapter's name, id and source folder."""
+        (Path(folder) / ADAPTERS_FILE).write_text(json.dumps(
+            {"input": ADAPTER_IDS, "adapters": [{"name": n, "id": i + 1, "source": str(self.specs[n])}
+                                                for i, n in enumerate(self.names)]}, indent=1))
 
     def declare(self, g: GraphWriter) -> None:
         """The adapter_ids input (default [0]) and its value per batch row."""
@@ -122,12 +128,6 @@ class RuntimeAdapters:
         t = g.op("Mul", [matmul(x, a_all, "A"), self._mask(g, len(parts), rank)], f"{lab}/Mul_mask")
         delta = matmul(t, b_all, "B")
         return g.op("Add", [y, delta], f"{lab}/Add")
-
-
-def write_adapters_file(folder: Path, names: list[str], specs: dict[str, Path]) -> None:
-    (Path(folder) / ADAPTERS_FILE).write_text(json.dumps(
-        {"input": ADAPTER_IDS, "adapters": [{"name": n, "id": i + 1, "source": str(specs[n])}
-                                            for i, n in enumerate(names)]}, indent=1))
 
 
 def read_adapter_names(folder: Path) -> list[str]:
