@@ -152,3 +152,26 @@ def test_calibrated_algorithms_need_data(tiny_dir, tmp_path):
     with pytest.raises(BadArgument, match="calibration-data"):
         build_llm(str(tiny_dir("llama")), tmp_path / "x", BuildOptions(precision="int4", algorithm="gptq"))
     assert not (tmp_path / "x").exists()
+
+
+def test_a_tied_embedding_is_never_whole_in_float32(tmp_path):
+    """The quantized tied embedding is read and quantized a few thousand rows at a time from safetensors:
+    the build's peak allocation stays below the float32 embedding's own size (it was 4x above), and the
+    chunked quantization is byte-identical to quantizing the whole weight."""
+    import tracemalloc
+
+    from pressa.quant.packing import matmulnbits_tensors, packed_by_rows
+    from pressa.quant.rtn import quantize_rtn
+
+    w = np.random.default_rng(0).standard_normal((1000, 64)).astype(np.float32)
+    whole = matmulnbits_tensors(quantize_rtn(w, 4, 32, False, True))
+    parts = packed_by_rows(lambda a, b: w[a:b], 1000, 4, 32, False, True, chunk=96)
+    assert all(np.array_equal(whole[k], parts[k]) for k in whole)
+    hf = make_tiny("llama", tmp_path / "hf", vocab_size=65536, tie_word_embeddings=True)
+    tracemalloc.start()
+    try:
+        build_llm(str(hf), tmp_path / "out", BuildOptions(precision="int4"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 65536 * BASE["hidden_size"] * 4

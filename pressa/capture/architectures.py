@@ -171,7 +171,12 @@ class Arch:
         def shape(name: str) -> tuple:
             s = reader.shapes(names[name]) if reader.shapes else read(name).shape
             return tuple(reversed(s)) if name in flip else tuple(s)
-        return WeightReader(set(names), read, shape)
+
+        def rows(name: str, start: int, stop: int):
+            if name in flip or (self.interleaved_qkv and ".qkv_proj." in name):
+                return read(name)[start:stop]
+            return reader.rows(names[name], start, stop)
+        return WeightReader(set(names), read, shape, rows if reader.reads_rows else None)
 
     def features(self) -> str:
         """What sets the row apart from plain Llama, in words (pressa info)."""

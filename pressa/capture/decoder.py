@@ -20,7 +20,7 @@ from pressa.capture.moe import moe_mlp
 from pressa.capture.onnx_writer import MS, GraphWriter
 from pressa.capture.positions import PositionEmitters
 from pressa.errors import BadArgument, CorruptModel, UnsupportedArchitecture, validation_message
-from pressa.quant.packing import matmulnbits_tensors
+from pressa.quant.packing import matmulnbits_tensors, packed_by_rows
 from pressa.quant.plan import LINEARS, LayerPlan, QuantSettings, plan_layer
 from pressa.quant.rtn import fp16_exact, quantize_rtn
 from pressa.sources.base import WeightReader
@@ -292,18 +292,21 @@ class DecoderBuilder(PositionEmitters):
     def _embed(self, g: GraphWriter, ids: str) -> tuple[str, tuple | None]:
         """(embeddings, tied): with a tied quantized embedding, (its weight, its packed tensors) for the
         lm_head to read the same bytes."""
-        cfg, tied = self.cfg, None
-        e = self.read("model.embed_tokens.weight")
+        cfg, tied, name = self.cfg, None, "model.embed_tokens.weight"
         if self.o.precision in ("int4", "int8") and cfg.tie_embeddings:
-            # one quantized copy on disk, read by GatherBlockQuantized here and MatMulNBits in lm_head
+            # one quantized copy on disk, read by GatherBlockQuantized here and MatMulNBits in lm_head,
+            # quantized a few thousand rows at a time where the source reads rows alone (never whole in fp32)
             bits = self.o.embedding_bits
             # 8 bits: symmetric, searched (one candidate is llama.cpp's Q8_0 grid, exact on such sources)
             sym = self.o.symmetric or bits == 8
             block = self.embedding_block()
-            qw = quantize_rtn(e, bits, block, sym, self.o.scale_search and (bits == 4 or sym))
-            t = matmulnbits_tensors(qw)
-            v, nb = qw.scales.shape
-            tied = (e, t)          # lm_head reuses these bytes
+            v = (self.w.shapes(name) if self.w.shapes else self.read(name).shape)[0]
+            t = packed_by_rows(lambda a, b: self.w.rows(name, a, b), v, bits, block, sym,
+                               self.o.scale_search and (bits == 4 or sym), 8192 if self.w.reads_rows else v)
+            nb = t["B"].shape[1]
+            # lm_head reuses these bytes: it keeps only their shapes (the arrays are not held to the end)
+            tied = (np.broadcast_to(np.float32(0), (v, cfg.hidden_size)),
+                    {k: np.broadcast_to(np.zeros((), a.dtype), a.shape) for k, a in t.items()})
             ins = [g.weight("model.embed_tokens.qweight", t["B"], share_key=1, dims=(v, t["B"].size // v)),
                    ids,
                    self.scales(g, "model.embed_tokens.scales", t["scales"], share_key=2, dims=(v, nb),
@@ -311,10 +314,11 @@ class DecoderBuilder(PositionEmitters):
             if "zero_points" in t:
                 ins.append(g.weight("model.embed_tokens.zero_points", t["zero_points"], share_key=3,
                                     dims=(v, t["zero_points"].size // v)))
+            del t
             x = g.op("GatherBlockQuantized", ins, "/model/embed_tokens/GatherBlockQuantized", domain=MS,
                      gather_axis=0, quantize_axis=1, block_size=block, bits=bits)
         else:
-            x = g.op("Gather", [self.fw(g, "model.embed_tokens.weight", e), ids], "/model/embed_tokens/Gather")
+            x = g.op("Gather", [self.fw(g, name, self.read(name)), ids], "/model/embed_tokens/Gather")
         if cfg.arch.embed_scale:
             x = self._scaled(g, x, cfg.hidden_size ** 0.5, "embed_tokens")
         return self._scaled(g, x, cfg.embed_multiplier, "embed_multiplier"), tied

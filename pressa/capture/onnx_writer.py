@@ -42,8 +42,10 @@ class GraphWriter:
     def weight(self, name: str, array: np.ndarray, share_key: int | None = None,
                dims: tuple[int, ...] | None = None) -> str:
         """Add an initializer. `share_key`: tensors with the same key reuse one stretch of the data
-        file (e.g. a tied embedding read by Gather and by MatMulNBits with another shape)."""
-        array = np.ascontiguousarray(array)
+        file (e.g. a tied embedding read by Gather and by MatMulNBits with another shape); a tensor
+        sharing bytes already written is read for its dtype and shape only."""
+        if share_key is None or share_key not in self._shared:
+            array = np.ascontiguousarray(array)
         dims = tuple(array.shape) if dims is None else dims
         if array.nbytes <= INLINE_BYTES and share_key is None:
             t = numpy_helper.from_array(array.reshape(dims), name)

@@ -60,4 +60,7 @@ def merged(reader: WeightReader, folder: Path) -> WeightReader:
         delta = scale * (b @ a)
         return w + (delta.T if transposed else delta).astype(w.dtype)
 
-    return WeightReader(reader.names, read, reader.shapes)
+    def rows(name: str, start: int, stop: int) -> np.ndarray:
+        return read(name)[start:stop] if name in deltas else reader.rows(name, start, stop)
+
+    return WeightReader(reader.names, read, reader.shapes, rows if reader.reads_rows else None)

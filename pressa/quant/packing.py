@@ -32,6 +32,18 @@ def matmulnbits_tensors(qw: QuantizedWeight) -> dict[str, np.ndarray]:
     return out
 
 
+def packed_by_rows(read_rows, n_rows: int, bits: int, block: int, symmetric: bool, search: bool,
+                   chunk: int = 8192) -> dict[str, np.ndarray]:
+    """matmulnbits_tensors of an [n_rows, k] weight quantized `chunk` rows at a time (read_rows(start,
+    stop) gives them), so the float weight is never whole in memory; identical to quantizing it whole
+    (rows are quantized independently)."""
+    from pressa.quant.rtn import quantize_rtn
+
+    parts = [matmulnbits_tensors(quantize_rtn(read_rows(r, min(n_rows, r + chunk)), bits, block, symmetric, search))
+             for r in range(0, n_rows, chunk)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def unpack_matmulnbits(b: np.ndarray, bits: int, block_size: int) -> np.ndarray:
     """Inverse of the B layout: codes [N, n_blocks, block_size]."""
     return unpack_nibbles(b, block_size) if bits == 4 else b

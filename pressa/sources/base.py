@@ -21,6 +21,17 @@ class WeightReader:
     names: set[str]
     _read: Callable[[str], np.ndarray]
     shapes: Callable[[str], tuple] | None = None
+    _rows: Callable[[str, int, int], np.ndarray] | None = None   # rows start..stop-1 without the rest
+
+    @property
+    def reads_rows(self) -> bool:
+        return self._rows is not None
+
+    def rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 of a tensor: read alone where the source can (safetensors), else sliced."""
+        if self._rows is not None:
+            return self._rows(name, start, stop)
+        return self(name)[start:stop]
 
     def __contains__(self, name: str) -> bool:
         return name in self.names

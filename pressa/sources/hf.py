@@ -37,6 +37,7 @@ def open_hf_folder(folder: Path, kind: str = "hf") -> Source:
         names=set(weight_map),
         _read=lambda name: shards[weight_map[name]].read(name),
         shapes=lambda name: shards[weight_map[name]].shape(name),
+        _rows=lambda name, start, stop: shards[weight_map[name]].read(name, start, stop),
     )
     tok = {n: (folder / n).read_bytes() for n in TOKENIZER_FILES if (folder / n).is_file()}
     return Source(kind=kind, location=str(folder), config=config, weights=reader, tokenizer_files=tok)

@@ -19,9 +19,13 @@ _DTYPES = {
 }
 
 
-def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (as uint16) to float32: the high half of a float32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+def bf16_to_f32(raw: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """bfloat16 bits (as uint16) to float32: the high half of a float32 (in chunks: no second full-size
+    temporary beside the result)."""
+    flat, out = raw.reshape(-1), np.empty(raw.size, np.uint32)
+    for i in range(0, flat.size, chunk):
+        np.left_shift(flat[i:i + chunk], 16, out=out[i:i + chunk], dtype=np.uint32)
+    return out.view(np.float32).reshape(raw.shape)
 
 
 class SafetensorsFile:
@@ -56,20 +60,26 @@ class SafetensorsFile:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.header[name]["shape"])
 
-    def read(self, name: str) -> np.ndarray:
-        """The tensor as float32 (floats) or its own integer dtype, a copy detached from the map."""
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The tensor (or its rows start..stop-1) as float32 (floats) or its own integer dtype, read from
+        the file into memory of its own."""
         info = self.header[name]
-        start, end = info["data_offsets"]
+        begin, end = info["data_offsets"]
         dt = np.dtype(_DTYPES[info["dtype"]])
-        count = int(np.prod(info["shape"], dtype=np.int64))
-        if end - start != count * dt.itemsize:
+        shape = list(info["shape"])
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - begin != count * dt.itemsize:
             raise CorruptModel(f"{self.path}: tensor {name!r} is truncated; re-download the file")
-        raw = np.empty(count, dt)
+        if stop is not None or start:
+            row = int(np.prod(shape[1:], dtype=np.int64)) * dt.itemsize
+            stop = shape[0] if stop is None else min(stop, shape[0])
+            begin, end, shape = begin + start * row, begin + stop * row, [stop - start, *shape[1:]]
+        raw = np.empty(int(np.prod(shape, dtype=np.int64)), dt)
         with open(self.path, "rb") as f:
-            f.seek(self._base + start)
-            if f.readinto(memoryview(raw).cast("B")) != end - start:
+            f.seek(self._base + begin)
+            if f.readinto(memoryview(raw).cast("B")) != end - begin:
                 raise CorruptModel(f"{self.path}: tensor {name!r} is truncated; re-download the file")
-        arr = raw.reshape(info["shape"])
+        arr = raw.reshape(shape)
         if info["dtype"] == "BF16":
             return bf16_to_f32(arr)
         return arr.astype(np.float32, copy=False) if arr.dtype.kind == "f" else arr
