@@ -16,11 +16,12 @@ from onnx import TensorProto
 
 from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, present
 from pressa.capture.config import DecoderConfig
+from pressa.capture.embeddings import EmbeddingEmitters
 from pressa.capture.moe import moe_mlp
 from pressa.capture.onnx_writer import MS, GraphWriter
 from pressa.capture.positions import PositionEmitters
 from pressa.errors import BadArgument, CorruptModel, UnsupportedArchitecture, validation_message
-from pressa.quant.packing import matmulnbits_tensors, packed_by_rows
+from pressa.quant.packing import matmulnbits_tensors
 from pressa.quant.plan import LINEARS, LayerPlan, QuantSettings, plan_layer
 from pressa.quant.rtn import fp16_exact, quantize_rtn
 from pressa.sources.base import WeightReader
@@ -58,7 +59,7 @@ class BuildOptions:
             raise BadArgument(validation_message(err)) from None
 
 
-class DecoderBuilder(PositionEmitters):
+class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
     def __init__(self, cfg: DecoderConfig, weights: WeightReader, opts: BuildOptions, calib: dict | None = None):
         opts.validate()
         if opts.algorithm != "rtn" and not calib:
@@ -282,55 +283,6 @@ class DecoderBuilder(PositionEmitters):
         m = self.rms(g, self._mlp(g, x, i, plan), p + cfg.arch.post_mlp_norm + ".weight", f"{lab}/post_mlp_norm")
         return m, x
 
-    def _scaled(self, g: GraphWriter, x: str, factor: float, label: str) -> str:
-        """x * factor (Granite's multipliers), or x when the factor is 1."""
-        if factor == 1.0:
-            return x
-        return g.op("Mul", [x, g.weight(f"/model/{label}/multiplier", np.asarray(factor, self.np_dtype))],
-                    f"/model/{label}/multiplier_Mul")
-
-    def _embed(self, g: GraphWriter, ids: str) -> tuple[str, tuple | None]:
-        """(embeddings, tied): with a tied quantized embedding, (its weight, its packed tensors) for the
-        lm_head to read the same bytes."""
-        cfg, tied, name = self.cfg, None, "model.embed_tokens.weight"
-        if self.o.precision in ("int4", "int8") and cfg.tie_embeddings:
-            # one quantized copy on disk, read by GatherBlockQuantized here and MatMulNBits in lm_head,
-            # quantized a few thousand rows at a time where the source reads rows alone (never whole in fp32)
-            bits = self.o.embedding_bits
-            # 8 bits: symmetric, searched (one candidate is llama.cpp's Q8_0 grid, exact on such sources)
-            sym = self.o.symmetric or bits == 8
-            block = self.embedding_block()
-            v = (self.w.shapes(name) if self.w.shapes else self.read(name).shape)[0]
-            t = packed_by_rows(lambda a, b: self.w.rows(name, a, b), v, bits, block, sym,
-                               self.o.scale_search and (bits == 4 or sym), 8192 if self.w.reads_rows else v)
-            nb = t["B"].shape[1]
-            # lm_head reuses these bytes: it keeps only their shapes (the arrays are not held to the end)
-            tied = (np.broadcast_to(np.float32(0), (v, cfg.hidden_size)),
-                    {k: np.broadcast_to(np.zeros((), a.dtype), a.shape) for k, a in t.items()})
-            ins = [g.weight("model.embed_tokens.qweight", t["B"], share_key=1, dims=(v, t["B"].size // v)),
-                   ids,
-                   self.scales(g, "model.embed_tokens.scales", t["scales"], share_key=2, dims=(v, nb),
-                               constant=True)]
-            if "zero_points" in t:
-                ins.append(g.weight("model.embed_tokens.zero_points", t["zero_points"], share_key=3,
-                                    dims=(v, t["zero_points"].size // v)))
-            del t
-            x = g.op("GatherBlockQuantized", ins, "/model/embed_tokens/GatherBlockQuantized", domain=MS,
-                     gather_axis=0, quantize_axis=1, block_size=block, bits=bits)
-        else:
-            x = g.op("Gather", [self.fw(g, name, self.read(name)), ids], "/model/embed_tokens/Gather")
-        if cfg.arch.embed_scale:
-            x = self._scaled(g, x, cfg.hidden_size ** 0.5, "embed_tokens")
-        return self._scaled(g, x, cfg.embed_multiplier, "embed_multiplier"), tied
-
-    def embedding_block(self) -> int:
-        """Group size of the tied embedding: GatherBlockQuantized returns rows as wide as its padded
-        blocks, so the group must divide the hidden size (576 with --group-size 128 takes 64); the
-        lm_head reads the same bytes with the same group."""
-        h = self.cfg.hidden_size
-        return next((b for b in (self.o.block_size, 128, 64, 32, 16) if b <= self.o.block_size and h % b == 0),
-                    self.o.block_size)
-
     def plan(self, i: int) -> LayerPlan:
         """Layer i's quantization plan (pressa.quant.plan): the weights to write and what is folded."""
         load = {k: (lambda k=k: self.stacked(i, k)) for k in LINEARS}
@@ -418,31 +370,3 @@ class DecoderBuilder(PositionEmitters):
         if act == "gelu":
             return g.op("Gelu", [x], f"{lab}/Gelu", domain=MS)
         raise BadArgument(f"activation {act!r} is not supported (silu, gelu, gelu_pytorch_tanh)")
-
-    def _lm_head(self, g: GraphWriter, h: str, ids: str, tied: tuple | None) -> None:
-        cfg = self.cfg
-        name = "lm_head"
-        if tied is not None:
-            w, packed = tied
-            logits = self.matmul_nbits(g, h, name, w, self.o.embedding_bits, share_key=1, packed=packed,
-                                       block_size=self.embedding_block())
-        elif cfg.tie_embeddings:
-            # Gemm with transB reads the embedding initializer itself: one copy on disk
-            flat = g.op("Reshape", [h, g.const("/lm_head/flat", [-1, cfg.hidden_size])], "/lm_head/Reshape")
-            y = g.op("Gemm", [flat, "model.embed_tokens.weight"], "/lm_head/Gemm", transB=1)
-            shape = g.op("Concat", [g.op("Shape", [h], "/lm_head/Shape", end=-1),
-                                    g.const("/lm_head/vocab", [cfg.vocab_size])], "/lm_head/Concat", axis=0)
-            logits = g.op("Reshape", [y, shape], "/lm_head/Reshape_out")
-        else:
-            w = self.read("lm_head.weight")
-            logits = self.linear(g, h, name, w, self.opt("lm_head.bias"), "lm_head", self.bits_for("lm_head"))
-        if self.fp16:
-            logits = g.op("Cast", [logits], "/lm_head/Cast", to=TensorProto.FLOAT)
-        if cfg.logits_divisor != 1.0:
-            logits = g.op("Div", [logits, g.weight("/lm_head/divisor", np.asarray(cfg.logits_divisor, np.float32))],
-                          "/lm_head/Div")
-        if cfg.final_softcap:
-            c = g.weight("/lm_head/softcap", np.asarray(cfg.final_softcap, np.float32))
-            logits = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits, c], "/lm_head/softcap_Div")],
-                                       "/lm_head/Tanh"), c], "/lm_head/softcap_Mul")
-        g.node("Identity", [logits], "/lm_head/logits", outputs=[LOGITS])

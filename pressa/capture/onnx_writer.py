@@ -64,6 +64,25 @@ class GraphWriter:
         self.inits.append(t)
         return name
 
+    def weight_from_chunks(self, name: str, shape: tuple[int, ...], dtype, chunks) -> str:
+        """An external initializer written a chunk of rows at a time (never whole in memory)."""
+        start, length = None, 0
+        for chunk in chunks:
+            raw = np.ascontiguousarray(chunk, dtype).tobytes()
+            if start is None:
+                start, _ = self._write(raw)
+            else:
+                self._data.write(raw)
+                self._offset += len(raw)
+            length += len(raw)
+        t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), dims=shape)
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", self.data_name), ("offset", str(start)), ("length", str(length))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        self.inits.append(t)
+        return name
+
     def const(self, name: str, value, dtype=np.int64) -> str:
         return self.weight(name, np.asarray(value, dtype=dtype))
 
