@@ -83,6 +83,11 @@ def estimated_size(model: str | None, precision: str) -> int:
     return int(sum(f.stat().st_size for f in files) * per_weight)
 
 
+def _recorded(opts: BuildOptions) -> dict:
+    """The build options a manifest records (not the per-weight bits or the calibration switch)."""
+    return {k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs")}
+
+
 def _prepare_weights(cfg: DecoderConfig, src: Source, opts: BuildOptions, log):
     """The source's weights as the builder reads them: an --adapter_path merged in, under pressa's names
     and layout; returns the run-time adapters (--adapters) or None."""
@@ -179,14 +184,12 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         (out_dir / name).write_bytes(data)
     write_json(out_dir / "config.json", src.config)
     write_json(out_dir / GENAI_CONFIG, genai_config(cfg, info["context_length"], provider))
-    settings = settings or {**{k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs")},
-                            "ratio": ratio, "provider": provider,
-                            "calibration": {"samples": calibration_samples, "seqlen": calibration_seqlen}
-                            if calib else None}
+    settings = settings or {**_recorded(opts), "ratio": ratio, "provider": provider, "calibration": {
+        "samples": calibration_samples, "seqlen": calibration_seqlen} if calib else None}
     seconds = round(time.perf_counter() - t0, 2)
-    source = {"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type}
     return write_manifest(out_dir, Manifest(
-        kind=ArtifactKind.DECODER_LLM, source=source, workflow=workflow,
+        kind=ArtifactKind.DECODER_LLM, workflow=workflow,
+        source={"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type},
         passes=[{"pass": "source", "location": src.location},
                 {"pass": "model-builder", "config": settings, "seconds": seconds}],
         settings=settings, mixed_precision=opts.layer_bits or None,

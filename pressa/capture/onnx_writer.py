@@ -56,13 +56,18 @@ class GraphWriter:
                 start, length = self._write(array.tobytes())
                 if share_key is not None:
                     self._shared[share_key] = (start, length)
-            t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=dims)
-            t.data_location = TensorProto.EXTERNAL
-            for k, v in (("location", self.data_name), ("offset", str(start)), ("length", str(length))):
-                e = t.external_data.add()
-                e.key, e.value = k, v
+            t = self._external(name, array.dtype, dims, start, length)
         self.inits.append(t)
         return name
+
+    def _external(self, name: str, dtype, dims, start: int, length: int) -> TensorProto:
+        """A tensor whose bytes lie at [start, start + length) of the data file."""
+        t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), dims=dims)
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", self.data_name), ("offset", str(start)), ("length", str(length))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        return t
 
     def weight_from_chunks(self, name: str, shape: tuple[int, ...], dtype, chunks) -> str:
         """An external initializer written a chunk of rows at a time (never whole in memory)."""
@@ -75,12 +80,7 @@ class GraphWriter:
                 self._data.write(raw)
                 self._offset += len(raw)
             length += len(raw)
-        t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), dims=shape)
-        t.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", self.data_name), ("offset", str(start)), ("length", str(length))):
-            e = t.external_data.add()
-            e.key, e.value = k, v
-        self.inits.append(t)
+        self.inits.append(self._external(name, dtype, shape, start, length))
         return name
 
     def const(self, name: str, value, dtype=np.int64) -> str:
