@@ -147,6 +147,7 @@ def test_metrics_need_the_key_unless_public(server):
     ({"max_tokens": 2.5}, "max_tokens must be an integer"),
     ({"top_k": -5}, "top_k"),
     ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"repetition_penalty": 1e-310}, "repetition_penalty"),        # subnormal: logits / penalty overflow
     ({"temperature": True}, "temperature"),
     ({"echo": True}, "echo is not supported"),
     ({"best_of": 3}, "best_of is not supported"),

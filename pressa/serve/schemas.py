@@ -45,7 +45,8 @@ class GenerationParams(Body):
     temperature: float = Field(1.0, ge=0, le=2, description="0 picks the most likely token.")
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=-1, le=1 << 31, description="Sample among the k most likely tokens (0 or -1: off).")
-    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Above 1 discourages repeating tokens.")
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10, description="Above 1 discourages repeating tokens "
+                                      "(0.01 to 10, as --repetition-penalty).")
     stop: str | list[str] = Field([], description="Text that ends a choice (not included).")
     seed: int | None = Field(None, description="Choice i samples with seed + i (any integer, taken modulo 2**64).")
     ignore_eos: bool = Field(False, description="Generate max_tokens even past an end-of-sequence token.")
