@@ -68,10 +68,15 @@ def with_cache(model, layers: int):
                 extra["position_ids"] = pos[:, -input_ids.shape[1]:].clamp(min=0)
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
                              **{cache_arg: cache}, **extra)
-            got = getattr(out, "cache", None) or out.past_key_values
+            got = _cache_of(out)
             return (out.logits, *[t for layer in got.layers for t in (layer.keys, layer.values)])
 
     return CausalLMWithCache().eval()
+
+
+def _cache_of(out):
+    """A forward's KV cache (transformers 5 names it `cache`, 4 `past_key_values`)."""
+    return getattr(out, "cache", None) or out.past_key_values
 
 
 def _kv_shape(model) -> tuple[int, int, int]:
@@ -79,7 +84,7 @@ def _kv_shape(model) -> tuple[int, int, int]:
     torch = _torch()
     with torch.no_grad():
         out = model(input_ids=torch.ones((1, 2), dtype=torch.long), use_cache=True)
-    cache = getattr(out, "cache", None) or out.past_key_values
+    cache = _cache_of(out)
     k = cache.layers[0].keys
     return len(cache.layers), int(k.shape[1]), int(k.shape[3])
 
@@ -130,7 +135,7 @@ def export_causal_lm(model, out_dir: Path, log) -> dict:
     return {"layers": layers, "kv_heads": kv, "head_size": head, "vocab_size": vocab, "context_length": context,
             "hidden_size": int(getattr(cfg, "hidden_size", kv * head)),
             "num_heads": int(getattr(cfg, "num_attention_heads", kv)), "parity_max_abs_diff": worst,
-            "model_type": cfg.model_type, "eos": getattr(cfg, "eos_token_id", None),
+            "eos": getattr(cfg, "eos_token_id", None),
             "bos": getattr(cfg, "bos_token_id", None), "pad": getattr(cfg, "pad_token_id", None)}
 
 
@@ -171,7 +176,7 @@ def build_general_into(src, out_dir: Path, opts, provider: str, reason: str, log
     """The artifact of a causal LM outside the table into `out_dir`; returns what the manifest records."""
     from pressa.artifact import write_json
     from pressa.artifact.llm_io import GENAI_CONFIG
-    from pressa.graph.onnx_io import load_model
+    from pressa.graph.onnx_io import load_model, op_counts
 
     if opts.algorithm != "rtn" or opts.adapter_path:
         raise BadArgument(f"{'--adapter_path' if opts.adapter_path else '--algorithm ' + opts.algorithm} is not "
@@ -189,9 +194,7 @@ def build_general_into(src, out_dir: Path, opts, provider: str, reason: str, log
         (out_dir / name).write_bytes(data)
     write_json(out_dir / "config.json", src.config)
     write_json(out_dir / GENAI_CONFIG, _genai(facts, provider))
-    ops: dict[str, int] = {}
-    for node in load_model(out_dir / "model.onnx", load_data=False).graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    ops = op_counts(load_model(out_dir / "model.onnx", load_data=False))
     return {"general": {"reason": reason, "parity_max_abs_diff": facts["parity_max_abs_diff"],
                         "quantized_matmuls": quantized},
             "graph": {"op_counts": ops, "context_length": facts["context_length"], "logits": "all"}}

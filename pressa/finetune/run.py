@@ -53,14 +53,9 @@ def finetune(model: str | None, data: DataOptions, lora: LoraOptions, output: Pa
 def merged_folder(model: str | None, adapter: Path, out: Path) -> None:
     """The model with the adapter merged, as a Hugging Face-style folder (config.json, model.safetensors,
     tokenizer files) that auto-opt and the model builder read like any source."""
-    from safetensors.numpy import save_file
-
     from pressa.finetune.merge import merged
+    from pressa.finetune.train import write_folder
     from pressa.sources import open_source
 
     src = open_source(model)
-    weights = merged(src.weights, adapter)
-    save_file({n: weights(n) for n in sorted(weights.names)}, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(src.config, indent=1))
-    for name, data in src.tokenizer_files.items():
-        (out / name).write_bytes(data)
+    write_folder(src, merged(src.weights, adapter), out)

@@ -59,16 +59,22 @@ def trainable_folder(spec: str | None, work: Path) -> str:
     if cfg.arch.hf_names or cfg.arch.moe:
         raise BadArgument(f"a {cfg.arch.model_type} GGUF cannot be made trainable here yet; give its Hugging Face "
                           "folder or Hub id")
+    work.mkdir(parents=True, exist_ok=True)
+    write_folder(src, src.weights, work)
+    return str(work)
+
+
+def write_folder(src, weights, folder: Path) -> None:
+    """The source's config, these weights (one model.safetensors) and its tokenizer files as a Hugging
+    Face-style folder that transformers and pressa read."""
     import json
 
     from safetensors.numpy import save_file
 
-    work.mkdir(parents=True, exist_ok=True)
-    save_file({n: src.weights(n) for n in sorted(src.weights.names)}, str(work / "model.safetensors"))
-    (work / "config.json").write_text(json.dumps({**src.config, "architectures": None}))
+    save_file({n: weights(n) for n in sorted(weights.names)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(src.config, indent=1))
     for name, data in src.tokenizer_files.items():
-        (work / name).write_bytes(data)
-    return str(work)
+        (folder / name).write_bytes(data)
 
 
 def _lora_model(folder: str, o: LoraOptions):

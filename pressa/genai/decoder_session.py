@@ -43,7 +43,6 @@ class DecoderBackend:
         self.shared_buffer = bool(self.config.get("search", {}).get("past_present_share_buffer", True))
         self.adapters = read_adapter_names(folder)       # run-time LoRA adapters (capture/lora.py), id = index + 1
         self.lengths: np.ndarray | None = None
-        self._adapter_rows: np.ndarray | None = None
 
     def adapter_id(self, name: str | None) -> int:
         """The graph's id of a run-time adapter (0: none, the base)."""
@@ -56,8 +55,9 @@ class DecoderBackend:
 
     def adapter_rows(self, names: list[str | None]) -> dict:
         """run()'s keyword for rows using these adapters: {} for a model without run-time adapters."""
-        ids = [self.adapter_id(n) for n in names]
-        return {"adapters": np.asarray(ids, np.int64)} if self.adapters else {}
+        if not self.adapters:
+            return {}
+        return {"adapters": np.asarray([self.adapter_id(n) for n in names], np.int64)}
 
     def check_capacity(self, capacity: int) -> None:
         """BadArgument when a sequence of `capacity` positions (prompt plus new tokens) cannot fit."""

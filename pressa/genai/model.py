@@ -94,8 +94,7 @@ class Model:
         each decode step. Row i samples with seed + i; `emit(i, text, finish, generated)` gets row i's
         text (no text is decoded without it)."""
         for ids in prompts:
-            check_request(ids, cfg)
-        self.session.adapter_id(cfg.adapter)
+            check_request(ids, cfg, self.session)
         capacity = max(len(p) for p in prompts) + cfg.max_new_tokens
         self.session.check_capacity(capacity)
         seqs = []

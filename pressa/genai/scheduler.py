@@ -71,8 +71,7 @@ class Scheduler:
     first_token_seconds = property(lambda self: self.batch.first_token_seconds)
 
     def submit(self, ids: list[int], cfg: SamplingConfig, emit: Emit) -> Sequence:
-        check_request(ids, cfg)
-        self.model.session.adapter_id(cfg.adapter)
+        check_request(ids, cfg, self.model.session)
         if len(ids) + cfg.max_new_tokens > self.capacity:
             raise BadArgument(f"prompt ({len(ids)} tokens) plus max new tokens ({cfg.max_new_tokens}) exceed the "
                               f"{self.capacity} positions a sequence may hold here")

@@ -20,11 +20,13 @@ from pressa.genai.tokenizer import TextTokenizer
 Emit = Callable[..., None]
 
 
-def check_request(ids: list[int], cfg: SamplingConfig) -> None:
+def check_request(ids: list[int], cfg: SamplingConfig, backend) -> None:
+    """A one-line error for an empty prompt, no new tokens, or an adapter the model (`backend`) lacks."""
     if not ids:
         raise BadArgument("empty prompt: give at least one token")
     if cfg.max_new_tokens < 1:
         raise BadArgument("max new tokens must be at least 1")
+    backend.adapter_id(cfg.adapter)
 
 
 class Detokenizer:

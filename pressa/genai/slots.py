@@ -105,11 +105,13 @@ class SlotBatch:
         live = [s for s in self.running[:n] if s is not None]
         for s in live:
             tokens[s.slot, 0] = s.next_token
-        names = [None] * n
-        for s in live:
-            names[s.slot] = s.cfg.adapter
-        self._step.run(tokens, step_mask(self.lengths[:n]), self._step_logits, [s.slot for s in live],
-                       **self.backend.adapter_rows(names))
+        adapters = {}
+        if self.backend.adapters:                 # each slot's run-time adapter (free slots: the base)
+            names = [None] * n
+            for s in live:
+                names[s.slot] = s.cfg.adapter
+            adapters = self.backend.adapter_rows(names)
+        self._step.run(tokens, step_mask(self.lengths[:n]), self._step_logits, [s.slot for s in live], **adapters)
         for s in live:
             self.lengths[s.slot] += 1
         self.steps += 1

@@ -61,6 +61,14 @@ def load_model(path: str | Path, load_data: bool = True):
     return model
 
 
+def op_counts(model) -> dict[str, int]:
+    """How many nodes of each op type the graph has, by op type."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def save_model(model, folder: Path) -> Path:
     """Write model.onnx with every initializer over 1 KB in model.onnx.data (the proto's tensors are
     turned into external references in the process)."""

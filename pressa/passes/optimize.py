@@ -38,7 +38,7 @@ class TransformerOptimization(Pass):
     def run(self, model_path: Path, config: OptimizeConfig, out_dir: Path, ctx: PassContext) -> dict:
         from pressa.graph.attention import fuse_attention
         from pressa.graph.inputs import max_difference, run_model, sample_inputs
-        from pressa.graph.onnx_io import load_model, save_model
+        from pressa.graph.onnx_io import load_model, op_counts, save_model
 
         hf = _hf_config(ctx.source_folder)
         model = load_model(model_path)
@@ -83,10 +83,7 @@ class TransformerOptimization(Pass):
         ctx.progress(2, 3, "saving")
         save_model(model, out_dir)
         ctx.progress(3, 3, "done")
-        counts: dict[str, int] = {}
-        for node in model.graph.node:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-        return {"fusions": fusions, "skipped": skipped, "op_counts": dict(sorted(counts.items())),
+        return {"fusions": fusions, "skipped": skipped, "op_counts": op_counts(model),
                 "num_heads": heads, "model_type": hf.get("model_type")}
 
 
