@@ -187,6 +187,9 @@ def runtime_builds(trained, tmp_path_factory):
     build_llm(str(hf), tmp / "base", BuildOptions(precision="fp32"))
     for name, folder in (("map", adapter), ("other", other)):
         build_llm(str(hf), tmp / name, BuildOptions(precision="fp32", adapter_path=str(folder)))
+    for prefix, extra in (("multi", dict(adapters=specs)), ("base", {}), ("map", dict(adapter_path=str(adapter))),
+                          ("other", dict(adapter_path=str(other)))):
+        build_llm(str(hf), tmp / f"{prefix}-int4", BuildOptions(precision="int4", **extra))
     return tmp
 
 
@@ -203,6 +206,25 @@ def test_runtime_adapters_equal_the_merged_builds_and_the_base(runtime_builds):
         assert np.abs(got - want).max() < 1e-4, adapter
         for tokens in ([5, 6], [7, 8]):
             assert np.abs(multi.step(np.array(tokens)) - ref.step(np.array(tokens))).max() < 1e-4, adapter
+
+
+def test_int4_runtime_adapters_keep_the_base_exact_and_carry_each_adapters_change(runtime_builds):
+    """int4: B rides in the base MatMulNBits (its own blocks along K): with no adapter the logits are the
+    plain int4 build's; with one, its change from the base is the fp32 merged build's change at least as
+    closely as merging the adapter and then quantizing does."""
+    from pressa.genai.decoder_session import DecoderSession
+
+    def logits(folder, adapter=None):
+        return DecoderSession(runtime_builds / folder, threads=1, all_logits=True).prefill(
+            rows, capacity=10, adapter=adapter)[1]
+
+    rows = rng_rows(4, lengths=(6, 3))
+    assert np.abs(logits("multi-int4") - logits("base-int4")).max() < 1e-5
+    for adapter in ("map", "other"):
+        want = logits(adapter) - logits("base")
+        got = logits("multi-int4", adapter) - logits("multi-int4")
+        merged = logits(f"{adapter}-int4") - logits("base-int4")
+        assert np.linalg.norm(got - want) < 1.1 * np.linalg.norm(merged - want), adapter
 
 
 def test_two_adapters_in_one_continuous_batch_equal_each_alone(runtime_builds):

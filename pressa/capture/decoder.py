@@ -104,27 +104,25 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
             self._captured.add(key)
             g.node("Identity", [x], f"/calib/{key}", outputs=[f"calib.{key}"])
             g.add_output(f"calib.{key}", self.onnx_dtype, None)
-        x_in = x
         if input_scale is not None:
             inv = self.fw(g, f"{name}.input_scale", 1.0 / input_scale)
             x = g.op("Mul", [x, inv], f"{name}/awq_Mul")
-        if bits is None:
+        y = None
+        if self.lora is not None and key.split(".")[-1] in LINEARS:
+            y = self.lora.linear(self, g, x, name, w, key, bits)
+        if y is None and bits is None:
             y = g.op("MatMul", [x, self.fw(g, f"{name}.weight", w.T)], f"{name}/MatMul")
-        else:
+        elif y is None:
             y = self.matmul_nbits(g, x, name, w, bits, key=key)
         if bias is not None:
             y = g.op("Add", [y, self.fw(g, f"{name}.bias", bias)], f"{name}/Add")
-        if self.lora is not None and key.split(".")[-1] in LINEARS:
-            parts = self.cfg.arch.linear_parts(int(key.split(".")[0]))[key.split(".")[1]]
-            outs = [(self.w.shapes(p + ".weight") if self.w.shapes else self.read(p + ".weight").shape)[0]
-                    for p in parts]
-            y = self.lora.branch(self, g, x_in, y, name, parts, outs)
         return y
 
     def matmul_nbits(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bits: int,
                      share_key: int | None = None, packed: dict | None = None, key: str = "",
-                     block_size: int | None = None) -> str:
-        n, k = w.shape
+                     block_size: int | None = None, shape: tuple[int, int] | None = None) -> str:
+        """MatMulNBits of x and w [N, K] (or the `packed` tensors of a weight of `shape`)."""
+        n, k = shape or w.shape
         t = packed or matmulnbits_tensors(self.quantize(w, bits, key))
         ins = [x, g.weight(f"{name}.qweight", t["B"], share_key=share_key),
                self.scales(g, f"{name}.scales", t["scales"], None if share_key is None else share_key + 1,

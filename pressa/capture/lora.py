@@ -1,12 +1,15 @@
 """Run-time LoRA adapters (auto-opt --adapters): the base weights quantized once, each adapter's A and B
-kept in float beside them, and each row of a batch choosing its adapter by the graph input
+kept beside them (float in float builds, at the base's bits in quantized ones), and each row of a batch choosing its adapter by the graph input
 `adapter_ids` (0: none; 1..n: the adapters in artifact order; default 0, so runtimes that do not know
 the input run the base).
 
-Per linear that an adapter changes, for the rows' adapters k: y += (x @ A_k^T) @ (scale_k B_k)^T: every
-adapter's A side by side, the row's ranks kept by a mask, every adapter's B stacked (so the weights are
-read in place, never gathered per row). A fused linear (q, k, v stacked; gate and up) takes the parts'
-A side by side and their B block-diagonal: four nodes per linear.
+Per linear that an adapter changes, for the rows' adapters k: y = x @ W^T + (x @ A_k^T) @ (scale_k B_k)^T,
+computed as one wider base linear: t = mask * (x @ A_all) (every adapter's A side by side, the row's ranks
+kept by a mask), then y = [x, t] @ [W, B_all]^T, every adapter's B stacked onto the base weight along
+its input axis (quantized with it, in blocks of its own). Three small nodes per linear (A, mask,
+Concat) and no second output pass: on a 2-core CPU a small MatMulNBits costs ~12 us whatever its size
+(the thread pool's dispatch), which with the adapter's bytes is what its decode step pays. A fused linear (q, k, v stacked; gate and up) takes the parts' A
+side by side and their B block-diagonal.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from onnx import TensorProto
 from pressa.artifact.llm_io import INPUT_IDS
 from pressa.capture.onnx_writer import GraphWriter
 from pressa.errors import BadArgument
+from pressa.quant.packing import matmulnbits_tensors
+from pressa.quant.rtn import QuantizedWeight, quantize_rtn
 
 ADAPTER_IDS = "adapter_ids"
 ADAPTERS_FILE = "adapters.json"
@@ -109,25 +114,46 @@ class RuntimeAdapters:
             self._masks[key] = g.op("Unsqueeze", [rows, g.const(f"{lab}/axis", [1])], f"{lab}/Unsqueeze")
         return self._masks[key]
 
-    def branch(self, b, g: GraphWriter, x: str, y: str, name: str, parts: list[str], outs: list[int]) -> str:
-        """y plus the rows' adapters' change of this linear (`outs`: each part's output size; `b`: the
-        DecoderBuilder, whose precision says how the adapter weights are stored: float, or int8
-        MatMulNBits in int4/int8 builds). Every adapter's ranks are computed and the row's kept by a
-        mask: the weights are read in place, where gathering each row's would copy them every step."""
+    def linear(self, b, g: GraphWriter, x: str, name: str, w: np.ndarray, key: str, bits: int | None
+               ) -> str | None:
+        """y = x @ w.T plus the rows' adapters' change, as one base node over [x, t] (`b`: the
+        DecoderBuilder: A and B are stored at the base linear's bits, float in float builds: merging an
+        adapter and then quantizing loses as much); None when no adapter changes this linear."""
+        parts = b.cfg.arch.linear_parts(int(key.split(".")[0]))[key.split(".")[1]]
+        outs = [(b.w.shapes(p + ".weight") if b.w.shapes else b.read(p + ".weight").shape)[0] for p in parts]
         stacks = self.stacks(parts, outs)
         if stacks is None:
-            return y
+            return None
         a_all, b_all, rank = stacks
         lab = f"{name}/lora"
+        if bits is None:
+            t = g.op("MatMul", [x, b.fw(g, f"{lab}/A", a_all)], f"{lab}/MatMul_A")
+        else:
+            t = b.matmul_nbits(g, x, f"{lab}/A", a_all.T, bits, key=f"{name}.lora")
+        t = g.op("Mul", [t, self._mask(g, len(parts), rank)], f"{lab}/Mul_mask")
+        if bits is None:
+            wide = np.concatenate([w.T, b_all]).astype(np.float32)
+            return g.op("MatMul", [g.op("Concat", [x, t], f"{lab}/Concat", axis=-1), b.fw(g, f"{name}.weight", wide)],
+                        f"{name}/MatMul")
+        block = b.o.block_size
+        before, after = (-w.shape[1]) % block, (-b_all.shape[0]) % block     # each part in whole blocks
+        if before or after:
+            t = g.op("Pad", [t, g.const(f"{lab}/pads", [0, 0, before, 0, 0, after])], f"{lab}/Pad")
+        base = b.quantize(w, bits, key)
+        extra = quantize_rtn(np.ascontiguousarray(b_all.T), bits, block, b.o.symmetric, b.searching(bits))
+        packed = matmulnbits_tensors(joined(base, extra))
+        x_wide = g.op("Concat", [x, t], f"{lab}/Concat", axis=-1)
+        return b.matmul_nbits(g, x_wide, name, None, bits, packed=packed, key=key,
+                              shape=(w.shape[0], packed["B"].shape[1] * block))
 
-        def matmul(inp: str, w: np.ndarray, what: str) -> str:          # w [in, out]
-            if b.o.precision in ("int4", "int8"):
-                return b.matmul_nbits(g, inp, f"{lab}/{what}", w.T, 8, key=f"{name}.lora")
-            return g.op("MatMul", [inp, b.fw(g, f"{lab}/{what}", w)], f"{lab}/MatMul_{what}")
 
-        t = g.op("Mul", [matmul(x, a_all, "A"), self._mask(g, len(parts), rank)], f"{lab}/Mul_mask")
-        delta = matmul(t, b_all, "B")
-        return g.op("Add", [y, delta], f"{lab}/Add")
+def joined(first: QuantizedWeight, second: QuantizedWeight) -> QuantizedWeight:
+    """Two weights with the same rows quantized alike, side by side along K (whole blocks each)."""
+    zero_points = (None if first.zero_points is None
+                   else np.concatenate([first.zero_points, second.zero_points], axis=1))
+    q = np.concatenate([first.q, second.q], axis=1)
+    return QuantizedWeight(q, np.concatenate([first.scales, second.scales], axis=1), zero_points, first.bits,
+                           first.block_size, q.shape[1] * first.block_size)
 
 
 def read_adapter_names(folder: Path) -> list[str]:
