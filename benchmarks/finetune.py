@@ -2,7 +2,11 @@
 package chitchat-dataset (pip install chitchat-dataset), then int4 with the adapter merged (and as a run-time
 adapter where the artifact has them).
 
-    python benchmarks/finetune.py [--steps 100] [--conversations 2000] [--json]
+    python benchmarks/finetune.py [--steps 100] [--conversations 2000] [--adapter DIR] [--shape DIR] [--json]
+
+--adapter DIR reuses an adapter `pressa finetune` wrote (its pressa.json has the training figures) instead of
+training; --shape DIR (a checkpoint from benchmarks/synthetic.py) also measures decode with a random r=64
+adapter on every linear over that model shape (random weights: speed only).
 
 Reported: steps/s and peak RSS of the training, eval loss before/after on held-out conversations (the
 assistant turns of the chat template), the loss curve (loss.png in the adapter), then each artifact's eval
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +66,44 @@ def artifact_eval_loss(folder: Path, exs, adapter: str | None = None) -> float:
     return total / count
 
 
+def decode_speeds(builds: dict[str, tuple[Path, str | None]], rounds: int = 3) -> dict[str, float]:
+    """Decode tokens/s of each (artifact, adapter), the builds interleaved round by round and the median
+    kept: the machine is shared, so only figures taken side by side compare."""
+    import statistics
+
+    from pressa.evaluate.latency import benchmark
+
+    seen: dict[str, list[float]] = {name: [] for name in builds}
+    for _ in range(rounds):
+        for name, (folder, adapter) in builds.items():
+            seen[name].append(benchmark(folder, prompt_tokens=128, new_tokens=64, runs=2,
+                                        adapter=adapter)["decode_tokens_per_s"])
+    return {name: round(statistics.median(v), 1) for name, v in seen.items()}
+
+
+def random_adapter_over(shape: Path, out: Path) -> Path:
+    """A LoRA adapter as `finetune` makes by default (r=64, alpha 16, every linear) with random A and B."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(shape), torch_dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=64, lora_alpha=16, target_modules="all-linear",
+                                     init_lora_weights=False)).save_pretrained(str(out))
+    return out
+
+
+def shape_decode(shape: Path, w: Path) -> dict[str, float]:
+    """Decode of an int4 base vs the same base with a run-time adapter over a synthetic model shape."""
+    adapter = random_adapter_over(shape, w / "shape-adapter")
+    pressa("auto-opt", "-m", str(shape), "--precision", "int4", "-o", str(w / "shape-base"))
+    pressa("auto-opt", "-m", str(shape), "--adapters", f"a={adapter}", "--precision", "int4", "-o",
+           str(w / "shape-runtime"))
+    return decode_speeds({"int4-base": (w / "shape-base", None),
+                          "int4-runtime (adapter a)": (w / "shape-runtime", "a")})
+
+
 def pressa(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pressa", *args], check=True)
 
@@ -70,6 +113,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--conversations", type=int, default=2000)
     ap.add_argument("--max-seq-len", type=int, default=256)
+    ap.add_argument("--adapter", type=Path, help="reuse this adapter instead of training")
+    ap.add_argument("--shape", type=Path, help="also: decode with a random adapter over this synthetic checkpoint")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from pressa.finetune.data import DataOptions, examples, records
@@ -79,8 +124,11 @@ def main() -> None:
         w = Path(tmp)
         data = chitchat_jsonl(w / "chitchat.jsonl", a.conversations)
         t0 = time.perf_counter()
-        pressa("finetune", "--data_files", str(data), "--use_chat_template", "--max_seq_len", str(a.max_seq_len),
-               "--max_steps", str(a.steps), "-o", str(w / "adapter"))
+        if a.adapter is None:
+            pressa("finetune", "--data_files", str(data), "--use_chat_template", "--max_seq_len", str(a.max_seq_len),
+                   "--max_steps", str(a.steps), "-o", str(w / "adapter"))
+        else:
+            shutil.copytree(a.adapter, w / "adapter")
         train_s = time.perf_counter() - t0
         ft = json.loads((w / "adapter" / "pressa.json").read_text())["finetune"]
         pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "fp32", "-o", str(w / "fp32-merged"))
@@ -93,18 +141,19 @@ def main() -> None:
         held = examples(tok, records(opts)[1], opts, "eval")
         losses = {name: artifact_eval_loss(w / name, held) for name in ("fp32-merged", "int4-merged", "int4-base")}
         losses["int4-runtime (adapter chat)"] = artifact_eval_loss(w / "int4-runtime", held, "chat")
-        from pressa.evaluate.latency import benchmark
-
-        def tok_s(name, adapter=None):
-            return benchmark(w / name, prompt_tokens=128, new_tokens=64, runs=5, adapter=adapter)["decode_tokens_per_s"]
-        speed = {"int4-base": tok_s("int4-base"), "int4-merged": tok_s("int4-merged"),
-                 "int4-runtime (no adapter)": tok_s("int4-runtime"),
-                 "int4-runtime (adapter chat)": tok_s("int4-runtime", "chat")}
+        speed = decode_speeds({"int4-base": (w / "int4-base", None), "int4-merged": (w / "int4-merged", None),
+                               "int4-runtime (no adapter)": (w / "int4-runtime", None),
+                               "int4-runtime (adapter chat)": (w / "int4-runtime", "chat")})
+        shape = shape_decode(a.shape, w) if a.shape else None
         (Path.cwd() / "finetune-loss.png").write_bytes((w / "adapter" / "loss.png").read_bytes())
     result = {"benchmark": "finetune", "steps": ft["steps"], "steps_per_s": ft["steps_per_s"],
               "peak_rss_mb": ft["peak_rss_mb"], "train_wall_s": round(train_s, 1),
               "eval_loss_before": ft["eval_loss_before"], "eval_loss_after": ft["eval_loss_after"],
               "artifact_eval_loss": losses, "decode_tokens_per_s": speed, "held_out": len(held),
+              "adapter_decode_cost": round(speed["int4-base"] / speed["int4-runtime (adapter chat)"], 3),
+              "shape": None if shape is None else {"model": str(a.shape), "decode_tokens_per_s": shape,
+                                                   "adapter_decode_cost": round(shape["int4-base"] /
+                                                                                shape["int4-runtime (adapter a)"], 3)},
               "machine": machine()}
     rows = [("torch fp32, before", f"{ft['eval_loss_before']:.4f}", ""),
             ("torch fp32, after (LoRA)", f"{ft['eval_loss_after']:.4f}", ""),
@@ -113,6 +162,8 @@ def main() -> None:
     emit(result, rows, ("model", "eval loss (held-out assistant turns)", "decode tok/s"), a.json)
     print(f"training: {ft['steps']} steps, {ft['steps_per_s']} steps/s, peak RSS {ft['peak_rss_mb']} MB; "
           "loss curve in finetune-loss.png", file=sys.stderr)
+    print(f"decode with the adapter active costs {result['adapter_decode_cost']}x the base per token"
+          + (f"; over {a.shape.name}: {result['shape']['adapter_decode_cost']}x" if shape else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":
