@@ -27,6 +27,7 @@ from pressa.quant.rtn import fp16_exact, quantize_rtn
 from pressa.sources.base import WeightReader
 
 MAX_CONTEXT = 32768
+HIDDEN, HIDDEN_OUT = "hidden", "hidden_out"          # a one-layer graph's input and output (build_layer)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         self.cfg, self.w, self.o = cfg, weights, opts
         self.calib = calib or {}
         self.lora = None                     # RuntimeAdapters (capture/lora.py) for auto-opt --adapters
+        self.record: dict | None = None      # key -> {"quantized", "awq_scale"}: what a layer build decided
         self._captured: set[str] = set()
         self.fp16 = opts.precision == "fp16"
         self.np_dtype = np.float16 if self.fp16 else np.float32
@@ -146,14 +148,20 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         return g.op("Cast", [half], name + "/Cast", to=TensorProto.FLOAT)
 
     def quantize(self, w: np.ndarray, bits: int, key: str):
-        """RTN, or GPTQ with this weight's calibration Hessian."""
+        """RTN, or GPTQ with this weight's calibration Hessian; a layer-by-layer calibration's result when
+        it has one for `key` (and records what it quantizes when `self.record` is a dict)."""
         stats = self.calib.get(key)
-        if self.o.algorithm == "gptq" and stats is not None:
+        if getattr(stats, "quantized", None) is not None:
+            return stats.quantized
+        if self.o.algorithm == "gptq" and getattr(stats, "h", None) is not None:
             from pressa.quant.gptq import quantize_gptq
 
-            return quantize_gptq(w, stats.h, bits, self.o.block_size, self.o.symmetric,
-                                 search=self.searching(bits))
-        return quantize_rtn(w, bits, self.o.block_size, self.o.symmetric, self.searching(bits))
+            out = quantize_gptq(w, stats.h, bits, self.o.block_size, self.o.symmetric, search=self.searching(bits))
+        else:
+            out = quantize_rtn(w, bits, self.o.block_size, self.o.symmetric, self.searching(bits))
+        if self.record is not None and key:
+            self.record.setdefault(key, {})["quantized"] = out
+        return out
 
     def searching(self, bits: int) -> bool:
         """The MSE search pays at 4 bits; at 8 bits only the symmetric Q8_0-grid candidate does.
@@ -217,16 +225,7 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         total = cfg.num_layers + 2
         step = (lambda i, d: progress(i, total, d)) if progress else (lambda i, d: None)
         step(0, "embeddings")
-        # sequence lengths for GroupQueryAttention: sum(mask) - 1 per row, and the mask's width
-        one = g.const("/model/const/one", [1])
-        rsum = g.op("ReduceSum", [mask, one], "/model/attn_mask/ReduceSum", keepdims=0)
-        seqlens = g.op("Cast", [g.op("Sub", [rsum, one], "/model/attn_mask/Sub")], "/model/attn_mask/Cast",
-                       to=TensorProto.INT32)
-        width = g.op("Gather", [g.op("Shape", [mask], "/model/attn_mask/Shape"),
-                                g.const("/model/const/idx1", 1)], "/model/attn_mask/Gather", axis=0)
-        total_len = g.op("Cast", [width], "/model/attn_mask/Cast_total", to=TensorProto.INT32)
-        ctx = dict(seqlens=seqlens, total=total_len, rope=self._rope(g))
-
+        ctx = self._attention_context(g, mask)
         x, tied = self._embed(g, ids)
         if cfg.arch.positions == "learned":
             x = self._positions(g, x, ids, ctx)
@@ -241,6 +240,35 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         self._lm_head(g, h, ids, tied)
         step(total, "done")
         return {}
+
+    def _attention_context(self, g: GraphWriter, mask: str) -> dict:
+        """GroupQueryAttention's sequence lengths (sum(mask) - 1 per row), the mask's width, the rope caches."""
+        one = g.const("/model/const/one", [1])
+        rsum = g.op("ReduceSum", [mask, one], "/model/attn_mask/ReduceSum", keepdims=0)
+        seqlens = g.op("Cast", [g.op("Sub", [rsum, one], "/model/attn_mask/Sub")], "/model/attn_mask/Cast",
+                       to=TensorProto.INT32)
+        width = g.op("Gather", [g.op("Shape", [mask], "/model/attn_mask/Shape"),
+                                g.const("/model/const/idx1", 1)], "/model/attn_mask/Gather", axis=0)
+        total_len = g.op("Cast", [width], "/model/attn_mask/Cast_total", to=TensorProto.INT32)
+        return dict(seqlens=seqlens, total=total_len, rope=self._rope(g))
+
+    def build_layer(self, i: int, path: Path) -> None:
+        """Layer i alone as a graph (layer-by-layer calibration, capture/layerwise.py): the hidden state
+        before it ([batch, seq, hidden] float32), attention_mask and its empty past in; the hidden state
+        after it out as `hidden_out` (and each linear's input as calib.<key> when capturing)."""
+        cfg = self.cfg
+        g = GraphWriter(path)
+        try:
+            x = g.add_input(HIDDEN, TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.hidden_size])
+            mask = g.add_input(ATTENTION_MASK, TensorProto.INT64, ["batch_size", "total_sequence_length"])
+            for kv in ("key", "value"):
+                g.add_input(past(i, kv), TensorProto.FLOAT, ["batch_size", cfg.num_kv_heads, 0, cfg.head_dim])
+            pending, resid = self._layer(g, i, x, None, self._attention_context(g, mask))
+            g.node("Add", [pending, resid], "/layer/residual_Add", outputs=[HIDDEN_OUT])
+            g.add_output(HIDDEN_OUT, TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.hidden_size])
+            g.save()
+        finally:
+            g.abort()
 
     def _layer(self, g: GraphWriter, i: int, pending: str, resid: str | None, ctx: dict) -> tuple[str, str]:
         """Layer i over (the previous layer's output still to add, the residual stream; None before the
@@ -286,7 +314,11 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         load = {k: (lambda k=k: self.stacked(i, k)) for k in LINEARS}
         bits = {k: self.bits_for(f"{i}.{k}") for k in LINEARS}
         settings = QuantSettings(self.o.algorithm, self.o.block_size, self.o.symmetric)
-        return plan_layer(i, load, bits, self.calib, settings, self.cfg.intermediate_size)
+        plan = plan_layer(i, load, bits, self.calib, settings, self.cfg.intermediate_size)
+        if self.record is not None:
+            for key, s in plan.scales.items():
+                self.record.setdefault(f"{i}.{key}", {})["awq_scale"] = s
+        return plan
 
     def stacked(self, i: int, key: str, suffix: str = ".weight") -> np.ndarray | None:
         """Layer i's linear `key` (qkv, o, gate_up, down) as one tensor: its parts as the row names them

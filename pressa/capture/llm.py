@@ -37,25 +37,55 @@ def _weight_groups(cfg: DecoderConfig, src: Source) -> dict[str, list[str]]:
 
 
 def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float,
-               progress: Progress | None = None, calib: dict | None = None) -> dict[str, int]:
-    """With calibration statistics the sensitivity is data-aware: the int4 error of the layer's
-    output on calibration inputs, tr(E H E^T) / tr(W H W^T); else the weight's own RTN error."""
-    from pressa.quant.rtn import dequantize, quantize_rtn
-
+               progress: Progress | None = None, data_errors: dict[str, float] | None = None) -> dict[str, int]:
+    """Bits per weight for --ratio: the weights whose int4 error costs most get int8. The error is
+    data-aware where calibration measured it (`data_errors`, from data_error), else the weight's own
+    relative RTN error."""
     groups = _weight_groups(cfg, src)
     errors, sizes = {}, {}
     for j, (key, names) in enumerate(groups.items()):
         if progress:
             progress(j, len(groups), f"sensitivity {key}")
+        if data_errors and key in data_errors:
+            errors[key] = data_errors[key]
+            sizes[key] = sum(int(np.prod(src.weights.shapes(n))) if src.weights.shapes else src.weights(n).size
+                             for n in names)
+            continue
         w = np.concatenate([src.weights(n) for n in names])
-        st = (calib or {}).get(key)
-        if st is not None:
-            e = dequantize(quantize_rtn(w, 4, opts.block_size, opts.symmetric)) - w
-            errors[key] = float(np.sum((e @ st.h) * e) / max(float(np.sum((w @ st.h) * w)), 1e-30))
-        else:
-            errors[key] = relative_rtn_error(w, opts.block_size, opts.symmetric)
-        sizes[key] = w.size
+        errors[key], sizes[key] = relative_rtn_error(w, opts.block_size, opts.symmetric), w.size
     return assign_bits(errors, sizes, ratio)
+
+
+def data_error(w: np.ndarray, stats, opts: BuildOptions) -> float:
+    """The int4 error of a layer's output on calibration inputs, relative: tr(E H E^T) / tr(W H W^T)."""
+    from pressa.quant.rtn import dequantize, quantize_rtn
+
+    e = dequantize(quantize_rtn(w, 4, opts.block_size, opts.symmetric)) - w
+    return float(np.sum((e @ stats.h) * e) / max(float(np.sum((w @ stats.h) * w)), 1e-30))
+
+
+def _calibrated(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float, text: str, samples: int,
+                seqlen: int, progress: Progress | None, log):
+    """Layer-by-layer calibration (capture/layerwise.py): --ratio's bits from data-aware errors, then the
+    GPTQ/AWQ decisions of every layer (LayerResults, for the builder), or None for RTN."""
+    from pressa.capture.calibrate import calibration_ids
+    from pressa.capture.layerwise import LayerCache, LayerwiseCalibration, cache_key, cache_root
+
+    t1 = time.perf_counter()
+    windows = calibration_ids(src.tokenizer_files, text, samples, seqlen)
+    run = LayerwiseCalibration(cfg, src.weights, opts, windows, progress)
+    if ratio < 1.0 and opts.precision == "int4":
+        groups = _weight_groups(cfg, src)
+        errors = run.sensitivities(lambda key, st: data_error(
+            np.concatenate([src.weights(n) for n in groups[key]]), st, opts))
+        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, errors)
+        n8 = sum(1 for b in opts.layer_bits.values() if b == 8)
+        log(f"mixed precision: {len(opts.layer_bits) - n8} weights int4, {n8} int8 (ratio {ratio}, data-aware)")
+    if opts.algorithm == "rtn":
+        return None
+    results = run.run(LayerCache(cache_root() / cache_key(src.location, windows, opts, True)), log=log)
+    log(f"calibration: {len(windows)} x {seqlen} tokens, layer by layer, in {time.perf_counter() - t1:.1f} s")
+    return results
 
 
 def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: float = 1.0,
@@ -165,14 +195,10 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
     if opts.algorithm != "rtn" or (ratio < 1.0 and calibration_text):
         if not calibration_text:
             raise BadArgument(f"--algorithm {opts.algorithm} needs --calibration-data FILE (plain text)")
-        from pressa.capture.calibrate import collect
-
-        t1 = time.perf_counter()
-        calib = collect(cfg, src.weights, src.tokenizer_files, calibration_text, calibration_samples,
-                        calibration_seqlen, progress)
-        log(f"calibration: {calibration_samples} x {calibration_seqlen} tokens in {time.perf_counter() - t1:.1f} s")
-    if ratio < 1.0 and opts.precision == "int4":
-        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, calib)
+        calib = _calibrated(cfg, src, opts, ratio, calibration_text, calibration_samples, calibration_seqlen,
+                            progress, log)
+    elif ratio < 1.0 and opts.precision == "int4":
+        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress)
         n8 = sum(1 for b in opts.layer_bits.values() if b == 8)
         log(f"mixed precision: {len(opts.layer_bits) - n8} weights int4, {n8} int8 (ratio {ratio})")
     builder = DecoderBuilder(cfg, src.weights, opts, calib)
@@ -187,6 +213,8 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
     settings = settings or {**_recorded(opts), "ratio": ratio, "provider": provider, "calibration": {
         "samples": calibration_samples, "seqlen": calibration_seqlen} if calib else None}
     seconds = round(time.perf_counter() - t0, 2)
+    if calib is not None:
+        calib.cache.remove()                      # the artifact holds the decisions now
     return write_manifest(out_dir, Manifest(
         kind=ArtifactKind.DECODER_LLM, workflow=workflow,
         source={"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type},

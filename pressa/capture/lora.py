@@ -1,15 +1,15 @@
 """Run-time LoRA adapters (auto-opt --adapters): the base weights quantized once, each adapter's A and B
-kept beside them (float in float builds, at the base's bits in quantized ones), and each row of a batch choosing its adapter by the graph input
-`adapter_ids` (0: none; 1..n: the adapters in artifact order; default 0, so runtimes that do not know
-the input run the base).
+kept beside them (float in float builds, at the base's bits in quantized ones), and each row of a batch
+choosing its adapter by the graph input `adapter_ids` (0: none; 1..n: the adapters in artifact order;
+default 0, so runtimes that do not know the input run the base).
 
 Per linear that an adapter changes, for the rows' adapters k: y = x @ W^T + (x @ A_k^T) @ (scale_k B_k)^T,
 computed as one wider base linear: t = mask * (x @ A_all) (every adapter's A side by side, the row's ranks
 kept by a mask), then y = [x, t] @ [W, B_all]^T, every adapter's B stacked onto the base weight along
 its input axis (quantized with it, in blocks of its own). Three small nodes per linear (A, mask,
 Concat) and no second output pass: on a 2-core CPU a small MatMulNBits costs ~12 us whatever its size
-(the thread pool's dispatch), which with the adapter's bytes is what its decode step pays. A fused linear (q, k, v stacked; gate and up) takes the parts' A
-side by side and their B block-diagonal.
+(the thread pool's dispatch), which with the adapter's bytes is what its decode step pays. A fused
+linear (q, k, v stacked; gate and up) takes the parts' A side by side and their B block-diagonal.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ class LayerPlan:
     norm_divisors: dict[str, np.ndarray] = field(default_factory=dict)   # norm role -> divisor
     input_scales: dict[str, np.ndarray] = field(default_factory=dict)    # key -> s (x / s before it)
     up_bias_divisor: np.ndarray | float = 1.0
+    scales: dict[str, np.ndarray] = field(default_factory=dict)          # key -> AWQ's s for its weight
 
     def weight(self, key: str) -> np.ndarray:
         w = self.weights.pop(key)
@@ -51,7 +52,11 @@ def plan_layer(layer: int, load: dict[str, Loader], bits: dict[str, int | None],
         st = calib.get(f"{layer}.{key}")
         if st is None or bits[key] is None:
             return None
-        return search_scales(w, st.absmean, st.sample(), bits[key], settings.block_size, settings.symmetric)[0]
+        s = getattr(st, "awq_scale", None)            # searched before, by a layer-by-layer calibration
+        if s is None:
+            s = search_scales(w, st.absmean, st.sample(), bits[key], settings.block_size, settings.symmetric)[0]
+        plan.scales[key] = s
+        return s
 
     plan = LayerPlan({}, dict(bits))
     w_gu, w_down = load["gate_up"](), load["down"]()

@@ -1,0 +1,106 @@
+"""Layer-by-layer calibration (pressa.capture.layerwise): the same decisions as calibrating the whole model
+at once, memory that does not grow with depth, and an interrupted build that resumes to the same bytes."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from calibration_reference import whole_model_stats
+
+from pressa.capture.calibrate import calibration_ids
+from pressa.capture.config import decoder_config
+from pressa.capture.decoder import BuildOptions, DecoderBuilder
+from pressa.capture.layerwise import LayerCache, LayerwiseCalibration
+from pressa.capture.llm import build_llm
+from pressa.quant.rtn import dequantize
+from pressa.sources import open_source
+
+from conftest import make_tiny
+
+TEXT = "\n".join(" ".join(f"t{(i * 7 + j * 13) % 150 + 5}" for j in range(40)) for i in range(60))
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def prepared(folder):
+    src = open_source(str(folder))
+    cfg = decoder_config(src.config)
+    src.weights = cfg.arch.canonical(src.weights, cfg.num_layers, cfg.num_heads, cfg.num_experts)
+    return src, cfg, calibration_ids(src.tokenizer_files, TEXT, 12, 32)
+
+
+def whole_model_decisions(cfg, weights, windows, opts) -> dict:
+    """Every layer quantized from the whole model's statistics, as the builder records them."""
+    builder = DecoderBuilder(cfg, weights, opts, whole_model_stats(cfg, weights, windows))
+    builder.record = {}
+    for i in range(cfg.num_layers):
+        plan = builder.plan(i)
+        for key in ("qkv", "o", "gate_up", "down"):
+            builder.quantize(plan.weight(key), plan.bits[key], f"{i}.{key}")
+    return builder.record
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "awq"])
+def test_layer_by_layer_decisions_equal_the_whole_model_calibration(tiny_dir, tmp_path, algorithm):
+    src, cfg, windows = prepared(tiny_dir("llama"))
+    opts = BuildOptions(precision="int4", algorithm=algorithm)
+    want = whole_model_decisions(cfg, src.weights, windows, opts)
+    got = LayerwiseCalibration(cfg, src.weights, opts, windows).run(LayerCache(tmp_path / "c"), quantized_inputs=False)
+    assert len(want) == cfg.num_layers * 4
+    for key, decided in want.items():
+        mine = got[key]
+        if algorithm == "awq":
+            assert np.allclose(mine.awq_scale, decided["awq_scale"], rtol=1e-4), key
+        a, b = dequantize(mine.quantized), dequantize(decided["quantized"])
+        step = np.repeat(decided["quantized"].scales, 32, axis=1)[:, : a.shape[1]]
+        assert np.mean(a == b) > 0.999 and np.all(np.abs(a - b) <= step * 1.001), key
+
+
+def python_peak(depth: int, tmp_path, whole: bool) -> int:
+    folder = make_tiny("llama", tmp_path / f"deep{depth}", num_hidden_layers=depth, hidden_size=128,
+                       intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+    src, cfg, windows = prepared(folder)
+    opts = BuildOptions(precision="int4", algorithm="gptq")
+    tracemalloc.start()
+    if whole:
+        stats = whole_model_stats(cfg, src.weights, windows)
+        del stats
+    else:
+        LayerwiseCalibration(cfg, src.weights, opts, windows).run(LayerCache(tmp_path / f"c{depth}"))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_calibration_memory_does_not_grow_with_depth(tmp_path):
+    """numpy's allocations (statistics, hidden states, weights read), traced: four times the layers, the
+    same peak; the whole-model calibration's peak grows with them (so the measure can tell)."""
+    shallow, deep = python_peak(2, tmp_path, False), python_peak(8, tmp_path, False)
+    assert deep < 1.2 * shallow, (shallow, deep)
+    assert python_peak(8, tmp_path, True) > 2.5 * python_peak(2, tmp_path, True)
+
+
+def test_an_interrupted_calibrated_build_resumes_to_the_same_bytes(tiny_dir, tmp_path):
+    folder = tiny_dir("llama")
+    kw = dict(calibration_text=TEXT, calibration_samples=12, calibration_seqlen=32)
+    build_llm(str(folder), tmp_path / "whole", BuildOptions(precision="int4", algorithm="gptq"), **kw)
+
+    def stop_at_layer_2(done, total, what):
+        if what == "calibrating layer 2/3":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_llm(str(folder), tmp_path / "resumed", BuildOptions(precision="int4", algorithm="gptq"),
+                  progress=stop_at_layer_2, **kw)
+    assert not (tmp_path / "resumed").exists()
+    said = []
+    build_llm(str(folder), tmp_path / "resumed", BuildOptions(precision="int4", algorithm="gptq"), log=said.append,
+              **kw)
+    assert any("resuming at layer 2 of 3" in s for s in said), said
+    for name in ("model.onnx", "model.onnx.data"):
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
