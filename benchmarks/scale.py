@@ -1,0 +1,94 @@
+"""Builds of real model shapes side by side: wall time and peak RSS of `pressa auto-opt` (int4 RTN, int8, GPTQ,
+AWQ) and of Olive's `auto-opt` (its own venv, as benchmarks/peers installs it), then each int4 artifact's load
+time, RSS, decode tokens/s and TTFT-512 against its memory-bandwidth bound.
+
+    python benchmarks/scale.py qwen2.5-0.5b qwen2.5-1.5b [--builds int4,int8,gptq,awq,olive] [--syn DIR] [--json]
+
+The checkpoints come from benchmarks/synthetic.py (written into --syn when missing): random weights at the real
+scale, so every figure here is time and memory only, never accuracy. Calibrated builds read 64 windows of 256
+tokens of the shared WikiText-2 file. The bandwidth bound is this machine's 64 GB/s of weight reads (an 8B int4
+artifact decoding at 10.3 tok/s, issue 16) over the bytes a decode step reads: the artifact's weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "peers"))
+from run import DATA, size_mb, timed, venv  # noqa: E402
+from synthetic import write_checkpoint  # noqa: E402
+
+from _common import emit, machine  # noqa: E402
+
+BANDWIDTH = 64e9
+PRESSA = {"int4": ["--precision", "int4"], "int8": ["--precision", "int8"],
+          "gptq": ["--precision", "int4", "--algorithm", "gptq", "--calibration-data", str(DATA)],
+          "awq": ["--precision", "int4", "--algorithm", "awq", "--calibration-data", str(DATA)]}
+
+
+def build(tool: str, shape: Path, out: Path) -> dict:
+    """One build under the clock: wall s, the peak RSS of its largest process, the artifact's size."""
+    shutil.rmtree(out, ignore_errors=True)
+    if tool == "olive":
+        cmd = [str(venv("olive") / "bin" / "olive"), "auto-opt", "--model_name_or_path", str(shape), "--output_path",
+               str(out), "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai", "--precision",
+               "int4", "--use_model_builder", "--log_level", "3"]
+    else:
+        cmd = [sys.executable, "-m", "pressa", "auto-opt", "-m", str(shape), "-o", str(out), *PRESSA[tool]]
+    wall, rss, rc = timed(cmd, {"CI": "1"})
+    if tool == "olive":
+        found = next(out.rglob("genai_config.json"), None)
+        out = found.parent if found else out
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss), "size_mb": round(size_mb(out), 1), "rc": rc,
+            "folder": str(out)}
+
+
+def run_artifact(folder: Path) -> dict:
+    """pressa benchmark in its own process: load s, RSS, decode tok/s, TTFT of a 512-token prompt."""
+    res = subprocess.run([sys.executable, "-m", "pressa", "benchmark", str(folder), "--json", "--prompt-tokens", "512",
+                          "--new-tokens", "64", "--runs", "3"], capture_output=True, text=True, check=True)
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    data = sum(f.stat().st_size for f in folder.glob("*.onnx*"))
+    bound = BANDWIDTH / data
+    return {"load_s": round(r["load_s"], 2), "rss_mb": round(r["peak_rss_mb"]), "decode_tok_s": round(
+        r["decode_tokens_per_s"], 1), "ttft_512_ms": round(r["ttft_s"] * 1000), "bound_tok_s": round(bound, 1),
+            "of_bound": round(r["decode_tokens_per_s"] / bound, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("shapes", nargs="+")
+    ap.add_argument("--builds", default="int4,int8,gptq,awq,olive")
+    ap.add_argument("--syn", type=Path, default=Path("synthetic"))
+    ap.add_argument("--work", type=Path, default=Path("scale-work"))
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    results, rows = {}, []
+    for shape in a.shapes:
+        ckpt = a.syn / shape
+        if not (ckpt / "config.json").exists():
+            write_checkpoint(shape, ckpt)
+        for tool in a.builds.split(","):
+            print(f"[scale] {shape}: {tool}", file=sys.stderr, flush=True)
+            r = build(tool, ckpt, a.work / f"{shape}-{tool}")
+            if tool == "int4" and r["rc"] == 0:
+                r["run"] = run_artifact(Path(r["folder"]))
+            results[f"{shape} {tool}"] = r
+            run = r.get("run", {})
+            rows.append((shape, tool, r["wall_s"], r["peak_rss_mb"], r["size_mb"], *(run.get(k, "") for k in (
+                "load_s", "rss_mb", "decode_tok_s", "ttft_512_ms", "bound_tok_s", "of_bound"))))
+            shutil.rmtree(a.work / f"{shape}-{tool}", ignore_errors=True)
+    emit({"benchmark": "scale", "results": results, "machine": machine()}, rows,
+         ("shape", "build", "wall s", "peak RSS MB", "size MB", "load s", "loaded RSS MB", "decode tok/s",
+          "TTFT-512 ms", "bound tok/s", "of bound"), a.json)
+
+
+if __name__ == "__main__":
+    main()
