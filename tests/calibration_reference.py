@@ -10,6 +10,7 @@ import numpy as np
 
 from pressa.capture.calibrate import InputStats, accumulate
 from pressa.capture.decoder import BuildOptions, DecoderBuilder
+from pressa.capture.layerwise import BATCH
 from pressa.tempdirs import temp_dir
 
 
@@ -23,9 +24,11 @@ def whole_model_stats(cfg, weights, windows: list[list[int]], seed: int = 0) -> 
         empty = np.zeros((1, cfg.num_kv_heads, 0, cfg.head_dim), np.float32)
         feeds = {f"past_key_values.{i}.{kv}": empty for i in range(cfg.num_layers) for kv in ("key", "value")}
         stats: dict[str, InputStats] = {}
-        for wi, ids in enumerate(windows):
-            feeds["input_ids"] = np.asarray([ids], np.int64)
-            feeds["attention_mask"] = np.ones((1, len(ids)), np.int64)
+        for start in range(0, len(windows), BATCH):          # the layer-by-layer batches, for the same sums
+            ids = np.asarray(windows[start:start + BATCH], np.int64)
+            feeds.update({k: np.repeat(empty, len(ids), axis=0) for k in feeds if k.startswith("past")})
+            feeds["input_ids"], feeds["attention_mask"] = ids, np.ones(ids.shape, np.int64)
             for name, x in zip(names, sess.run(names, feeds)):
-                accumulate(stats, name[len("calib."):], x, wi, len(windows), seed)
+                accumulate(stats, name[len("calib."):], x.reshape(len(ids), ids.shape[1], -1), start,
+                           len(windows), seed)
     return stats

@@ -69,17 +69,22 @@ def calibration_ids(tokenizer_files: dict, text: str, samples: int, seqlen: int,
         return calibration_windows(text, lambda s: tok.encode(s, add_special_tokens=False), samples, seqlen, seed)
 
 
-def accumulate(stats: dict[str, InputStats], key: str, x: np.ndarray, window: int, windows: int,
+def accumulate(stats: dict[str, InputStats], key: str, x: np.ndarray, first_window: int, windows: int,
                seed: int = 0) -> None:
-    """Add one calibration window's inputs `x` ([seq, K] or [1, seq, K]) of the linear `key` to its
-    statistics. The sampled rows depend only on (seed, key, window), however windows are batched."""
-    x = x.reshape(-1, x.shape[-1]).astype(np.float32)
+    """Add the inputs `x` ([n, seq, K]) of the linear `key` on windows first_window.. to its statistics,
+    all n windows in one X^T X (far faster than window by window). The sampled rows depend only on
+    (seed, key, window), however windows are batched."""
+    x = np.asarray(x, np.float32)
+    if x.ndim == 2:
+        x = x[None]
     st = stats.get(key)
     if st is None:
-        st = stats[key] = InputStats(np.zeros((x.shape[1],) * 2, np.float32), np.zeros(x.shape[1]))
-    st.h += x.T @ x
-    st.abs_sum += np.abs(x).sum(axis=0)
-    st.count += x.shape[0]
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode()), window])
+        st = stats[key] = InputStats(np.zeros((x.shape[-1],) * 2, np.float32), np.zeros(x.shape[-1]))
+    flat = x.reshape(-1, x.shape[-1])
+    st.h += flat.T @ flat
+    st.abs_sum += np.abs(flat).sum(axis=0)
+    st.count += flat.shape[0]
     per_window = max(1, SAMPLE_ROWS // windows + 1)
-    st.rows.append(x[rng.choice(x.shape[0], min(per_window, x.shape[0]), replace=False)])
+    for j, rows in enumerate(x):
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode()), first_window + j])
+        st.rows.append(rows[rng.choice(rows.shape[0], min(per_window, rows.shape[0]), replace=False)])

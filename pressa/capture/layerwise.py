@@ -188,8 +188,8 @@ class LayerwiseCalibration:
                 i, Path(d) / "model.onnx")
             for start, outs in self._run(Path(d) / "model.onnx", hidden):
                 for name, x in outs.items():
-                    for j in range(len(x) if name.startswith("calib.") else 0):
-                        accumulate(stats, name[len("calib."):], x[j], start + j, len(self.windows), self.seed)
+                    if name.startswith("calib."):
+                        accumulate(stats, name[len("calib."):], x, start, len(self.windows), self.seed)
                 if after is not None:
                     after[start:start + len(outs[HIDDEN_OUT])] = outs[HIDDEN_OUT]
         return stats, after

@@ -11,22 +11,39 @@ from pressa.quant.rtn import QuantizedWeight, encode, group_params
 
 
 def _inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
-    """Upper Cholesky factor of H^-1 (dampened), as GPTQ uses it."""
-    h = h.astype(np.float64).copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h += np.eye(len(h)) * damp * np.mean(np.diag(h))
+    """Upper Cholesky factor U of H^-1 (dampened; H^-1 = U^T U), as GPTQ uses it: with J the reversal,
+    J H J = M M^T gives H = R R^T for the upper R = J M J, so H^-1 = R^-T R^-1 and U = R^-1. One
+    Cholesky and one triangular inverse (by blocks, in matrix products)."""
+    n = len(h)
+    flipped = np.asarray(h, np.float64).ravel()[::-1].reshape(n, n).copy()     # J H J (both axes reversed)
+    diag = np.diag_indices(n)
+    flipped[diag] = np.where(flipped[diag] == 0, 1.0, flipped[diag])           # dead inputs
+    step = damp * np.mean(flipped[diag])
     for _ in range(6):
+        flipped[diag] += step
         try:
-            hinv = np.linalg.inv(np.linalg.cholesky(h))    # L^-1, H^-1 = L^-T L^-1
-            return np.linalg.cholesky(hinv.T @ hinv).T      # upper factor of H^-1
+            m = np.linalg.cholesky(flipped)
         except np.linalg.LinAlgError:
-            h += np.eye(len(h)) * damp * np.mean(np.diag(h))
+            continue
+        return _upper_inverse(m.ravel()[::-1].reshape(n, n).copy())
     raise np.linalg.LinAlgError("Hessian is not positive definite even after damping")
 
 
+def _upper_inverse(r: np.ndarray) -> np.ndarray:
+    """The inverse of an upper-triangular matrix: [[A, B], [0, C]]^-1 = [[A^-1, -A^-1 B C^-1], [0, C^-1]]."""
+    n = len(r)
+    if n <= 256:
+        return np.triu(np.linalg.inv(r))
+    m = n // 2
+    a, c = _upper_inverse(r[:m, :m]), _upper_inverse(r[m:, m:])
+    out = np.empty_like(r)
+    out[:m, :m], out[m:, m:], out[m:, :m] = a, c, 0.0
+    out[:m, m:] = -(a @ r[:m, m:]) @ c
+    return out
+
+
 def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = False,
-                  damp: float = 0.01, lazy: int = 128, search: bool = False) -> QuantizedWeight:
+                  damp: float = 0.01, lazy: int = 32, search: bool = False) -> QuantizedWeight:
     n, k = w.shape
     pad = (-k) % block_size
     w = np.pad(np.asarray(w, np.float64), ((0, 0), (0, pad)))
