@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 err = Console(stderr=True, highlight=False)
 
@@ -55,9 +55,13 @@ def progress_bar(title: str) -> Iterator:
     def update(done: int, total: int, desc: str) -> None:
         if "bar" not in state:
             bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                           TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err)
+                           TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                           TextColumn("eta"), TimeRemainingColumn(), console=err)
             bar.start()
-            state["bar"], state["task"] = bar, bar.add_task(title, total=total)
+            state["bar"], state["task"], state["total"] = bar, bar.add_task(title, total=total), total
+        if total != state["total"]:                  # the next phase (calibration, then the build): a new ETA
+            state["bar"].reset(state["task"], total=total)
+            state["total"] = total
         state["bar"].update(state["task"], completed=done, total=total, description=f"{title}: {desc}")
 
     try:
