@@ -212,13 +212,17 @@ class LayerwiseCalibration:
         if first:
             log(f"calibration: resuming at layer {first + 1} of {n} ({first} finished layers in {cache.folder})")
         hidden = cache.hidden() if first else embedded(self.cfg, self.w, self.windows)
-        for i in range(first, n):
-            self.progress(i, n, f"calibrating layer {i + 1}/{n}")
-            stats, after = self.capture(i, hidden, keep_output=not quantized_inputs)
-            decisions, quantized_after = self.quantize(i, stats, hidden)
-            del stats
-            hidden = quantized_after if quantized_inputs else after
-            cache.save(i, decisions, hidden)
+        try:
+            for i in range(first, n):
+                self.progress(i, n, f"calibrating layer {i + 1}/{n}")
+                stats, after = self.capture(i, hidden, keep_output=not quantized_inputs)
+                decisions, quantized_after = self.quantize(i, stats, hidden)
+                del stats
+                hidden = quantized_after if quantized_inputs else after
+                cache.save(i, decisions, hidden)
+        except KeyboardInterrupt:
+            log(f"calibration stopped with {cache.done()} of {n} layers finished; the same command resumes it")
+            raise
         self.progress(n, n, "calibrated")
         return LayerResults(cache, n)
 
