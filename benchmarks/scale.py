@@ -54,7 +54,7 @@ def run_artifact(folder: Path) -> dict:
     """pressa benchmark in its own process: load s, RSS, decode tok/s, TTFT of a 512-token prompt."""
     res = subprocess.run([sys.executable, "-m", "pressa", "benchmark", str(folder), "--json", "--prompt-tokens", "512",
                           "--new-tokens", "64", "--runs", "3"], capture_output=True, text=True, check=True)
-    r = json.loads(res.stdout.strip().splitlines()[-1])
+    r = json.loads(res.stdout)
     data = sum(f.stat().st_size for f in folder.glob("*.onnx*"))
     bound = BANDWIDTH / data
     return {"load_s": round(r["load_s"], 2), "rss_mb": round(r["peak_rss_mb"]), "decode_tok_s": round(
