@@ -20,7 +20,7 @@ SAMPLE_ROWS = 512
 
 @dataclass
 class InputStats:
-    h: np.ndarray                       # [K, K] float32, sum of x x^T
+    h: np.ndarray | None                # [K, K] float32, sum of x x^T (None where nothing reads it)
     abs_sum: np.ndarray                 # [K] float64
     count: int = 0
     rows: list = field(default_factory=list)
@@ -70,18 +70,21 @@ def calibration_ids(tokenizer_files: dict, text: str, samples: int, seqlen: int,
 
 
 def accumulate(stats: dict[str, InputStats], key: str, x: np.ndarray, first_window: int, windows: int,
-               seed: int = 0) -> None:
+               seed: int = 0, hessian: bool = True) -> None:
     """Add the inputs `x` ([n, seq, K]) of the linear `key` on windows first_window.. to its statistics,
-    all n windows in one X^T X (far faster than window by window). The sampled rows depend only on
-    (seed, key, window), however windows are batched."""
+    all n windows in one X^T X (far faster than window by window; skipped without `hessian`, which only
+    GPTQ and the data-aware --ratio read). The sampled rows depend only on (seed, key, window), however
+    windows are batched."""
     x = np.asarray(x, np.float32)
     if x.ndim == 2:
         x = x[None]
     st = stats.get(key)
     if st is None:
-        st = stats[key] = InputStats(np.zeros((x.shape[-1],) * 2, np.float32), np.zeros(x.shape[-1]))
+        st = stats[key] = InputStats(np.zeros((x.shape[-1],) * 2, np.float32) if hessian else None,
+                                     np.zeros(x.shape[-1]))
     flat = x.reshape(-1, x.shape[-1])
-    st.h += flat.T @ flat
+    if hessian:
+        st.h += flat.T @ flat
     st.abs_sum += np.abs(flat).sum(axis=0)
     st.count += flat.shape[0]
     per_window = max(1, SAMPLE_ROWS // windows + 1)

@@ -179,8 +179,9 @@ class LayerwiseCalibration:
                      **{k: np.repeat(v, len(x), axis=0) for k, v in past.items()}}
             yield start, dict(zip(names, sess.run(names, feeds)))
 
-    def capture(self, i: int, hidden: np.ndarray, keep_output: bool):
-        """Layer i in float: its linears' input statistics and (when `keep_output`) its output."""
+    def capture(self, i: int, hidden: np.ndarray, keep_output: bool, hessian: bool = True):
+        """Layer i in float: its linears' input statistics (with H = X^T X when `hessian`) and (when
+        `keep_output`) its output."""
         stats: dict[str, InputStats] = {}
         after = np.empty_like(hidden) if keep_output else None
         with temp_dir("layer-") as d:
@@ -189,7 +190,7 @@ class LayerwiseCalibration:
             for start, outs in self._run(Path(d) / "model.onnx", hidden):
                 for name, x in outs.items():
                     if name.startswith("calib."):
-                        accumulate(stats, name[len("calib."):], x, start, len(self.windows), self.seed)
+                        accumulate(stats, name[len("calib."):], x, start, len(self.windows), self.seed, hessian)
                 if after is not None:
                     after[start:start + len(outs[HIDDEN_OUT])] = outs[HIDDEN_OUT]
         return stats, after
@@ -215,7 +216,7 @@ class LayerwiseCalibration:
         try:
             for i in range(first, n):
                 self.progress(i, n, f"calibrating layer {i + 1}/{n}")
-                stats, after = self.capture(i, hidden, keep_output=not quantized_inputs)
+                stats, after = self.capture(i, hidden, not quantized_inputs, self.opts.algorithm == "gptq")
                 decisions, quantized_after = self.quantize(i, stats, hidden)
                 del stats
                 hidden = quantized_after if quantized_inputs else after
