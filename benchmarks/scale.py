@@ -37,6 +37,7 @@ def build(tool: str, shape: Path, out: Path) -> dict:
     """One build under the clock: wall s, the peak RSS of its largest process, the artifact's size."""
     shutil.rmtree(out, ignore_errors=True)
     if tool == "olive":
+        shutil.rmtree(Path.cwd() / ".olive-cache", ignore_errors=True)      # no reuse of an earlier run's output
         cmd = [str(venv("olive") / "bin" / "olive"), "auto-opt", "--model_name_or_path", str(shape), "--output_path",
                str(out), "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai", "--precision",
                "int4", "--use_model_builder", "--log_level", "3"]
