@@ -41,10 +41,13 @@ def cache_root() -> Path:
 
 
 def cache_key(location: str, windows: list[list[int]], opts: BuildOptions, quantized_inputs: bool) -> str:
-    """What a layer's decisions depend on: the source's files, the windows, the quantization options."""
+    """What a layer's decisions depend on: pressa's version, the source's files, the windows, the
+    quantization options."""
+    from pressa import __version__
+
     p = Path(location)
     files = sorted(p.iterdir()) if p.is_dir() else [p] if p.exists() else []
-    facts = {"source": str(p.resolve()) if p.exists() else location,
+    facts = {"pressa": __version__, "source": str(p.resolve()) if p.exists() else location,
              "files": [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.is_file()],
              "windows": hashlib.sha256(np.asarray(windows, np.int64).tobytes()).hexdigest(),
              "options": {k: getattr(opts, k) for k in ("precision", "block_size", "symmetric", "accuracy_level",
