@@ -13,19 +13,23 @@ from pressa.quant.rtn import QuantizedWeight, encode, group_params
 def _inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor U of H^-1 (dampened; H^-1 = U^T U), as GPTQ uses it: with J the reversal,
     J H J = M M^T gives H = R R^T for the upper R = J M J, so H^-1 = R^-T R^-1 and U = R^-1. One
-    Cholesky and one triangular inverse (by blocks, in matrix products)."""
+    Cholesky and one triangular inverse (by blocks, in matrix products), in float32 as GPTQ computes it,
+    with at most three K x K arrays alive (K = 8,960 for a 1.5B model's down_proj: 0.3 GB each)."""
     n = len(h)
-    flipped = np.asarray(h, np.float64).ravel()[::-1].reshape(n, n).copy()     # J H J (both axes reversed)
+    flipped = np.asarray(h, np.float32).ravel()[::-1].reshape(n, n).copy()     # J H J (both axes reversed)
     diag = np.diag_indices(n)
     flipped[diag] = np.where(flipped[diag] == 0, 1.0, flipped[diag])           # dead inputs
-    step = damp * np.mean(flipped[diag])
+    step = damp * float(np.mean(flipped[diag], dtype=np.float64))
     for _ in range(6):
         flipped[diag] += step
         try:
             m = np.linalg.cholesky(flipped)
         except np.linalg.LinAlgError:
             continue
-        return _upper_inverse(m.ravel()[::-1].reshape(n, n).copy())
+        del flipped
+        r = m.ravel()[::-1].reshape(n, n).copy()
+        del m
+        return _upper_inverse(r)
     raise np.linalg.LinAlgError("Hessian is not positive definite even after damping")
 
 
@@ -47,7 +51,7 @@ def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int =
     n, k = w.shape
     pad = (-k) % block_size
     w = np.pad(np.asarray(w, np.float64), ((0, 0), (0, pad)))
-    h = np.pad(h, ((0, pad), (0, pad)))
+    h = np.pad(h, ((0, pad), (0, pad))) if pad else h
     kp = k + pad
     dead = np.diag(h) == 0
     w[:, dead] = 0.0
