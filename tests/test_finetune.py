@@ -144,7 +144,9 @@ def test_ctrl_c_keeps_the_adapter_and_resume_continues(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", mapping_records(64, 2))
     args = [sys.executable, "-m", "pressa", "finetune", "-m", str(hf), "--data_files", str(data), "--text_template",
             TEMPLATE, "--lora_r", "8", "--batch_size", "2", "-o", str(tmp_path / "ad")]
-    proc = subprocess.Popen([*args, "--max_steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*args, "--max_steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal,
+    # even when the tests themselves run in the background, where a shell starts them with SIGINT ignored
     seen = b""
     while b"Ctrl-C stops" not in seen and proc.poll() is None:    # the line said when the steps begin
         seen += proc.stderr.readline()
