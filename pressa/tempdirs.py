@@ -88,3 +88,8 @@ def adopt_all() -> None:
 def cleanup() -> None:
     if _ROOT and _ROOT[0].name == f"{PREFIX}{os.getpid()}" and _ROOT[0].exists():     # not a forked child's
         shutil.rmtree(_ROOT[0], ignore_errors=True)
+
+
+def user_cache_dir() -> Path:
+    """Where pressa keeps files between runs: $XDG_CACHE_HOME/pressa (~/.cache/pressa by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "pressa"

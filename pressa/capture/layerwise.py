@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,15 +28,14 @@ from pressa.capture.calibrate import InputStats, accumulate
 from pressa.capture.decoder import HIDDEN, HIDDEN_OUT, BuildOptions, DecoderBuilder
 from pressa.quant.packing import pack_nibbles, unpack_nibbles
 from pressa.quant.rtn import QuantizedWeight
-from pressa.tempdirs import temp_dir
+from pressa.tempdirs import temp_dir, user_cache_dir
 
 BATCH = 8                       # windows per session run
 STATE = "state.json"
 
 
 def cache_root() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "pressa" / "calibration"
+    return user_cache_dir() / "calibration"
 
 
 def cache_key(location: str, windows: list[list[int]], opts: BuildOptions, quantized_inputs: bool) -> str:

@@ -37,7 +37,8 @@ def _weight_groups(cfg: DecoderConfig, src: Source) -> dict[str, list[str]]:
 
 
 def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float,
-               progress: Progress | None = None, data_errors: dict[str, float] | None = None) -> dict[str, int]:
+               progress: Progress | None = None, data_errors: dict[str, float] | None = None,
+               log: Callable[[str], None] = lambda s: None) -> dict[str, int]:
     """Bits per weight for --ratio: the weights whose int4 error costs most get int8. The error is
     data-aware where calibration measured it (`data_errors`, from data_error), else the weight's own
     relative RTN error."""
@@ -53,7 +54,11 @@ def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float
             continue
         w = np.concatenate([src.weights(n) for n in names])
         errors[key], sizes[key] = relative_rtn_error(w, opts.block_size, opts.symmetric), w.size
-    return assign_bits(errors, sizes, ratio)
+    bits = assign_bits(errors, sizes, ratio)
+    n8 = sum(1 for b in bits.values() if b == 8)
+    how = ", data-aware" if data_errors else ""
+    log(f"mixed precision: {len(bits) - n8} weights int4, {n8} int8 (ratio {ratio}{how})")
+    return bits
 
 
 def data_error(w: np.ndarray, stats, opts: BuildOptions) -> float:
@@ -78,9 +83,7 @@ def _calibrated(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: floa
         groups = _weight_groups(cfg, src)
         errors = run.sensitivities(lambda key, st: data_error(
             np.concatenate([src.weights(n) for n in groups[key]]), st, opts))
-        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, errors)
-        n8 = sum(1 for b in opts.layer_bits.values() if b == 8)
-        log(f"mixed precision: {len(opts.layer_bits) - n8} weights int4, {n8} int8 (ratio {ratio}, data-aware)")
+        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, errors, log)
     if opts.algorithm == "rtn":
         return None
     results = run.run(LayerCache(cache_root() / cache_key(src.location, windows, opts, True)), log=log)
@@ -198,9 +201,7 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         calib = _calibrated(cfg, src, opts, ratio, calibration_text, calibration_samples, calibration_seqlen,
                             progress, log)
     elif ratio < 1.0 and opts.precision == "int4":
-        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress)
-        n8 = sum(1 for b in opts.layer_bits.values() if b == 8)
-        log(f"mixed precision: {len(opts.layer_bits) - n8} weights int4, {n8} int8 (ratio {ratio})")
+        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, log=log)
     builder = DecoderBuilder(cfg, src.weights, opts, calib)
     builder.lora = lora
     info = builder.build(out_dir, progress)

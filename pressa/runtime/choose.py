@@ -16,8 +16,9 @@ DECODER_KEY = "decoder-stateful|"      # prefix of a decoder's per-phase figures
 
 
 def cache_file() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "pressa" / "backends.json"
+    from pressa.tempdirs import user_cache_dir
+
+    return user_cache_dir() / "backends.json"
 
 
 def key_of(model_path: Path, opts: RuntimeOptions) -> str:
