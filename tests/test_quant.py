@@ -160,6 +160,40 @@ def test_gptq_and_awq_beat_rtn_on_outliers(sym):
     assert awq < 0.7 * rtn, (awq, rtn)
 
 
+def test_gptq_inverse_hessian_factor_by_blocks_matches_the_float64_inverse():
+    """The blocked Cholesky and triangular inverse (K above two LAPACK-sized blocks, one dead input):
+    U upper with U^T U = (H + damping)^-1, as numpy's float64 inverse gives it."""
+    from pressa.quant.gptq import BASE, _inverse_hessian_factor
+
+    rng = np.random.default_rng(3)
+    k = 2 * BASE + 77
+    x = rng.standard_normal((3 * k, k)) * np.exp(rng.standard_normal(k))
+    x[:, 5] = 0.0
+    h = x.T @ x
+    u = _inverse_hessian_factor(h.astype(np.float32), 0.01)
+    held = h.copy()
+    held[5, 5] = 1.0
+    ref = np.linalg.inv(held + 0.01 * np.mean(np.diag(held)) * np.eye(k))
+    assert np.abs(np.tril(u, -1)).max() == 0.0
+    assert np.abs(u.T.astype(np.float64) @ u - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+def test_gram_by_upper_blocks_is_x_transpose_x():
+    """Calibration's H, added batch by batch in its upper block triangle and mirrored when read, is
+    X^T X of all the batches (float64 reference)."""
+    from pressa.capture.calibrate import accumulate
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 40, 1100)).astype(np.float32)
+    stats = {}
+    for i in range(3):
+        accumulate(stats, "0.down", x[i:i + 1], i, 3)
+    flat = x.reshape(-1, 1100).astype(np.float64)
+    ref = flat.T @ flat
+    assert np.abs(stats["0.down"].hessian() - ref).max() < 1e-5 * np.abs(ref).max()
+    assert stats["0.down"].count == 120
+
+
 def test_gptq_layout_is_matmulnbits_compatible():
     from pressa.quant.gptq import quantize_gptq
 

@@ -156,7 +156,8 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         if self.o.algorithm == "gptq" and getattr(stats, "h", None) is not None:
             from pressa.quant.gptq import quantize_gptq
 
-            out = quantize_gptq(w, stats.h, bits, self.o.block_size, self.o.symmetric, search=self.searching(bits))
+            out = quantize_gptq(w, stats.hessian(), bits, self.o.block_size, self.o.symmetric,
+                                search=self.searching(bits))
         else:
             out = quantize_rtn(w, bits, self.o.block_size, self.o.symmetric, self.searching(bits))
         if self.record is not None and key:

@@ -164,14 +164,17 @@ class LayerwiseCalibration:
         self.cfg, self.w, self.opts, self.windows = cfg, weights, opts, windows
         self.progress, self.seed = progress or (lambda *a: None), seed
 
-    def _run(self, path: Path, hidden: np.ndarray, outputs: list[str] | None = None):
-        """Yields (window index range, {output: array}) of the one-layer graph over the windows in batches."""
+    def _run(self, path: Path, hidden: np.ndarray, hidden_out: bool, calib: bool = True):
+        """Yields (first window, {output: array}) of the one-layer graph over the windows in batches: the
+        layer's output where `hidden_out`, its linears' inputs where `calib` (ONNX Runtime runs only
+        the nodes the outputs asked for need: without the output, the float pass skips down_proj)."""
         import onnxruntime as ort
 
         from pressa.runtime.session import session_options
 
         sess = ort.InferenceSession(str(path), session_options(hint="throughput"), providers=["CPUExecutionProvider"])
-        names = outputs or [o.name for o in sess.get_outputs() if o.name == HIDDEN_OUT or o.name.startswith("calib.")]
+        names = [o.name for o in sess.get_outputs() if (o.name == HIDDEN_OUT and hidden_out)
+                 or (o.name.startswith("calib.") and calib)]
         past = {i.name: np.zeros((1, self.cfg.num_kv_heads, 0, self.cfg.head_dim), np.float32)
                 for i in sess.get_inputs() if i.name.startswith("past_key_values")}
         for start in range(0, len(hidden), BATCH):
@@ -188,7 +191,7 @@ class LayerwiseCalibration:
         with temp_dir("layer-") as d:
             DecoderBuilder(self.cfg, self.w, BuildOptions(precision="fp32", capture_inputs=True)).build_layer(
                 i, Path(d) / "model.onnx")
-            for start, outs in self._run(Path(d) / "model.onnx", hidden):
+            for start, outs in self._run(Path(d) / "model.onnx", hidden, keep_output):
                 for name, x in outs.items():
                     if name.startswith("calib."):
                         accumulate(stats, name[len("calib."):], x, start, len(self.windows), self.seed, hessian)
@@ -203,7 +206,7 @@ class LayerwiseCalibration:
         after = np.empty_like(hidden)
         with temp_dir("layer-") as d:
             builder.build_layer(i, Path(d) / "model.onnx")
-            for start, outs in self._run(Path(d) / "model.onnx", hidden, [HIDDEN_OUT]):
+            for start, outs in self._run(Path(d) / "model.onnx", hidden, True, calib=False):
                 after[start:start + len(outs[HIDDEN_OUT])] = outs[HIDDEN_OUT]
         return builder.record, after
 

@@ -66,7 +66,8 @@ def data_error(w: np.ndarray, stats, opts: BuildOptions) -> float:
     from pressa.quant.rtn import dequantize, quantize_rtn
 
     e = dequantize(quantize_rtn(w, 4, opts.block_size, opts.symmetric)) - w
-    return float(np.sum((e @ stats.h) * e) / max(float(np.sum((w @ stats.h) * w)), 1e-30))
+    h = stats.hessian()
+    return float(np.sum((e @ h) * e) / max(float(np.sum((w @ h) * w)), 1e-30))
 
 
 def _calibrated(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float, text: str, samples: int,
