@@ -119,6 +119,21 @@ def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, see
                           stop=list(stop or []), adapter=adapter)
 
 
+def _schema_grammar(path: Path) -> str:
+    from pressa.errors import BadArgument
+    from pressa.genai.constraints import check_grammar, json_schema_grammar
+
+    if not path.is_file():
+        raise BadArgument(f"--json-schema {path}: no such file; give a JSON schema file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadArgument(f"--json-schema {path}: not UTF-8 text; give a JSON schema file") from None
+    grammar = json_schema_grammar(text)
+    check_grammar(grammar)
+    return grammar
+
+
 _MAXNEW = typer.Option(256, "--max-new-tokens", "--max_new_tokens", min=1, help="Tokens to generate at most.")
 _TEMP = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy; above 0 samples.")
 _TOPK = typer.Option(0, "--top-k", min=0, help="Sample from the k most likely tokens (0 = off).")
@@ -139,14 +154,22 @@ def generate(
     repetition_penalty: float = _REP, seed: int | None = _SEED, stop: list[str] | None = _STOP,
     chat: bool | None = typer.Option(None, "--chat/--no-chat",
                                         help="Wrap prompts in the model's chat template (default: when it has one)."),
-    adapter: str | None = _ADAPTER, runtime=None,
+    adapter: str | None = _ADAPTER,
+    json_schema: Path | None = typer.Option(None, "--json-schema", help="Hold the answer to this JSON schema "
+                                            "(a .json file), token by token: the output always parses and "
+                                            "validates, unless --max-new-tokens cuts it short."),
+    runtime=None,
 ):
     """Generate text. Only the generated text goes to stdout, streamed as it is produced."""
+    import dataclasses
+
     import pressa
     from pressa.artifact import ArtifactKind, require_kind
 
     require_kind(model, ArtifactKind.DECODER_LLM, "generate")
     cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, adapter)
+    if json_schema is not None:
+        cfg = dataclasses.replace(cfg, grammar=_schema_grammar(json_schema))
     prompts = [read_stdin() if p == "-" else check_text(p, "the prompt") for p in prompts]
     m = pressa.load(model, **runtime.model_dump())
     if len(prompts) == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,17 @@ class Model:
     @classmethod
     def load(cls, path, **kwargs) -> Model:
         return cls(Path(path), **kwargs)
+
+    @functools.cached_property
+    def grammar(self):
+        """The vocabulary as the grammar engine reads it (genai/constraints.py), built at first use."""
+        from pressa.genai.constraints import GrammarTokenizer
+
+        return GrammarTokenizer(self.folder, self.session.vocab_size, self.eos_ids)
+
+    def constraint_for(self, cfg: SamplingConfig):
+        """A new sequence's grammar state when its settings hold a grammar (else None)."""
+        return self.grammar.constraint(cfg.grammar) if cfg.grammar else None
 
     @property
     def has_chat_template(self) -> bool:
@@ -102,7 +114,7 @@ class Model:
             c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
             out = None if emit is None else (lambda t, f, g, i=i: emit(i, t, f, g))
             detok = None if emit is None else Detokenizer(self.tokenizer, cfg.stop)
-            seqs.append(Sequence(list(ids), c, out, detok))
+            seqs.append(Sequence(list(ids), c, out, detok, constraint=self.constraint_for(c)))
         batch = SlotBatch(self.session, len(seqs), capacity, self.eos_ids)
         batch.admit(seqs)
         yield seqs
@@ -119,8 +131,14 @@ class Model:
             counts = now
 
     def stream_batch(self, prompts: list, cfg: SamplingConfig | None = None, chat: bool | None = None,
-                     **kw) -> Iterator[Event]:
+                     json_schema=None, **kw) -> Iterator[Event]:
+        """Events of a batch of prompts; `json_schema` (a dict, its JSON text, or True for any JSON
+        object) holds every answer to it, token by token."""
         cfg = cfg or SamplingConfig(**kw)
+        if json_schema is not None:
+            from pressa.genai.constraints import json_schema_grammar
+
+            cfg = dataclasses.replace(cfg, grammar=json_schema_grammar(json_schema))
         events: list[Event] = []
 
         def emit(i, text, finish, generated):

@@ -20,6 +20,7 @@ class SamplingConfig:
     ignore_eos: bool = False
     logprobs: int | None = None       # report each chosen token's log-probability and this many alternatives
     adapter: str | None = None        # the run-time LoRA adapter the sequence decodes with (None: the base)
+    grammar: str | None = None        # the output is held to this llguidance grammar (genai/constraints.py)
 
 
 def token_logprobs(logits: np.ndarray, token: int, top: int) -> dict:
@@ -50,8 +51,8 @@ def choose(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
         return logits.argmax(axis=-1)
     with np.errstate(over="ignore"):
         x = logits.astype(np.float64) / cfg.temperature
-    if not np.isfinite(x).all():          # a temperature so small the scaled logits overflow: its limit, greedy
-        return logits.argmax(axis=-1)
+    if not np.isfinite(x.max(axis=-1)).all():     # a temperature so small the scaled logits overflow: its
+        return logits.argmax(axis=-1)               # limit, greedy (-inf: a token a grammar rules out)
     if cfg.top_k and cfg.top_k < x.shape[-1]:
         kth = np.partition(x, -cfg.top_k, axis=-1)[:, -cfg.top_k][:, None]
         x = np.where(x < kth, -np.inf, x)

@@ -85,6 +85,7 @@ class Sequence:
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
     logprobs: list = field(default_factory=list)      # records not yet emitted (cfg.logprobs set)
+    constraint: object | None = None                  # a grammar's state (genai/constraints.Constraint)
 
     def __post_init__(self):
         self.rng = np.random.default_rng(self.cfg.seed)
@@ -100,6 +101,10 @@ class Sequence:
         if cfg.repetition_penalty != 1.0:
             logits = logits.copy()
             apply_repetition_penalty(logits, [self.seen], cfg.repetition_penalty)
+        if self.constraint is not None:
+            logits = logits.copy() if logits is raw else logits
+            self.constraint.mask(logits)
+            greedy = None
         if greedy is not None and cfg.temperature <= 0 and cfg.repetition_penalty == 1.0:
             token = greedy
         else:
@@ -116,6 +121,8 @@ class Sequence:
         cfg, detok = self.cfg, self.detok
         self.count += 1
         self.next_token = token
+        if self.constraint is not None:
+            self.constraint.advance(token)
         if not cfg.ignore_eos and token in eos_ids:
             self.done = "stop"
             piece = detok.flush() if detok else ""

@@ -46,6 +46,12 @@ class Stats:
                                    ("cancelled_sequences_total", "counter", "cancelled")):
             out.append(f"# TYPE pressa_{metric} {kind}")
             out += [f'pressa_{metric}{{model="{m.name}"}} {getattr(m.scheduler, attr)}' for m in gens]
+        out.append("# TYPE pressa_grammar_mask_seconds summary")      # structured output's cost per token
+        for m in gens:
+            g = m.model.__dict__.get("grammar")          # built at a model's first constrained request
+            tokens, seconds = (g.stats.tokens, g.stats.seconds) if g else (0, 0.0)
+            out += [f'pressa_grammar_mask_seconds_sum{{model="{m.name}"}} {seconds:.6f}',
+                    f'pressa_grammar_mask_seconds_count{{model="{m.name}"}} {tokens}']
         out.append("# TYPE pressa_time_to_first_token_seconds summary")
         for m in gens:
             out += [f'pressa_time_to_first_token_seconds_sum{{model="{m.name}"}} {m.scheduler.first_token_seconds:.6f}',

@@ -38,6 +38,21 @@ def generation_config(params: dict, max_tokens: int) -> SamplingConfig:
     return sampling_config(parse(GenerationParams, params, "parameters"), max_tokens)
 
 
+def response_grammar(fmt: schemas.ResponseFormat) -> str | None:
+    """The grammar of a request's response_format (None for text)."""
+    from pressa.errors import BadArgument
+    from pressa.genai.constraints import check_grammar, json_schema_grammar
+
+    if fmt.type == "text":
+        return None
+    try:
+        grammar = json_schema_grammar(True if fmt.type == "json_object" else fmt.json_schema.json_schema)
+        check_grammar(grammar)
+    except BadArgument as err:
+        raise RequestError(f"response_format: {err}") from None
+    return grammar
+
+
 class LogprobFormat:
     """Token log-probability records (sampling.token_logprobs) as OpenAI writes them: for chat,
     {content: [{token, logprob, bytes, top_logprobs}]}; for completions, {tokens, token_logprobs,
@@ -79,6 +94,7 @@ class Completion:
         logprobs = (req.top_logprobs or 0) if self.chat and req.logprobs else None if self.chat else req.logprobs
         self.cfg = sampling_config(req, request.app.state.max_tokens, logprobs)
         self.cfg.adapter = adapter
+        self.cfg.grammar = response_grammar(req.response_format)
         if self.chat:
             prompt = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
                       for m in req.messages]

@@ -15,7 +15,7 @@ V2Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16",
 
 # fields of OpenAI's requests this server does not implement: refused when they ask for something
 UNSUPPORTED = {"echo": (False, None), "best_of": (1, None), "suffix": (None, ""), "logit_bias": (None, {}),
-               "tools": (None, []), "functions": (None, []), "response_format": (None, {"type": "text"})}
+               "tools": (None, []), "functions": (None, [])}
 
 
 class Body(BaseModel):
@@ -60,8 +60,29 @@ class GenerationParams(Body):
         return data
 
 
+class JsonSchemaFormat(Body):
+    name: str = Field("response", max_length=64)
+    description: str = ""
+    json_schema: dict = Field(alias="schema", description="The JSON schema every answer is held to.")
+    strict: bool = Field(True, description="Always true here: the schema is enforced token by token.")
+
+
+class ResponseFormat(Body):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema: {\"name\": ..., \"schema\": {...}}")
+        return self
+
+
 class Sampling(GenerationParams):
     model: str = Field(min_length=1, description="A served model's name (GET /v1/models).")
+    response_format: ResponseFormat = Field(ResponseFormat(), description="json_object or json_schema: the answer "
+                                            "is held to it token by token, so it always parses (unless max_tokens "
+                                            "cuts it short).")
     n: int = Field(1, ge=1, le=8, description="Choices to generate.")
     stream: bool = Field(False, description="Server-sent events, ending with data: [DONE].")
     stream_options: StreamOptions = StreamOptions()
