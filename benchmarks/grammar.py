@@ -74,11 +74,10 @@ def run_llguidance(folder: Path, ids: list[int]) -> dict:
 
 
 def run_outlines(folder: Path, ids: list[int]) -> dict:
+    import numpy as np
     from outlines_core import Guide, Index, Vocabulary
     from outlines_core.json_schema import build_regex_from_schema
     from tokenizers import Tokenizer
-
-    import numpy as np
 
     n_vocab = _vocab_size(folder)
     t0 = time.perf_counter()
@@ -188,8 +187,8 @@ def main() -> None:
         if "error" in r:
             print(f"{r['engine']:<14} error: {r['error']}")
         else:
-            print(f"{r['engine']:<14} {r['tokens']:>6} {r['mean_us']:>9.1f} {r['median_us']:>10.1f} {r['max_us']:>9.1f} "
-                  f"{r['compile_ms']:>11.1f}")
+            print(f"{r['engine']:<14} {r['tokens']:>6} {r['mean_us']:>9.1f} {r['median_us']:>10.1f} "
+                  f"{r['max_us']:>9.1f} {r['compile_ms']:>11.1f}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,70 @@ def write_tiny_tokenizer(folder: Path) -> None:
                          "{% if add_generation_prompt %}t12{% endif %}"}))
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: byte -> the character standing for it in the vocabulary."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+# a template that renders tools, calls and results the way Qwen's does (hermes <tool_call> blocks)
+TOOLS_TEMPLATE = (
+    "{% if tools %}<system>Tools:{% for t in tools %} {{ t['function'] | tojson }}{% endfor %}\n{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'tool' %}<tool>{{ m['content'] }}\n"
+    "{% elif m.get('tool_calls') %}<assistant>{% for c in m['tool_calls'] %}<tool_call>\n"
+    "{{ {'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson }}\n</tool_call>"
+    "{% endfor %}\n{% else %}<{{ m['role'] }}>{{ m['content'] }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def write_byte_tokenizer(folder: Path, template: str = TOOLS_TEMPLATE) -> None:
+    """A byte-level BPE without merges: ids 3..258 are the 256 bytes, so any text has a spelling."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    for b, ch in sorted(bytes_to_unicode().items()):
+        vocab[ch] = 3 + b
+    tok = Tokenizer(models.BPE(vocab, [], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<pad>", "<s>", "</s>"])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": template}))
+
+
+@pytest.fixture(scope="session")
+def byte_llm(tmp_path_factory):
+    """An fp32 tiny llama whose byte-level vocabulary spells any text (JSON, tool calls), with a chat
+    template that renders tools."""
+    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.llm import build_llm
+
+    d = tmp_path_factory.mktemp("bytes")
+    make_tiny("llama", d / "hf", vocab_size=272, max_position_embeddings=2048)
+    write_byte_tokenizer(d / "hf")
+    build_llm(str(d / "hf"), d / "llm", BuildOptions(precision="fp32"))
+    return d / "llm"
+
+
+@pytest.fixture(scope="session")
+def byte_server(byte_llm):
+    """A running server over byte_llm, named "bytes"."""
+    from pressa.serve.models import load_models
+
+    from helpers import running
+
+    models = load_models([{"name": "bytes", "path": str(byte_llm), "max_concurrency": 4}])
+    with running(models, max_tokens=512) as port:
+        yield {"url": f"http://127.0.0.1:{port}"}
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     cache = {}

@@ -9,8 +9,7 @@ import json
 
 import pytest
 
-from conftest import make_tiny
-from helpers import KEY, call, run_cli, running
+from helpers import KEY, call, run_cli
 
 SCHEMA = {
     "type": "object",
@@ -24,55 +23,6 @@ SCHEMA = {
     "required": ["city", "population", "kind", "tags", "safe"],
     "additionalProperties": False,
 }
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-level alphabet: byte -> the character standing for it in the vocabulary."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def write_byte_tokenizer(folder, template: str) -> None:
-    """A byte-level BPE without merges: ids 3..258 are the 256 bytes, so any text has a spelling."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    for b, ch in sorted(bytes_to_unicode().items()):
-        vocab[ch] = 3 + b
-    tok = Tokenizer(models.BPE(vocab, [], unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": template}))
-
-
-@pytest.fixture(scope="module")
-def byte_llm(tmp_path_factory):
-    from pressa.capture.decoder import BuildOptions
-    from pressa.capture.llm import build_llm
-
-    d = tmp_path_factory.mktemp("bytes")
-    make_tiny("llama", d / "hf", vocab_size=272, max_position_embeddings=1024)
-    write_byte_tokenizer(d / "hf", "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-                                   "{% if add_generation_prompt %}<assistant>{% endif %}")
-    build_llm(str(d / "hf"), d / "llm", BuildOptions(precision="fp32"))
-    return d / "llm"
-
-
-@pytest.fixture(scope="module")
-def byte_server(byte_llm):
-    from pressa.serve.models import load_models
-
-    models = load_models([{"name": "bytes", "path": str(byte_llm), "max_concurrency": 4}])
-    with running(models, max_tokens=512) as port:
-        yield {"url": f"http://127.0.0.1:{port}"}
 
 
 def test_json_schema_answers_validate_on_20_seeds_at_temperature_1(byte_server):

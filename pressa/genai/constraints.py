@@ -76,8 +76,9 @@ class GrammarTokenizer:
         self.vocab_size = vocab_size
         self.stats = GrammarStats()
         lg = _llguidance()
+        self.eos = np.array(sorted(i for i in eos_ids if i < vocab_size), np.int64)
         self.tok = lg.LLTokenizer((Path(folder) / "tokenizer.json").read_text(), n_vocab=vocab_size,
-                                  eos_token=sorted(eos_ids) or None)
+                                  eos_token=self.eos.tolist() or None)
 
     def constraint(self, grammar: str) -> Constraint:
         return Constraint(self, grammar)
@@ -106,6 +107,8 @@ class Constraint:
         t = time.perf_counter()
         row = logits.reshape(-1)
         np.copyto(row, np.float32(-np.inf), where=~self.allowed())
+        if not self.matcher.is_accepting():    # an end token whose text the grammar would take as text
+            row[self.owner.eos] = -np.inf
         self.owner.stats.add(time.perf_counter() - t)
 
     def advance(self, token: int) -> None:

@@ -69,11 +69,13 @@ class Model:
         return bool(self.tokenizer.chat_template)
 
     # -- prompts ----------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str | list[dict], chat: bool | None = None) -> list[int]:
+    def encode_prompt(self, prompt: str | list[dict], chat: bool | None = None, tools: list[dict] | None = None
+                      ) -> list[int]:
         """A string (wrapped in the chat template when `chat`, default: when the model has one)
-        or a list of chat messages."""
+        or a list of chat messages (with `tools` for the template to describe)."""
         if isinstance(prompt, list):
-            return self.tokenizer.encode(self.tokenizer.apply_chat_template(prompt), add_special_tokens=False)
+            text = self.tokenizer.apply_chat_template(prompt, tools=tools)
+            return self.tokenizer.encode(text, add_special_tokens=False)
         use_chat = self.has_chat_template if chat is None else chat
         if use_chat:
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
@@ -113,7 +115,7 @@ class Model:
         for i, ids in enumerate(prompts):
             c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
             out = None if emit is None else (lambda t, f, g, i=i: emit(i, t, f, g))
-            detok = None if emit is None else Detokenizer(self.tokenizer, cfg.stop)
+            detok = None if emit is None else Detokenizer(self.tokenizer, cfg.stop, cfg.skip_special_tokens)
             seqs.append(Sequence(list(ids), c, out, detok, constraint=self.constraint_for(c)))
         batch = SlotBatch(self.session, len(seqs), capacity, self.eos_ids)
         batch.admit(seqs)

@@ -21,6 +21,7 @@ class SamplingConfig:
     logprobs: int | None = None       # report each chosen token's log-probability and this many alternatives
     adapter: str | None = None        # the run-time LoRA adapter the sequence decodes with (None: the base)
     grammar: str | None = None        # the output is held to this llguidance grammar (genai/constraints.py)
+    skip_special_tokens: bool = True  # leave special tokens out of the text (False: a tool-call marker is one)
 
 
 def token_logprobs(logits: np.ndarray, token: int, top: int) -> dict:

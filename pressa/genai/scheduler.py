@@ -75,7 +75,7 @@ class Scheduler:
         if len(ids) + cfg.max_new_tokens > self.capacity:
             raise BadArgument(f"prompt ({len(ids)} tokens) plus max new tokens ({cfg.max_new_tokens}) exceed the "
                               f"{self.capacity} positions a sequence may hold here")
-        seq = Sequence(list(ids), cfg, emit, Detokenizer(self.model.tokenizer, cfg.stop),
+        seq = Sequence(list(ids), cfg, emit, Detokenizer(self.model.tokenizer, cfg.stop, cfg.skip_special_tokens),
                        constraint=self.model.constraint_for(cfg))
         with self.cond:
             if self._closed:

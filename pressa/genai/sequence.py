@@ -33,8 +33,8 @@ class Detokenizer:
     """Incremental detokenization of one sequence, holding back text that may still change:
     an incomplete UTF-8 character, or the start of a stop string."""
 
-    def __init__(self, tok: TextTokenizer, stops: list[str]):
-        self.tok, self.stops = tok, stops
+    def __init__(self, tok: TextTokenizer, stops: list[str], skip_special: bool = True):
+        self.tok, self.stops, self.skip_special = tok, stops, skip_special
         self.ids: list[int] = []
         self.emitted = 0
         self.text = ""
@@ -45,7 +45,7 @@ class Detokenizer:
         """Feed one generated token; returns the text now safe to show. Sets `stopped` when a stop
         string appears (the text ends before it)."""
         self.ids.append(token)
-        self.text = self.tok.decode(self.ids)
+        self.text = self.tok.decode(self.ids, skip_special_tokens=self.skip_special)
         for s in self.stops:
             k = self.text.find(s, max(0, self.emitted - len(s)))
             if k >= 0:

@@ -77,10 +77,20 @@ class TextTokenizer:
             return bytes([int(piece[3:5], 16)])
         return self.decode([token], skip_special_tokens=False).encode()
 
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """The special added tokens (text -> id), which decoding skips by default."""
+        if not hasattr(self, "_special"):
+            self._special = {t.content: i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
+        return self._special
+
     def token_id(self, token: str | None) -> int | None:
         return self.tok.token_to_id(token) if token else None
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            tools: list[dict] | None = None) -> str:
+        """`tools`: OpenAI's tool list ({"type": "function", "function": {...}}), for templates that
+        render them (genai/tools.py)."""
         if not self.chat_template:
             raise BadArgument("this model has no chat template; use --no-chat")
         if self._compiled is None:
@@ -100,6 +110,7 @@ class TextTokenizer:
             self._compiled = env.from_string(self.chat_template)
         try:
             return self._compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+                                         bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+                                         tools=tools)
         except Exception as err:
             raise BadArgument(f"the chat template failed: {err}") from None

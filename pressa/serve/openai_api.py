@@ -12,6 +12,7 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from pressa.genai.reasoning import OPEN, ThinkSplit, thinks
 from pressa.genai.sampling import SamplingConfig
 from pressa.serve import schemas
 from pressa.serve.bodies import json_body, model_named
@@ -95,13 +96,26 @@ class Completion:
         self.cfg = sampling_config(req, request.app.state.max_tokens, logprobs)
         self.cfg.adapter = adapter
         self.cfg.grammar = response_grammar(req.response_format)
-        if self.chat:
-            prompt = [{"role": "system" if m.role == "developer" else m.role, "content": m.content}
-                      for m in req.messages]
+        self.tools = None
+        if self.chat and req.tools and req.tool_choice != "none":
+            from pressa.serve.tool_calls import ChatTools
+
+            self.tools = ChatTools(req, self.m.model)
+            if self.tools.grammar and self.cfg.grammar:
+                raise RequestError("response_format and a required or named tool_choice cannot both hold; "
+                                   "ask for one")
+            self.cfg.grammar = self.tools.grammar or self.cfg.grammar
+            self.cfg.skip_special_tokens = self.tools.skip_special
+        if self.tools:
+            ids = self.tools.encode([m.template_dict() for m in req.messages])
+        elif self.chat:
+            ids = self.m.model.encode_prompt([m.template_dict() for m in req.messages])
         else:
-            prompt = req.prompt
-        ids = self.m.model.encode_prompt(prompt, None if self.chat else False)
+            ids = self.m.model.encode_prompt(req.prompt, False)
         self.prompt_tokens, self.n = len(ids), req.n
+        tok = self.m.model.tokenizer
+        self.think = self.chat and thinks(tok.chat_template)          # reasoning_content split off
+        self.think_inside = self.think and tok.decode(ids[-8:], skip_special_tokens=False).rstrip().endswith(OPEN)
         self.rid = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
@@ -154,9 +168,16 @@ class Completion:
                     finishes[i], used = fin, used + gen
         finally:
             self.cancel()
-        choices = [({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
-                    if self.chat else {"index": i, "text": t, "finish_reason": f})
-                   for i, (t, f) in enumerate(zip(texts, finishes))]
+        choices = []
+        for i, (t, f) in enumerate(zip(texts, finishes)):
+            if not self.chat:
+                choices.append({"index": i, "text": t, "finish_reason": f})
+                continue
+            reasoning, t = ThinkSplit(self.think_inside).split(t) if self.think else ("", t)
+            msg, f = self.tools.message(t, f) if self.tools else ({"role": "assistant", "content": t}, f)
+            if reasoning:
+                msg["reasoning_content"] = reasoning
+            choices.append({"index": i, "message": msg, "finish_reason": f})
         for i, c in enumerate(choices):
             c["logprobs"] = self.lp.format(records[i]) if self.lp else None
         return self.envelope("chat.completion" if self.chat else "text_completion", choices, usage=self.usage(used))
@@ -173,21 +194,37 @@ class Completion:
     def sse(obj) -> str:
         return "data: " + json.dumps(obj) + "\n\n"
 
+    @staticmethod
+    def _deltas(piece: str, final: bool, split, calls) -> list[dict]:
+        """A piece of a choice's text as chat deltas: reasoning_content (split off by `split`), then
+        content or tool calls (`calls`, a ToolStream)."""
+        parts = split.feed(piece, final) if split else [("content", piece)]
+        out = [{"reasoning_content": t} for k, t in parts if k == "reasoning"]
+        content = "".join(t for k, t in parts if k == "content")
+        if calls:
+            return out + calls.feed(content, final)
+        return out + ([{"content": content}] if content else [])
+
     async def stream(self):
         used = 0
         try:
             if self.chat:              # the role first, so that clients can time the first token
                 for i in range(self.n):
                     yield self.chunk(i, {"role": "assistant", "content": ""})
+            calls = {i: self.tools.stream() for i in range(self.n)} if self.tools else {}
+            splits = {i: ThinkSplit(self.think_inside) for i in range(self.n)} if self.think else {}
             async for i, piece, fin, gen, recs in self.events():
                 if piece is None:
                     yield self.sse({"error": {"message": fin, "type": "server_error", "param": None, "code": None}})
                     return
-                if piece or recs:
+                if i in calls or i in splits:
+                    for delta in self._deltas(piece, bool(fin), splits.get(i), calls.get(i)):
+                        yield self.chunk(i, delta)
+                elif piece or recs:
                     yield self.chunk(i, {"content": piece}, recs=recs)
                 if fin:
                     used += gen
-                    yield self.chunk(i, {}, fin)
+                    yield self.chunk(i, {}, "tool_calls" if i in calls and calls[i].calls else fin)
             if self.req.stream_options.include_usage:
                 yield self.sse(self.envelope(self.stream_object, [], usage=self.usage(used)))
             yield "data: [DONE]\n\n"

@@ -15,7 +15,7 @@ V2Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16",
 
 # fields of OpenAI's requests this server does not implement: refused when they ask for something
 UNSUPPORTED = {"echo": (False, None), "best_of": (1, None), "suffix": (None, ""), "logit_bias": (None, {}),
-               "tools": (None, []), "functions": (None, [])}
+               "functions": (None, [])}
 
 
 class Body(BaseModel):
@@ -29,9 +29,58 @@ class Body(BaseModel):
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
+class FunctionCall(Body):
+    name: str = Field(min_length=1)
+    arguments: str = Field(description="JSON text.")
+
+
+class MessageToolCall(Body):
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: list[MessageToolCall] = Field([], description="An assistant turn's calls (sent back with results).")
+    tool_call_id: str = Field("", description="A tool turn: the call whose result `content` is.")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, v):            # [{"type": "text", "text": ...}, ...] as one string
+        if isinstance(v, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in v):
+                raise ValueError("only text parts are supported: [{\"type\": \"text\", \"text\": ...}]")
+            return "".join(p["text"] for p in v)
+        return v
+
+    def template_dict(self) -> dict:
+        out = {"role": "system" if self.role == "developer" else self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.function.name,
+                                                                              "arguments": c.function.arguments}}
+                                 for c in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class FunctionSpec(Body):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    parameters: dict = Field({"type": "object", "properties": {}}, description="A JSON schema of the arguments.")
+    strict: bool = True
+
+
+class ToolSpec(Body):
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class NamedToolChoice(Body):
+    type: Literal["function"] = "function"
+    function: dict = Field(description='{"name": ...}')
 
 
 class StreamOptions(Body):
@@ -90,6 +139,10 @@ class Sampling(GenerationParams):
 
 class ChatRequest(Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ToolSpec] = Field([], max_length=128, description="Functions the model may call.")
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice = Field(
+        "auto", description="required or a named function: a call is forced token by token.")
+    parallel_tool_calls: bool = Field(True, description="Allow more than one call in a turn.")
     logprobs: bool = Field(False, description="Each generated token's log-probability.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: the most likely alternatives.")
 
@@ -97,6 +150,11 @@ class ChatRequest(Sampling):
     def _top_needs_logprobs(self):
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        names = [t.function.name for t in self.tools]
+        if self.tool_choice != "auto" and self.tool_choice != "none" and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.get("name") not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.get('name')!r}, not one of the tools")
         return self
 
 
