@@ -31,7 +31,8 @@ def test_think_blocks_split_the_same_whole_and_streamed(text, inside, want):
         for i in range(0, len(text), step):
             parts += s.feed(text[i:i + step])
         parts += s.feed("", final=True)
-        assert ("".join(t for k, t in parts if k == "reasoning"), "".join(t for k, t in parts if k == "content")) == want
+        joined = {k: "".join(t for kind, t in parts if kind == k) for k in ("reasoning", "content")}
+        assert (joined["reasoning"], joined["content"]) == want
 
 
 def test_reasoning_content_on_the_chat_api(byte_llm, tmp_path):

@@ -16,6 +16,7 @@ from pressa.errors import BadArgument
 from pressa.genai.sampling import SamplingConfig
 from pressa.genai.sequence import Detokenizer, Sequence, check_request
 from pressa.genai.slots import SlotBatch
+from pressa.genai.speculative import check_mode
 from pressa.genai.tokenizer import TextTokenizer
 
 
@@ -30,8 +31,10 @@ class Event:
 
 class Model:
     def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
-                 **runtime):
-        """`runtime`: the other RuntimeOptions (backend: onnxruntime, openvino or auto; streams,
+                 speculative: str = "off", **runtime):
+        """`speculative`: "lookup" opens the graph with logits for every position, which verifying
+        drafted tokens needs (generate(speculative="lookup") reopens it so at first use otherwise).
+        `runtime`: the other RuntimeOptions (backend: onnxruntime, openvino or auto; streams,
         precision_hint, cache_dir)."""
         from pressa import log
         from pressa.genai.backends import open_decoder
@@ -40,6 +43,8 @@ class Model:
         self.runtime = runtime_options(device=device, threads=threads, hint=hint, **runtime)
         self.folder = Path(folder)
         self.session = open_decoder(self.folder, self.runtime, log=log.info)
+        if check_mode(speculative) == "lookup":
+            self.enable_verification()
         self.tokenizer = TextTokenizer(self.folder)
         self.eos_ids = set(token_ids(self.session.config["model"].get("eos_token_id")))
         gen = self.folder / "generation_config.json"
@@ -52,6 +57,16 @@ class Model:
     @classmethod
     def load(cls, path, **kwargs) -> Model:
         return cls(Path(path), **kwargs)
+
+    def enable_verification(self) -> None:
+        """Reopen the decoder with logits for every position (speculative decoding's verification)."""
+        from pressa.genai.backends import open_decoder
+
+        if self.session.last_only:
+            if self.runtime.backend == "openvino" or not self.session.shared_buffer:
+                raise BadArgument("speculative decoding runs on --backend onnxruntime, over graphs built by "
+                                  "auto-opt's LLM builder")
+            self.session = open_decoder(self.folder, self.runtime, all_logits=True)
 
     @functools.cached_property
     def grammar(self):
@@ -107,6 +122,8 @@ class Model:
         """Runs the prompts together to the end, yielding their sequences after the prefill and after
         each decode step. Row i samples with seed + i; `emit(i, text, finish, generated)` gets row i's
         text (no text is decoded without it)."""
+        if check_mode(cfg.speculative) == "lookup":
+            self.enable_verification()
         for ids in prompts:
             check_request(ids, cfg, self.session)
         capacity = max(len(p) for p in prompts) + cfg.max_new_tokens
@@ -117,7 +134,7 @@ class Model:
             out = None if emit is None else (lambda t, f, g, i=i: emit(i, t, f, g))
             detok = None if emit is None else Detokenizer(self.tokenizer, cfg.stop, cfg.skip_special_tokens)
             seqs.append(Sequence(list(ids), c, out, detok, constraint=self.constraint_for(c)))
-        batch = SlotBatch(self.session, len(seqs), capacity, self.eos_ids)
+        batch = self.last_batch = SlotBatch(self.session, len(seqs), capacity, self.eos_ids)   # its counters
         batch.admit(seqs)
         yield seqs
         while batch.active:

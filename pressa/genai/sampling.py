@@ -22,6 +22,8 @@ class SamplingConfig:
     adapter: str | None = None        # the run-time LoRA adapter the sequence decodes with (None: the base)
     grammar: str | None = None        # the output is held to this llguidance grammar (genai/constraints.py)
     skip_special_tokens: bool = True  # leave special tokens out of the text (False: a tool-call marker is one)
+    speculative: str = "off"          # "lookup": prompt-lookup drafts verified in one step (genai/speculative.py)
+    draft_tokens: int = 4             # drafted tokens per step at most
 
 
 def token_logprobs(logits: np.ndarray, token: int, top: int) -> dict:
@@ -46,14 +48,15 @@ def apply_repetition_penalty(logits: np.ndarray, seen: list[np.ndarray], penalty
             logits[b, u] = np.where(v > 0, v / penalty, v * penalty)
 
 
-def choose(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
-    """One token per row. `logits` may be modified."""
+def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray | None:
+    """The distribution [B, V] a row's next token is drawn from (temperature, top-k, top-p), or None
+    where the choice is greedy. `logits` may be modified."""
     if cfg.temperature <= 0:
-        return logits.argmax(axis=-1)
+        return None
     with np.errstate(over="ignore"):
         x = logits.astype(np.float64) / cfg.temperature
     if not np.isfinite(x.max(axis=-1)).all():     # a temperature so small the scaled logits overflow: its
-        return logits.argmax(axis=-1)               # limit, greedy (-inf: a token a grammar rules out)
+        return None                                 # limit, greedy (-inf: a token a grammar rules out)
     if cfg.top_k and cfg.top_k < x.shape[-1]:
         kth = np.partition(x, -cfg.top_k, axis=-1)[:, -cfg.top_k][:, None]
         x = np.where(x < kth, -np.inf, x)
@@ -62,6 +65,14 @@ def choose(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     p /= p.sum(axis=-1, keepdims=True)
     if cfg.top_p < 1.0:
         p = np.stack([_nucleus(row, cfg.top_p) for row in p])
+    return p
+
+
+def choose(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
+    """One token per row. `logits` may be modified."""
+    p = probabilities(logits, cfg)
+    if p is None:
+        return logits.argmax(axis=-1)
     u = rng.random((p.shape[0], 1))
     return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pressa.errors import BadArgument
-from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose, token_logprobs
+from pressa.genai.sampling import SamplingConfig, apply_repetition_penalty, choose, probabilities, token_logprobs
+from pressa.genai.speculative import residual_sample
 from pressa.genai.tokenizer import TextTokenizer
 
 # emit(text, finish, generated): text pieces as they become safe to show; on the last call `finish`
@@ -86,8 +87,10 @@ class Sequence:
     submitted: float = field(default_factory=time.perf_counter)
     logprobs: list = field(default_factory=list)      # records not yet emitted (cfg.logprobs set)
     constraint: object | None = None                  # a grammar's state (genai/constraints.Constraint)
+    history: list = field(init=False)                 # prompt and chosen tokens (speculative lookup)
 
     def __post_init__(self):
+        self.history = list(self.ids)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.seen = np.asarray(self.ids, np.int64) if self.cfg.repetition_penalty != 1.0 else None
 
@@ -97,23 +100,46 @@ class Sequence:
     def choose(self, logits: np.ndarray, greedy: int | None = None) -> int:
         """The next token from this sequence's logits [1, V] (`greedy`: the argmax, when known)."""
         cfg = self.cfg
-        raw = logits
-        if cfg.repetition_penalty != 1.0:
-            logits = logits.copy()
-            apply_repetition_penalty(logits, [self.seen], cfg.repetition_penalty)
-        if self.constraint is not None:
-            logits = logits.copy() if logits is raw else logits
-            self.constraint.mask(logits)
-            greedy = None
-        if greedy is not None and cfg.temperature <= 0 and cfg.repetition_penalty == 1.0:
+        if greedy is not None and cfg.temperature <= 0 and cfg.repetition_penalty == 1.0 and self.constraint is None:
             token = greedy
         else:
-            token = int(choose(logits.copy(), cfg, self.rng)[0])
+            token = int(choose(self._processed(logits), cfg, self.rng)[0])
+        self._record(logits, token)
+        return token
+
+    def verify(self, logits: np.ndarray, draft: list[int]) -> list[int]:
+        """The tokens plain decoding gives from logits [len(draft) + 1, V] of a step over [next token,
+        *draft]: the drafted tokens it accepts, then one of its own (genai/speculative.py)."""
+        out: list[int] = []
+        for j, d in enumerate(draft):
+            x = self._processed(logits[j:j + 1])
+            p = probabilities(x, self.cfg)
+            if p is None:
+                token = int(x[0].argmax())
+            else:
+                token = d if self.rng.random() < p[0, d] else residual_sample(p[0], d, self.rng)
+            self._record(logits[j:j + 1], token)
+            out.append(token)
+            if token != d:
+                return out
+        out.append(self.choose(logits[len(draft):len(draft) + 1]))
+        return out
+
+    def _processed(self, logits: np.ndarray) -> np.ndarray:
+        """A copy of logits [1, V] with the repetition penalty and the grammar's mask applied."""
+        logits = logits.copy()
+        if self.cfg.repetition_penalty != 1.0:
+            apply_repetition_penalty(logits, [self.seen], self.cfg.repetition_penalty)
+        if self.constraint is not None:
+            self.constraint.mask(logits)
+        return logits
+
+    def _record(self, raw: np.ndarray, token: int) -> None:
+        self.history.append(token)
         if self.seen is not None:
             self.seen = np.append(self.seen, token)
-        if cfg.logprobs is not None:
-            self.logprobs.append(token_logprobs(raw[0], token, cfg.logprobs))
-        return token
+        if self.cfg.logprobs is not None:
+            self.logprobs.append(token_logprobs(raw[0], token, self.cfg.logprobs))
 
     def accept(self, token: int, eos_ids: set[int]) -> None:
         """Take the chosen token: emit the text it makes safe to show, and end the sequence on an

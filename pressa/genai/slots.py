@@ -18,6 +18,7 @@ import numpy as np
 
 from pressa.genai.decoder_session import right_padded, step_mask
 from pressa.genai.sequence import Sequence
+from pressa.genai.speculative import lookup_draft
 
 
 def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
@@ -61,6 +62,8 @@ class SlotBatch:
         self.generated = 0                # tokens generated
         self.first_tokens = 0             # sequences that got their first token, and the time they
         self.first_token_seconds = 0.0    # waited for it (queue and prefill), summed
+        self.drafted = 0                  # speculative tokens drafted, and accepted by verification
+        self.accepted = 0
         self._logits = np.zeros((slots, 1, backend.vocab_size), np.float32)
         self._bound_n, self._step = 0, None
 
@@ -96,7 +99,13 @@ class SlotBatch:
 
     def step(self) -> None:
         """One decode step for every occupied slot (slots 0..n-1 for the highest occupied n-1: a free
-        slot inside that range costs one position of attention)."""
+        slot inside that range costs one position of attention). A sequence decoding alone with
+        speculation on verifies its drafted tokens in the same step (genai/speculative.py)."""
+        live = [s for s in self.running if s is not None]
+        if len(live) == 1 and live[0].cfg.speculative == "lookup" and self.verifies:
+            draft = self._draft(live[0])
+            if draft:
+                return self._verify(live[0], draft)
         n = max(i for i, s in enumerate(self.running) if s is not None) + 1
         if n != self._bound_n:
             self._step = self.backend.bind(self.cache.rows(0, n))
@@ -121,10 +130,45 @@ class SlotBatch:
         for s in live:
             self._take(s, logits[s.slot][None, :], None if greedy is None else int(greedy[s.slot]))
 
+    @property
+    def verifies(self) -> bool:
+        """Whether a step can score several new tokens of a row: a graph with logits for every position
+        and a shared KV buffer (ONNX Runtime's GroupQueryAttention takes them for one row at a time)."""
+        return not self.backend.last_only and self.backend.shared_buffer
+
+    def _draft(self, s: Sequence) -> list[int]:
+        room = min(self.capacity - int(self.lengths[s.slot]) - 1, s.cfg.max_new_tokens - s.count - 1)
+        if room < 1 or s.constraint is not None:
+            return []
+        return lookup_draft(np.asarray(s.history), min(s.cfg.draft_tokens, room))
+
+    def _verify(self, s: Sequence, draft: list[int]) -> None:
+        """One step over [next token, *draft] for the sequence's slot: the tokens plain decoding would
+        have chosen, the accepted drafts and one more, taken in order."""
+        width, slot = len(draft) + 1, s.slot
+        ids = np.asarray([[s.next_token, *draft]], np.int64)
+        mask = np.ones((1, int(self.lengths[slot]) + width), np.int64)
+        logits = np.empty((1, width, self.backend.vocab_size), np.float32)
+        self.backend.bind(self.cache.rows(slot, slot + 1)).run(
+            ids, mask, logits, **self.backend.adapter_rows([s.cfg.adapter]))
+        self._bound_n = 0                         # the next plain step binds its rows again
+        tokens = s.verify(logits[0], draft)
+        self.steps += 1
+        self.step_rows += 1
+        self.drafted += len(draft)
+        self.accepted += len(tokens) - 1
+        self.lengths[slot] += len(tokens)         # the next token and the accepted drafts are in the cache
+        for token in tokens:
+            self._commit(s, token)
+            if s.done:
+                break
+
     def _take(self, s: Sequence, logits: np.ndarray, greedy: int | None = None) -> None:
-        """The sequence chooses and takes its next token from its logits [1, V]; its slot is freed
-        when it is done."""
-        token = s.choose(logits, greedy)
+        """The sequence chooses and takes its next token from its logits [1, V]."""
+        self._commit(s, s.choose(logits, greedy))
+
+    def _commit(self, s: Sequence, token: int) -> None:
+        """The sequence takes a chosen token; its slot is freed when it is done."""
         if s.count == 0:
             self.first_token_seconds += time.perf_counter() - s.submitted
             self.first_tokens += 1

@@ -1,0 +1,105 @@
+"""Exact speculative decoding by prompt lookup: drafts found by hand, greedy output equal to plain greedy
+(20 prompts, fp32 tiny model, with drafts really accepted), and the rejection sampler's next-token
+distribution equal to the model's own (the exact mixture computed from its probabilities), as plain
+sampling's is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def test_lookup_drafts_the_latest_continuation_of_the_longest_suffix():
+    from pressa.genai.speculative import lookup_draft
+
+    h = np.array([5, 6, 7, 8, 9, 5, 6, 7, 1, 2, 6, 7])
+    assert lookup_draft(h, 3) == [1, 2, 6]          # "6 7" last seen before position 8 -> 1 2 6
+    assert lookup_draft(np.array([1, 2, 3, 4, 2, 3]), 5) == [4, 2, 3]
+    assert lookup_draft(np.array([1, 2, 3]), 4) == []
+    assert lookup_draft(np.array([4, 9, 4]), 2) == [9, 4]       # a 1-gram when no longer suffix recurs
+
+
+def _generated(m, ids, cfg) -> list[int]:
+    seqs = list(m.sequences([ids], cfg))[-1]
+    return seqs[0].history[len(ids):]
+
+
+def _prompts(rng, n=20):
+    """Random token runs with repeats inside, so that continuations echo the prompt."""
+    out = []
+    for _ in range(n):
+        run = rng.integers(3, 160, 6).tolist()
+        out.append(rng.integers(3, 160, 4).tolist() + run + rng.integers(3, 160, 3).tolist() + run[:3])
+    return out
+
+
+def test_greedy_with_lookup_equals_plain_greedy_on_20_prompts(tiny_artifact):
+    import pressa
+    from pressa.genai.sampling import SamplingConfig
+
+    m = pressa.load(tiny_artifact("llama"), speculative="lookup")
+    accepted = 0
+    for ids in _prompts(np.random.default_rng(0)):
+        outs = {}
+        for mode in ("off", "lookup"):
+            cfg = SamplingConfig(max_new_tokens=40, speculative=mode, ignore_eos=True)
+            outs[mode] = _generated(m, ids, cfg)
+        assert outs["lookup"] == outs["off"]
+        accepted += m.last_batch.accepted
+    assert accepted > 40, accepted             # verification really took drafted tokens (70 here)
+
+
+def _chi2_within(counts: np.ndarray, exact: np.ndarray) -> tuple[bool, float, int]:
+    """Pearson's chi-square of counts against the exact law (bins expecting fewer than 5 merged), within
+    4 standard deviations of its degrees of freedom (a false alarm once in ~16,000 runs)."""
+    expected = exact * counts.sum()
+    big = expected >= 5
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    chi2, df = float(((obs - exp) ** 2 / exp).sum()), len(obs) - 1
+    return abs(chi2 - df) < 4 * np.sqrt(2 * df), chi2, df
+
+
+@pytest.mark.parametrize("draft_rank", [0, 1, 5])
+def test_rejection_sampling_keeps_the_models_distribution(tiny_artifact, draft_rank):
+    """The tiny model's logits for [next token, drafted token] after a prompt; the draft is its most
+    likely, second or sixth most likely next token. Over 20,000 seeds the verified first token follows
+    the model's own distribution p (softmax at temperature 0.7, computed here) as plain sampling does,
+    and the second (after an accepted draft) follows the model's next distribution. A verifier that
+    accepted drafts 1.2x as often as it should fails it (for the two likelier drafts)."""
+    from pressa.genai.decoder_session import DecoderSession
+    from pressa.genai.sampling import SamplingConfig
+    from pressa.genai.sequence import Sequence
+
+    temp, n = 0.7, 20000
+    dec = DecoderSession(tiny_artifact("llama"), all_logits=True)
+    prompt = np.random.default_rng(1).integers(3, 160, 12).tolist()
+    first = dec.prefill([prompt], 40)[0][0]
+    x = first.astype(np.float64) / temp
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    draft = int(np.argsort(-p)[draft_rank])
+    logits = dec.prefill([prompt + [draft]], 40)[1][0, -2:]          # positions of [last prompt token, draft]
+    x2 = logits[1].astype(np.float64) / temp
+    q = np.exp(x2 - x2.max())
+    q /= q.sum()
+    firsts, seconds, plain = np.zeros(160), np.zeros(160), np.zeros(160)
+    for seed in range(n):
+        out = Sequence(list(prompt), SamplingConfig(temperature=temp, seed=seed)).verify(logits, [draft])
+        firsts[out[0]] += 1
+        if out[0] == draft:
+            seconds[out[1]] += 1
+        plain[Sequence(list(prompt), SamplingConfig(temperature=temp, seed=seed)).choose(logits[:1])] += 1
+    for counts, law in ((firsts, p), (plain, p), (seconds, q)):
+        ok, chi2, df = _chi2_within(counts, law)
+        assert ok, (draft_rank, chi2, df)
+
+
+def test_speculative_flag_errors():
+    from pressa.errors import BadArgument
+    from pressa.genai.speculative import check_mode
+
+    with pytest.raises(BadArgument, match="not built yet"):
+        check_mode("draft")
+    with pytest.raises(BadArgument, match="lookup or off"):
+        check_mode("fast")
