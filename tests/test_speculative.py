@@ -103,3 +103,25 @@ def test_speculative_flag_errors():
         check_mode("draft")
     with pytest.raises(BadArgument, match="lookup or off"):
         check_mode("fast")
+
+
+def test_serve_with_lookup_answers_as_plain_decoding_and_counts_drafts(tiny_artifact):
+    """`speculative: lookup` in a models.yaml entry: the greedy answers equal plain decoding's (the
+    Python API with speculation off), and /metrics counts drafted and accepted tokens."""
+    openai = pytest.importorskip("openai")
+    import pressa
+    from pressa.serve.models import load_models
+
+    from helpers import KEY, call, running
+
+    art = tiny_artifact("llama")
+    plain = pressa.load(art)
+    models = load_models([{"name": "spec", "path": str(art), "speculative": "lookup"}])
+    with running(models, max_tokens=64) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+        for prompt in ("t5 t6 t7 t8 t9 t5 t6 t7", "t40 t41 t42 t40 t41"):
+            got = client.completions.create(model="spec", prompt=prompt, max_tokens=30, temperature=0)
+            assert got.choices[0].text == plain.generate(prompt, chat=False, max_new_tokens=30)
+        status, metrics = call({"url": f"http://127.0.0.1:{port}"}, "/metrics")
+    counts = {ln.split("{")[0]: float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith("pressa_spec")}
+    assert counts["pressa_speculative_drafted_tokens_total"] >= counts["pressa_speculative_accepted_tokens_total"] > 0

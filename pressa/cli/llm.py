@@ -11,6 +11,7 @@ import typer
 from pressa import log
 from pressa.cli.app import app, print_result, runtime_flags
 from pressa.cli.options import validated, with_config_options
+from pressa.genai.speculative import check_mode
 from pressa.passes.builder import BuilderConfig
 from pressa.textio import check_text, read_stdin, read_text
 
@@ -141,6 +142,9 @@ _TOPP = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling ma
 _REP = typer.Option(1.0, "--repetition-penalty", min=0.01, help="Penalty on tokens seen already (1 = off).")
 _SEED = typer.Option(None, "--seed", help="Random seed for sampling.")
 _STOP = typer.Option(None, "--stop", help="Stop when this text appears (repeatable).")
+_SPEC = typer.Option("off", "--speculative", help="lookup: draft tokens by looking the latest few up in the "
+                     "prompt and what came since, and verify them in one step: the same output, faster where it "
+                     "echoes the input (summaries, edits, code, extraction); off: one token per step.")
 _ADAPTER = typer.Option(None, "--adapter", help="Decode with this run-time LoRA adapter of the artifact "
                         "(auto-opt --adapters NAME=DIR); default: the base model.")
 
@@ -154,7 +158,7 @@ def generate(
     repetition_penalty: float = _REP, seed: int | None = _SEED, stop: list[str] | None = _STOP,
     chat: bool | None = typer.Option(None, "--chat/--no-chat",
                                         help="Wrap prompts in the model's chat template (default: when it has one)."),
-    adapter: str | None = _ADAPTER,
+    adapter: str | None = _ADAPTER, speculative: str = _SPEC,
     json_schema: Path | None = typer.Option(None, "--json-schema", help="Hold the answer to this JSON schema "
                                             "(a .json file), token by token: the output always parses and "
                                             "validates, unless --max-new-tokens cuts it short."),
@@ -170,8 +174,9 @@ def generate(
     cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop, adapter)
     if json_schema is not None:
         cfg = dataclasses.replace(cfg, grammar=_schema_grammar(json_schema))
+    cfg = dataclasses.replace(cfg, speculative=check_mode(speculative))
     prompts = [read_stdin() if p == "-" else check_text(p, "the prompt") for p in prompts]
-    m = pressa.load(model, **runtime.model_dump())
+    m = pressa.load(model, **runtime.model_dump(), speculative=cfg.speculative)
     if len(prompts) == 1:
         for piece in m.stream(prompts[0], chat=chat, cfg=cfg):
             sys.stdout.write(piece)
@@ -193,7 +198,7 @@ def chat(
     max_new_tokens: int = _MAXNEW, temperature: float = typer.Option(0.7, "--temperature", min=0.0),
     top_k: int = typer.Option(50, "--top-k", min=0), top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
     repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", min=0.01),
-    seed: int | None = _SEED, adapter: str | None = _ADAPTER, runtime=None,
+    seed: int | None = _SEED, adapter: str | None = _ADAPTER, speculative: str = _SPEC, runtime=None,
 ):
     """Chat in the terminal with the model's chat template. /reset clears history, /exit or Ctrl-D quits.
 
@@ -206,7 +211,8 @@ def chat(
     require_kind(model, ArtifactKind.DECODER_LLM, "chat")
     system = check_text(system, "--system") if system else None
     cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None, adapter)
-    m = pressa.load(model, **runtime.model_dump())
+    cfg.speculative = check_mode(speculative)
+    m = pressa.load(model, **runtime.model_dump(), speculative=cfg.speculative)
     m.session.adapter_id(adapter)
     if not m.has_chat_template:
         raise BadArgument("this model has no chat template; use `pressa generate --no-chat`")
@@ -320,7 +326,7 @@ def benchmark(
     runs: int = typer.Option(5, "--runs", min=1, help="Timed repetitions (median reported)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed repetitions first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
-    adapter: str | None = _ADAPTER, runtime=None,
+    adapter: str | None = _ADAPTER, speculative: str = _SPEC, runtime=None,
 ):
     """Time an artifact. LLMs: decode tokens/s, time to first token, prefill tokens/s; encoders and other
     ONNX models: rows (sentences)/s at --batch-size x --seq-len and latency at batch 1. Peak RSS for both."""
@@ -331,7 +337,7 @@ def benchmark(
     with log.progress_bar("benchmark") as bar:
         if kind_of(model) == ArtifactKind.DECODER_LLM:
             result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, progress=bar, runtime=runtime,
-                                   adapter=adapter)
+                                   adapter=adapter, speculative=check_mode(speculative))
         else:
             result = benchmark_tensor_model(model, runtime, batch_size, seq_len, runs, warmup, bar)
     print_result(result, as_json, f"benchmark {model}")

@@ -47,30 +47,35 @@ def prompt_of(model, tokens: int, text: str | None = None) -> list[int]:
 def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
               threads: int | None = None, hint: str = "latency", device: str = "cpu", text: str | None = None,
               chat_prompt: str | None = None, progress: Callable[[int, int, str], None] | None = None,
-              runtime=None, adapter: str | None = None) -> dict:
+              runtime=None, adapter: str | None = None, speculative: str = "off") -> dict:
     """Warm-up, then `runs` repetitions of: TTFT of a `prompt_tokens` prompt, and decode speed of
     `new_tokens` greedy tokens (EOS ignored) after it; with `chat_prompt`, decode speed is timed
-    after that (short) chat prompt instead, as chat users see it. Medians and spread."""
+    after that (short) chat prompt instead, as chat users see it. Medians and spread. `speculative`:
+    "lookup" decodes with prompt-lookup drafts (genai/speculative.py); the acceptance is reported."""
     import pressa
     from pressa.genai.sampling import SamplingConfig
     from pressa.runtime.options import RuntimeOptions
 
     runtime = runtime or RuntimeOptions(threads=threads, hint=hint, device=device)
     t_load = time.perf_counter()
-    m = pressa.load(folder, **runtime.model_dump())
+    m = pressa.load(folder, **runtime.model_dump(), speculative=speculative)
     load_s = time.perf_counter() - t_load
     ids = prompt_of(m, prompt_tokens, text)
-    cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True, adapter=adapter)
+    cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True, adapter=adapter, speculative=speculative)
     m.session.adapter_id(adapter)
     chat_ids = m.encode_prompt(chat_prompt) if chat_prompt else None
+    drafted = accepted = 0
 
     def one(prompt: list[int]) -> tuple[float, float]:
+        nonlocal drafted, accepted
         t0 = time.perf_counter()
-        stamps = []
-        for _ in m.generate_ids([prompt], cfg):
+        stamps, counts = [], []
+        for seqs in m.sequences([prompt], cfg):
             stamps.append(time.perf_counter())
-        decode = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else float("nan")
-        return stamps[0] - t0, decode
+            counts.append(seqs[0].count)                  # a verified step may add several tokens
+        drafted, accepted = drafted + m.last_batch.drafted, accepted + m.last_batch.accepted
+        span = stamps[-1] - stamps[0]
+        return stamps[0] - t0, (counts[-1] - counts[0]) / span if span > 0 else float("nan")
 
     ttfts, decodes, chat_ttfts = [], [], []
     total = warmup + runs
@@ -92,6 +97,9 @@ def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, run
            "runs": runs, "threads": runtime.threads, "hint": runtime.hint, "backend": type(m.session).__name__,
            "decode_tokens_per_s_spread": spread(decodes), "ttft_s_spread": spread(ttfts),
            "size_mb": sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file()) / 1e6}
+    if speculative != "off":
+        out.update(speculative=speculative, drafted_tokens=drafted, accepted_tokens=accepted,
+                   acceptance=accepted / drafted if drafted else 0.0)
     if chat_ttfts:
         out["ttft_chat_s"] = statistics.median(chat_ttfts)
         out["chat_prompt_tokens"] = len(chat_ids)

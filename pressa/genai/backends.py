@@ -43,7 +43,7 @@ class SplitBinding:
         phase.run(ids, mask, logits, live)
 
 
-def open_decoder(folder, runtime, all_logits: bool = False, log=None) -> DecoderBackend:
+def open_decoder(folder, runtime, all_logits: bool = False, log=None, window: int | None = None) -> DecoderBackend:
     """The decoder backend `runtime` asks for: ONNX Runtime, OpenVINO (stateful), or auto. An OpenVINO
     IR folder runs on OpenVINO."""
     probe = DecoderBackend(folder)
@@ -62,11 +62,11 @@ def open_decoder(folder, runtime, all_logits: bool = False, log=None) -> Decoder
         if runtime.backend == "openvino":
             what = "has run-time adapters" if probe.adapters else "was built by the general path"
             raise BadArgument(f"{folder} {what}, which run on --backend onnxruntime only")
-        return DecoderSession(folder, all_logits=all_logits, runtime=on_ort)
-    if runtime.backend == "onnxruntime" or all_logits:
+        return DecoderSession(folder, all_logits=all_logits, runtime=on_ort, window=window)
+    if runtime.backend == "onnxruntime" or all_logits or window:
         if all_logits and runtime.backend == "openvino":
             raise BadArgument("evaluation (logits at every position) runs on --backend onnxruntime only")
-        return DecoderSession(folder, all_logits=all_logits, runtime=on_ort)
+        return DecoderSession(folder, all_logits=all_logits, runtime=on_ort, window=window)
     if runtime.backend == "openvino":
         return OpenVINODecoder(folder, runtime)
     ort = DecoderSession(folder, runtime=on_ort)

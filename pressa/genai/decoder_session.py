@@ -28,6 +28,7 @@ class DecoderBackend:
     layout, and whole-batch prefill/step over `bind` (evaluation, tests). A backend sets `last_only`
     and `kv_dtype` and implements `bind(cache)` -> an object with `run(ids, mask, logits)`."""
     last_only = True
+    window: int | None = None        # logits for each row's last `window` positions (a verification graph)
     kv_dtype = np.float32
 
     def __init__(self, folder: Path):
@@ -59,6 +60,14 @@ class DecoderBackend:
             return {}
         return {"adapters": np.asarray([self.adapter_id(n) for n in names], np.int64)}
 
+    def logits_width(self, width: int) -> int:
+        """Positions the graph returns logits for, for `width` new tokens per row."""
+        return 1 if self.last_only else min(width, self.window) if self.window else width
+
+    def last_index(self, lengths: np.ndarray) -> np.ndarray:
+        """Where each row's last real token's logits are, for rows of these lengths."""
+        return np.full(len(lengths), -1) if self.last_only or self.window else np.asarray(lengths) - 1
+
     def check_capacity(self, capacity: int) -> None:
         """BadArgument when a sequence of `capacity` positions (prompt plus new tokens) cannot fit."""
         if capacity > self.context_length:
@@ -83,12 +92,12 @@ class DecoderBackend:
         self.binding = self.bind(self.cache)
         ids, mask = right_padded(prompts)
         lens = mask.sum(axis=1)
-        logits = np.empty((len(prompts), 1 if self.last_only else ids.shape[1], self.vocab_size), np.float32)
+        logits = np.empty((len(prompts), self.logits_width(ids.shape[1]), self.vocab_size), np.float32)
         self._rows = self.adapter_rows([adapter] * len(prompts))
         self.binding.run(ids, mask, logits, **self._rows)
         self.lengths = lens
         self._step_logits = np.zeros((len(prompts), 1, self.vocab_size), np.float32)
-        last = logits[:, 0] if self.last_only else logits[np.arange(len(prompts)), lens - 1]
+        last = logits[np.arange(len(prompts)), self.last_index(lens)]
         return last, logits
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
@@ -131,16 +140,19 @@ class KVBuffers(list):
 
 class DecoderSession(DecoderBackend):
     def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
-                 all_logits: bool = False, runtime=None):
+                 all_logits: bool = False, runtime=None, window: int | None = None):
         """`all_logits`: logits for every prompt position (evaluation); by default graphs built
-        with last-token logits compute the vocabulary projection for each row's last token only.
+        with last-token logits compute the vocabulary projection for each row's last token only;
+        `window`: for each row's last `window` positions (verifying drafted tokens, genai/speculative.py).
         `runtime` (RuntimeOptions with backend onnxruntime): device, threads and hint in one."""
         import onnxruntime as ort
 
         super().__init__(folder)
         self.ort = ort
         model_path = self.model_path
-        variant = all_logits_variant(model_path) if all_logits else None
+        variant = (all_logits_variant(model_path) if all_logits
+                   else window_variant(model_path, window) if window else None)
+        self.window = window if variant is not None and not all_logits else None
         self.session = open_session(model_path, device, threads, hint, model_bytes=variant, runtime=runtime)
         out = {o.name: o.shape for o in self.session.get_outputs()}[LOGITS]
         self.last_only = out[1] == 1
@@ -235,6 +247,49 @@ def right_padded(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 def step_mask(lengths: np.ndarray) -> np.ndarray:
     """The attention mask of a one-token step for rows holding `lengths` positions each."""
     return (np.arange(int(lengths.max()) + 1)[None, :] <= lengths[:, None]).astype(np.int64)
+
+
+def window_variant(model_path: Path, window: int) -> bytes | None:
+    """The graph with logits for each row's last min(S, window) positions instead of its last one (a
+    step over a few new tokens scores them all; a prompt's vocabulary projection stays small), as
+    bytes whose external data still lives in the artifact; None when the graph has no last-token
+    gather. The row's last real token stays at index -1."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    gather = next((n for n in m.graph.node if n.name == LAST_TOKEN_NODE), None)
+    unsq = next((n for n in m.graph.node if n.output and gather is not None and n.output[0] == gather.input[1]), None)
+    if gather is None or unsq is None:
+        return None
+    lab, last = "/model/logits_window", unsq.input[0]           # each row's last index, int64 [B]
+    s32 = next(n.output[0] for n in m.graph.node if n.name == "/model/last_token/Cast_S")
+    consts = [helper.make_tensor(f"{lab}/{name}", dt, [len(v)] if len(v) > 1 else [], v)
+              for name, dt, v in (("w", TensorProto.INT32, [window]), ("zero", TensorProto.INT64, [0]),
+                                  ("one", TensorProto.INT64, [1]), ("axes1", TensorProto.INT64, [1, 1]),
+                                  ("axes2", TensorProto.INT64, [2, 2]))]
+    consts[3] = helper.make_tensor(f"{lab}/axes1", TensorProto.INT64, [1], [1])
+    consts[4] = helper.make_tensor(f"{lab}/axes2", TensorProto.INT64, [1], [2])
+    m.graph.initializer.extend(consts)
+    nodes = [
+        helper.make_node("Min", [s32, f"{lab}/w"], [f"{lab}/k32"], f"{lab}/Min"),
+        helper.make_node("Cast", [f"{lab}/k32"], [f"{lab}/k"], f"{lab}/Cast", to=TensorProto.INT64),
+        helper.make_node("Range", [f"{lab}/zero", f"{lab}/k", f"{lab}/one"], [f"{lab}/steps"], f"{lab}/Range"),
+        helper.make_node("Sub", [f"{lab}/steps", f"{lab}/k"], [f"{lab}/back"], f"{lab}/Sub"),       # -k .. -1
+        helper.make_node("Unsqueeze", [last, f"{lab}/axes1"], [f"{lab}/last"], f"{lab}/Unsqueeze_last"),
+        helper.make_node("Add", [f"{lab}/last", f"{lab}/back"], [f"{lab}/idx0"], f"{lab}/Add"),
+        helper.make_node("Add", [f"{lab}/idx0", f"{lab}/one"], [f"{lab}/idx1"], f"{lab}/Add_one"),
+        helper.make_node("Max", [f"{lab}/idx1", f"{lab}/zero"], [f"{lab}/idx"], f"{lab}/Max"),
+        helper.make_node("Unsqueeze", [f"{lab}/idx", f"{lab}/axes2"], [f"{lab}/indices"], f"{lab}/Unsqueeze"),
+    ]
+    at = list(m.graph.node).index(gather)
+    for k, node in enumerate(nodes):
+        m.graph.node.insert(at + k, node)
+    gather.input[1] = f"{lab}/indices"
+    for o in m.graph.output:
+        if o.name == LOGITS:
+            o.type.tensor_type.shape.dim[1].dim_param = "logits_window"
+    return m.SerializeToString()
 
 
 def all_logits_variant(model_path: Path) -> bytes | None:

@@ -16,7 +16,7 @@ from pressa.errors import BadArgument
 from pressa.genai.sampling import SamplingConfig
 from pressa.genai.sequence import Detokenizer, Sequence, check_request
 from pressa.genai.slots import SlotBatch
-from pressa.genai.speculative import check_mode
+from pressa.genai.speculative import VERIFY_WINDOW, check_mode
 from pressa.genai.tokenizer import TextTokenizer
 
 
@@ -66,7 +66,7 @@ class Model:
             if self.runtime.backend == "openvino" or not self.session.shared_buffer:
                 raise BadArgument("speculative decoding runs on --backend onnxruntime, over graphs built by "
                                   "auto-opt's LLM builder")
-            self.session = open_decoder(self.folder, self.runtime, all_logits=True)
+            self.session = open_decoder(self.folder, self.runtime, window=VERIFY_WINDOW)
 
     @functools.cached_property
     def grammar(self):

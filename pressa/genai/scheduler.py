@@ -69,6 +69,8 @@ class Scheduler:
     generated = property(lambda self: self.batch.generated)
     first_tokens = property(lambda self: self.batch.first_tokens)
     first_token_seconds = property(lambda self: self.batch.first_token_seconds)
+    drafted = property(lambda self: self.batch.drafted)
+    accepted = property(lambda self: self.batch.accepted)
 
     def submit(self, ids: list[int], cfg: SamplingConfig, emit: Emit) -> Sequence:
         check_request(ids, cfg, self.model.session)

@@ -88,14 +88,15 @@ class SlotBatch:
         b, width, dec = len(group), ids.shape[1], self.backend
         slots = [i for i, r in enumerate(self.running) if r is None][:b]
         cache, settle = self.cache.for_slots(slots, width, dec.new_cache)
-        logits = np.empty((b, 1 if dec.last_only else width, dec.vocab_size), np.float32)
+        logits = np.empty((b, dec.logits_width(width), dec.vocab_size), np.float32)
         dec.bind(cache).run(ids, mask, logits, **dec.adapter_rows([s.cfg.adapter for s in group]))
         if settle:
             settle(lens)
         self.prefills += 1
+        last = dec.last_index(lens)
         for r, (s, slot) in enumerate(zip(group, slots)):
             s.slot, self.running[slot], self.lengths[slot] = slot, s, lens[r]
-            self._take(s, logits[r, 0 if dec.last_only else lens[r] - 1][None, :])
+            self._take(s, logits[r, last[r]][None, :])
 
     def step(self) -> None:
         """One decode step for every occupied slot (slots 0..n-1 for the highest occupied n-1: a free
@@ -140,7 +141,7 @@ class SlotBatch:
         room = min(self.capacity - int(self.lengths[s.slot]) - 1, s.cfg.max_new_tokens - s.count - 1)
         if room < 1 or s.constraint is not None:
             return []
-        return lookup_draft(np.asarray(s.history), min(s.cfg.draft_tokens, room))
+        return lookup_draft(np.asarray(s.history), min(s.cfg.draft_tokens, room, (self.backend.window or 1 << 30) - 1))
 
     def _verify(self, s: Sequence, draft: list[int]) -> None:
         """One step over [next token, *draft] for the sequence's slot: the tokens plain decoding would

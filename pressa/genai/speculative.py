@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 MODES = ("lookup", "off")
+VERIFY_WINDOW = 8             # a verification step scores at most this many positions (drafts + 1)
 
 NGRAM_MAX, NGRAM_MIN = 3, 1   # the longest suffix looked up first
 

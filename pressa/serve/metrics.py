@@ -43,7 +43,9 @@ class Stats:
                                    ("running_sequences", "gauge", "active"),
                                    ("decode_steps_total", "counter", "steps"),
                                    ("decode_step_rows_total", "counter", "step_rows"),
-                                   ("cancelled_sequences_total", "counter", "cancelled")):
+                                   ("cancelled_sequences_total", "counter", "cancelled"),
+                                   ("speculative_drafted_tokens_total", "counter", "drafted"),
+                                   ("speculative_accepted_tokens_total", "counter", "accepted")):
             out.append(f"# TYPE pressa_{metric} {kind}")
             out += [f'pressa_{metric}{{model="{m.name}"}} {getattr(m.scheduler, attr)}' for m in gens]
         out.append("# TYPE pressa_grammar_mask_seconds summary")      # structured output's cost per token

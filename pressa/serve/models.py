@@ -9,6 +9,7 @@ import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -93,10 +94,12 @@ class TextGenerator(ServedModel):
     """A decoder LLM: text in, text out (the KV cache and logits stay inside), every request's
     sequences through one continuous-batching scheduler."""
 
-    def __init__(self, name: str, model, max_concurrency: int = 8, max_queue: int = 64, context: int | None = None):
+    def __init__(self, name: str, model, max_concurrency: int = 8, max_queue: int = 64, context: int | None = None,
+                 speculative: str = "off"):
         from pressa.genai.scheduler import Scheduler
 
         super().__init__(name, model, max_concurrency, max_queue)
+        self.speculative = speculative
         self.inputs = [TensorSpec("text_input", "BYTES", [-1])]
         self.outputs = [TensorSpec("text_output", "BYTES", [-1])]
         self.scheduler = Scheduler(model, slots=max_concurrency, max_queue=max_queue, capacity=context,
@@ -115,7 +118,8 @@ class TextGenerator(ServedModel):
         seqs = []
         try:
             for i, ids in enumerate(prompts):
-                c = cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i)
+                c = dataclasses.replace(cfg, speculative=self.speculative,
+                                        **({} if cfg.seed is None else {"seed": cfg.seed + i}))
                 seqs.append(self.scheduler.submit(ids, c, lambda t, f, g, *lp, i=i: emit(i, t, f, g, *lp)))
         except BadArgument as err:
             raise RequestError(str(err)) from None
@@ -253,6 +257,9 @@ class ServingLimits(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests after its first")
     context: int | None = Field(None, ge=2, description="positions (prompt + new tokens) each generation may hold; "
                                 "default the model's context length, at most 4096")
+    speculative: Literal["lookup", "off"] = Field("off", description="a text generator's decoding: lookup drafts "
+                                                  "tokens from the prompt and verifies them in one step (the same "
+                                                  "output, faster where answers echo the input)")
 
 
 class ModelEntry(RuntimeOptions, ServingLimits):
@@ -306,9 +313,11 @@ def load_models(entries: list, threads: int | None = None) -> dict[str, ServedMo
     out: dict[str, ServedModel] = {}
     for e in entries:
         runtime = e.model_dump(include=set(RuntimeOptions.model_fields))
-        model = pressa.load(e.path, **{**runtime, "threads": e.threads or threads})
-        if kind_of(e.path) == ArtifactKind.DECODER_LLM:
-            out[e.name] = TextGenerator(e.name, model, e.max_concurrency, e.max_queue, e.context)
+        llm = kind_of(e.path) == ArtifactKind.DECODER_LLM
+        extra = {"speculative": e.speculative} if llm else {}
+        model = pressa.load(e.path, **{**runtime, "threads": e.threads or threads, **extra})
+        if llm:
+            out[e.name] = TextGenerator(e.name, model, e.max_concurrency, e.max_queue, e.context, e.speculative)
         else:
             out[e.name] = TensorModel(e.name, model, e.max_concurrency, e.max_queue, e.max_batch, e.max_wait_ms / 1000)
     return out
