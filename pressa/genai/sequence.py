@@ -88,6 +88,8 @@ class Sequence:
     logprobs: list = field(default_factory=list)      # records not yet emitted (cfg.logprobs set)
     constraint: object | None = None                  # a grammar's state (genai/constraints.Constraint)
     history: list = field(init=False)                 # prompt and chosen tokens (speculative lookup)
+    misses: int = 0                                   # verification steps in a row that accepted no draft,
+    pause: int = 0                                    # and steps left before drafting again (2**misses - 1)
 
     def __post_init__(self):
         self.history = list(self.ids)

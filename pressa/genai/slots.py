@@ -138,7 +138,12 @@ class SlotBatch:
         return not self.backend.last_only and self.backend.shared_buffer
 
     def _draft(self, s: Sequence) -> list[int]:
+        """Tokens to verify with the next step: none while the sequence pauses after drafts that all
+        failed (text that does not echo its context costs a verification step for nothing)."""
         room = min(self.capacity - int(self.lengths[s.slot]) - 1, s.cfg.max_new_tokens - s.count - 1)
+        if s.pause:
+            s.pause -= 1
+            return []
         if room < 1 or s.constraint is not None:
             return []
         return lookup_draft(np.asarray(s.history), min(s.cfg.draft_tokens, room, (self.backend.window or 1 << 30) - 1))
@@ -154,6 +159,8 @@ class SlotBatch:
             ids, mask, logits, **self.backend.adapter_rows([s.cfg.adapter]))
         self._bound_n = 0                         # the next plain step binds its rows again
         tokens = s.verify(logits[0], draft)
+        s.misses = 0 if len(tokens) > 1 else s.misses + 1
+        s.pause = (1 << min(s.misses, 4)) - 1
         self.steps += 1
         self.step_rows += 1
         self.drafted += len(draft)
