@@ -13,6 +13,7 @@ import numpy as np
 from pressa.artifact import read_json
 from pressa.capture.config import token_ids
 from pressa.errors import BadArgument
+from pressa.genai.prefix_cache import PrefixCache
 from pressa.genai.sampling import SamplingConfig
 from pressa.genai.sequence import Detokenizer, Sequence, check_request
 from pressa.genai.slots import SlotBatch
@@ -31,9 +32,11 @@ class Event:
 
 class Model:
     def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
-                 speculative: str = "off", **runtime):
-        """`speculative`: "lookup" opens the graph with logits for every position, which verifying
-        drafted tokens needs (generate(speculative="lookup") reopens it so at first use otherwise).
+                 speculative: str = "off", prefix_cache_mb: float = 256, **runtime):
+        """`speculative`: "lookup" opens the graph with logits for each row's last positions, which
+        verifying drafted tokens needs (generate(speculative="lookup") reopens it so at first use
+        otherwise). `prefix_cache_mb`: memory for the keys and values of prompt prefixes kept across
+        calls and chat turns (genai/prefix_cache.py; 0: none).
         `runtime`: the other RuntimeOptions (backend: onnxruntime, openvino or auto; streams,
         precision_hint, cache_dir)."""
         from pressa import log
@@ -45,6 +48,7 @@ class Model:
         self.session = open_decoder(self.folder, self.runtime, log=log.info)
         if check_mode(speculative) == "lookup":
             self.enable_verification()
+        self.prefix_cache = PrefixCache(prefix_cache_mb) if prefix_cache_mb > 0 else None
         self.tokenizer = TextTokenizer(self.folder)
         self.eos_ids = set(token_ids(self.session.config["model"].get("eos_token_id")))
         gen = self.folder / "generation_config.json"
@@ -134,7 +138,8 @@ class Model:
             out = None if emit is None else (lambda t, f, g, i=i: emit(i, t, f, g))
             detok = None if emit is None else Detokenizer(self.tokenizer, cfg.stop, cfg.skip_special_tokens)
             seqs.append(Sequence(list(ids), c, out, detok, constraint=self.constraint_for(c)))
-        batch = self.last_batch = SlotBatch(self.session, len(seqs), capacity, self.eos_ids)   # its counters
+        batch = self.last_batch = SlotBatch(self.session, len(seqs), capacity, self.eos_ids,  # its counters
+                                            self.prefix_cache)
         batch.admit(seqs)
         yield seqs
         while batch.active:

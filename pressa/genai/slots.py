@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from pressa.genai.decoder_session import right_padded, step_mask
+from pressa.genai.decoder_session import KVBuffers, right_padded, step_mask
+from pressa.genai.prefix_cache import BLOCK, PrefixCache
 from pressa.genai.sequence import Sequence
 from pressa.genai.speculative import lookup_draft
 
@@ -49,11 +50,13 @@ def prefill_groups(seqs: list[Sequence], waste: float = 0.25, budget: int = 4096
 
 
 class SlotBatch:
-    def __init__(self, backend, slots: int, capacity: int, eos_ids: set[int]):
+    def __init__(self, backend, slots: int, capacity: int, eos_ids: set[int], prefix: PrefixCache | None = None):
         """`backend`: a decoder session (shape facts, new_cache, bind); `capacity`: positions per
-        slot. Memory grows with the positions really used, not with slots x capacity."""
+        slot. Memory grows with the positions really used, not with slots x capacity. `prefix`: the
+        model's prefix cache (genai/prefix_cache.py), for a cache held in arrays."""
         self.backend, self.slots, self.capacity, self.eos_ids = backend, slots, capacity, eos_ids
         self.cache = backend.new_cache(slots, capacity, zeros=lazy_zeros)
+        self.prefix = prefix if isinstance(self.cache, KVBuffers) else None
         self.lengths = np.zeros(slots, np.int64)
         self.running: list[Sequence | None] = [None] * slots
         self.prefills = 0                 # prefill runs (each for one or more prompts)
@@ -76,13 +79,19 @@ class SlotBatch:
         return self.running.count(None)
 
     def release(self, s: Sequence) -> None:
+        if self.prefix is not None and s.done in ("stop", "length"):    # prompt and answer, for a next turn
+            self.prefix.store(s.history, s.cfg.adapter, self.cache.rows(s.slot, s.slot + 1), int(self.lengths[s.slot]))
         self.running[s.slot] = None
         self.lengths[s.slot] = 0
         s.slot = -1
 
     def admit(self, group: list[Sequence]) -> None:
         """Prefill the group's prompts in one run, each into a free slot (the cache decides how:
-        KVBuffers.for_slots)."""
+        KVBuffers.for_slots). A prompt that starts with cached blocks is prefilled alone, from there."""
+        if self.prefix is not None:
+            group = [s for s in group if not self._admit_cached(s)]
+            if not group:
+                return
         ids, mask = right_padded([s.ids for s in group])
         lens = mask.sum(axis=1)
         b, width, dec = len(group), ids.shape[1], self.backend
@@ -96,7 +105,29 @@ class SlotBatch:
         last = dec.last_index(lens)
         for r, (s, slot) in enumerate(zip(group, slots)):
             s.slot, self.running[slot], self.lengths[slot] = slot, s, lens[r]
+            if self.prefix is not None:
+                self.prefix.store(s.ids, s.cfg.adapter, self.cache.rows(slot, slot + 1), int(lens[r]))
             self._take(s, logits[r, last[r]][None, :])
+
+    def _admit_cached(self, s: Sequence) -> bool:
+        """Admit `s` from its cached prefix, if it has one: the blocks copied into a free slot, the rest
+        of the prompt prefilled after them (ONNX Runtime's GroupQueryAttention continues a filled
+        cache one row at a time)."""
+        blocks = self.prefix.match(s.ids, s.cfg.adapter)
+        if not blocks:
+            return False
+        dec, slot, held = self.backend, self.running.index(None), len(blocks) * BLOCK
+        row = self.cache.rows(slot, slot + 1)
+        self.prefix.load(row, blocks)
+        rest = np.asarray([s.ids[held:]], np.int64)
+        logits = np.empty((1, dec.logits_width(rest.shape[1]), dec.vocab_size), np.float32)
+        dec.bind(row).run(rest, np.ones((1, len(s.ids)), np.int64), logits, **dec.adapter_rows([s.cfg.adapter]))
+        self._bound_n = 0
+        self.prefills += 1
+        s.slot, self.running[slot], self.lengths[slot] = slot, s, len(s.ids)
+        self.prefix.store(s.ids, s.cfg.adapter, row, len(s.ids))
+        self._take(s, logits[0, -1][None, :])
+        return True
 
     def step(self) -> None:
         """One decode step for every occupied slot (slots 0..n-1 for the highest occupied n-1: a free

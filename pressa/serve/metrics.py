@@ -48,6 +48,13 @@ class Stats:
                                    ("speculative_accepted_tokens_total", "counter", "accepted")):
             out.append(f"# TYPE pressa_{metric} {kind}")
             out += [f'pressa_{metric}{{model="{m.name}"}} {getattr(m.scheduler, attr)}' for m in gens]
+        for metric, kind, attr in (("prefix_cache_hit_tokens_total", "counter", "hit_tokens"),
+                                   ("prefix_cache_prompt_tokens_total", "counter", "prompt_tokens"),
+                                   ("prefix_cache_bytes", "gauge", "bytes"),
+                                   ("prefix_cache_evicted_blocks_total", "counter", "evicted")):
+            out.append(f"# TYPE pressa_{metric} {kind}")
+            out += [f'pressa_{metric}{{model="{m.name}"}} {getattr(m.model.prefix_cache, attr)}' for m in gens
+                    if m.model.prefix_cache is not None]
         out.append("# TYPE pressa_grammar_mask_seconds summary")      # structured output's cost per token
         for m in gens:
             g = m.model.__dict__.get("grammar")          # built at a model's first constrained request

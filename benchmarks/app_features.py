@@ -6,9 +6,11 @@
   and the standard chat prompt;
 - llama.cpp (llama-cpp-python, in benchmarks/peers/.venvs/llamacpp) on the same prompts and the same
   weights (the bundled Q4_1 GGUF), plain and with its prompt-lookup draft model, when that venv exists;
-- the grammar mask's cost per token under a JSON schema, against the decode step's time.
+- the grammar mask's cost per token under a JSON schema, against the decode step's time;
+- prefix caching: time to first token of a chat's second turn after a ~1,000-token system prompt, with
+  and without the cache.
 
-    python benchmarks/speculative.py [--models models/smol-int4,models/smol-fp32] [--runs 3] [--tokens 128]
+    python benchmarks/app_features.py [--models models/smol-int4,models/smol-fp32] [--runs 3] [--tokens 128]
 
 Prints JSON (one line), then tables.
 """
@@ -138,7 +140,7 @@ def grammar_cost(folder: str, tokens: int) -> dict:
     m = pressa.load(folder)
     prompt = f"Describe this paragraph as JSON:\n\n{paragraphs(1)[0]}"
     t = time.perf_counter()
-    out = m.generate(prompt, max_new_tokens=tokens, json_schema=SCHEMA)
+    out = m.generate(prompt, max_new_tokens=400, json_schema=SCHEMA)
     seconds = time.perf_counter() - t
     stats = m.grammar.stats
     plain = pressa_decode(m, prompt, tokens, "off")["tokens_per_s"]
@@ -146,6 +148,35 @@ def grammar_cost(folder: str, tokens: int) -> dict:
     return {"model": Path(folder).name, "mask_us_per_token": mask * 1e6, "decode_ms_per_token": 1e3 / plain,
             "mask_share": mask * plain, "constrained_tokens": stats.tokens, "parsed": _parses(out),
             "constrained_run_s": seconds}
+
+
+def second_turn_ttft(folder: str, runs: int) -> dict:
+    """A chat with a ~1,000-token system prompt: the second turn's time to first token, with the prefix
+    cache (the system prompt and the first turn reused) and without (all prefilled), interleaved."""
+    import pressa
+    from pressa.genai.prefix_cache import PrefixCache
+    from pressa.genai.sampling import SamplingConfig
+
+    system = " ".join(paragraphs(4))
+    cached, plain = pressa.load(folder), pressa.load(folder, prefix_cache_mb=0)
+    turn1 = [{"role": "system", "content": system}, {"role": "user", "content": "Who is this text about?"}]
+    answer = cached.generate(turn1, max_new_tokens=48)
+    turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And when was that?"}]
+    ids = cached.encode_prompt(turn2)
+    times, reused = {"cached": [], "plain": []}, 0
+    for r in range(runs + 1):
+        for name, m in (("cached", cached), ("plain", plain)):
+            if name == "cached":                              # a fresh cache holding the first turn only
+                m.prefix_cache = PrefixCache(256)
+                m.generate(turn1, max_new_tokens=48)
+            t = time.perf_counter()
+            next(iter(m.sequences([ids], SamplingConfig(max_new_tokens=1))))
+            if r:
+                times[name].append(time.perf_counter() - t)
+        reused = cached.prefix_cache.hit_tokens                 # the second turn's, in a fresh cache
+    c, p = statistics.median(times["cached"]), statistics.median(times["plain"])
+    return {"model": Path(folder).name, "prompt_tokens": len(ids), "ttft_cached_s": c, "ttft_plain_s": p,
+            "speedup": p / c, "second_turn_reused_tokens": reused}
 
 
 def _parses(text: str) -> bool:
@@ -168,7 +199,9 @@ def main() -> None:
     if LLAMACPP.exists() and subprocess.run([str(LLAMACPP), "-c", "import llama_cpp"]).returncode == 0:
         rows += llamacpp_rows(a.runs, a.tokens)
     grammar = grammar_cost(models[0], a.tokens)
-    emit({"machine": machine(), "runs": a.runs, "tokens": a.tokens, "rows": rows, "grammar": grammar},
+    prefix = [second_turn_ttft(m, a.runs) for m in models]
+    emit({"machine": machine(), "runs": a.runs, "tokens": a.tokens, "rows": rows, "grammar": grammar,
+          "prefix": prefix},
          [(r["runtime"], r.get("model", ""), r.get("task", ""), f"{r.get('plain_tok_s', 0):.1f}",
            f"{r.get('lookup_tok_s', 0):.1f}", f"{r.get('speedup', 0):.2f}x",
            f"{r['acceptance']:.2f}" if "acceptance" in r else "", f"{r.get('tokens_per_step', 0):.2f}",
@@ -180,6 +213,10 @@ def main() -> None:
               f"{grammar['decode_ms_per_token']:.1f} ms decode step ({grammar['mask_share']:.1%}); "
               f"{grammar['constrained_tokens']} constrained tokens, output parses: {grammar['parsed']}",
               file=sys.stderr)
+        for p in prefix:
+            print(f"second turn ({p['model']}, {p['prompt_tokens']} tokens): TTFT {p['ttft_cached_s'] * 1e3:.0f} ms "
+                  f"with the prefix cache, {p['ttft_plain_s'] * 1e3:.0f} ms without ({p['speedup']:.1f}x)",
+                  file=sys.stderr)
 
 
 if __name__ == "__main__":
