@@ -125,3 +125,14 @@ def test_serve_with_lookup_answers_as_plain_decoding_and_counts_drafts(tiny_arti
         status, metrics = call({"url": f"http://127.0.0.1:{port}"}, "/metrics")
     counts = {ln.split("{")[0]: float(ln.split()[-1]) for ln in metrics.splitlines() if ln.startswith("pressa_spec")}
     assert counts["pressa_speculative_drafted_tokens_total"] >= counts["pressa_speculative_accepted_tokens_total"] > 0
+
+
+def test_draft_length_follows_acceptance_and_cost():
+    """Tokens per unit of time, by hand: a = 0.8, cost 0.25 per drafted token: k = 1..4 give 1.44, 1.63,
+    1.69, 1.68 plain steps' worth, so 3; drafts seldom accepted on a costly backend lose (gain < 1)."""
+    from pressa.genai.speculative import best_draft_length
+
+    k, gain = best_draft_length(0.8, 0.25, 7)
+    assert k == 3 and abs(gain - (1 + 0.8 + 0.64 + 0.512) / 1.75) < 1e-9
+    assert best_draft_length(0.9, 0.02, 7)[0] == 7
+    assert best_draft_length(0.2, 0.25, 7)[1] < 1.0

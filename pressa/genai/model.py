@@ -17,7 +17,7 @@ from pressa.genai.prefix_cache import PrefixCache
 from pressa.genai.sampling import SamplingConfig
 from pressa.genai.sequence import Detokenizer, Sequence, check_request
 from pressa.genai.slots import SlotBatch
-from pressa.genai.speculative import VERIFY_WINDOW, check_mode
+from pressa.genai.speculative import VERIFY_WINDOW, check_mode, measure_draft_cost
 from pressa.genai.tokenizer import TextTokenizer
 
 
@@ -71,6 +71,7 @@ class Model:
                 raise BadArgument("speculative decoding runs on --backend onnxruntime, over graphs built by "
                                   "auto-opt's LLM builder")
             self.session = open_decoder(self.folder, self.runtime, window=VERIFY_WINDOW)
+            self.session.draft_cost = measure_draft_cost(self.session)
 
     @functools.cached_property
     def grammar(self):

@@ -23,7 +23,7 @@ class SamplingConfig:
     grammar: str | None = None        # the output is held to this llguidance grammar (genai/constraints.py)
     skip_special_tokens: bool = True  # leave special tokens out of the text (False: a tool-call marker is one)
     speculative: str = "off"          # "lookup": prompt-lookup drafts verified in one step (genai/speculative.py)
-    draft_tokens: int = 4             # drafted tokens per step at most
+    draft_tokens: int = 7             # drafted tokens per step at most (fewer where they are seldom accepted)
 
 
 def token_logprobs(logits: np.ndarray, token: int, top: int) -> dict:

@@ -90,6 +90,8 @@ class Sequence:
     history: list = field(init=False)                 # prompt and chosen tokens (speculative lookup)
     misses: int = 0                                   # verification steps in a row that accepted no draft,
     pause: int = 0                                    # and steps left before drafting again (2**misses - 1)
+    drafted: int = 0                                  # drafted tokens verified, and accepted
+    accepted: int = 0
 
     def __post_init__(self):
         self.history = list(self.ids)

@@ -19,7 +19,7 @@ import numpy as np
 from pressa.genai.decoder_session import KVBuffers, right_padded, step_mask
 from pressa.genai.prefix_cache import BLOCK, PrefixCache
 from pressa.genai.sequence import Sequence
-from pressa.genai.speculative import lookup_draft
+from pressa.genai.speculative import best_draft_length, lookup_draft
 
 
 def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
@@ -177,7 +177,13 @@ class SlotBatch:
             return []
         if room < 1 or s.constraint is not None:
             return []
-        return lookup_draft(np.asarray(s.history), min(s.cfg.draft_tokens, room, (self.backend.window or 1 << 30) - 1))
+        most = min(s.cfg.draft_tokens, room, (self.backend.window or 1 << 30) - 1)
+        acceptance = (s.accepted + 1) / (s.drafted + 2)          # what the sequence's drafts earned so far
+        k, gain = best_draft_length(acceptance, getattr(self.backend, "draft_cost", 0.1), most)
+        if gain < 1.0:                           # drafts this seldom accepted cost more than they give:
+            s.pause = 3                          # try one now and then, in case the text turns to echo
+            k = 1
+        return lookup_draft(np.asarray(s.history), k)
 
     def _verify(self, s: Sequence, draft: list[int]) -> None:
         """One step over [next token, *draft] for the sequence's slot: the tokens plain decoding would
@@ -190,6 +196,7 @@ class SlotBatch:
             ids, mask, logits, **self.backend.adapter_rows([s.cfg.adapter]))
         self._bound_n = 0                         # the next plain step binds its rows again
         tokens = s.verify(logits[0], draft)
+        s.drafted, s.accepted = s.drafted + len(draft), s.accepted + len(tokens) - 1
         s.misses = 0 if len(tokens) > 1 else s.misses + 1
         s.pause = (1 << min(s.misses, 4)) - 1
         self.steps += 1
