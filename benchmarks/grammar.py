@@ -79,11 +79,12 @@ def run_outlines(folder: Path, ids: list[int]) -> dict:
     from outlines_core.json_schema import build_regex_from_schema
     from tokenizers import Tokenizer
 
+    from pressa.genai.tokenizer import BYTE_OF_CHAR as byte_of  # byte-level BPE's stand-in characters
+
     n_vocab = _vocab_size(folder)
     t0 = time.perf_counter()
     tk = Tokenizer.from_file(str(folder / "tokenizer.json"))
     eos = tk.token_to_id("<|endoftext|>") or 0
-    byte_of = {c: b for b, c in _bytes_to_unicode().items()}
     vocab: dict[bytes, list[int]] = {}
     for token, i in tk.get_vocab().items():
         if i == eos:
@@ -107,18 +108,6 @@ def run_outlines(folder: Path, ids: list[int]) -> dict:
         guide.advance(t, return_tokens=False)
         per.append(time.perf_counter() - s)
     return {"tokenizer_s": t1 - t0, "compile_s": t2 - t1, "per_token_us": per, "accepting": guide.is_finished()}
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-level alphabet: byte -> the character standing for it in the vocabulary."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def run_xgrammar(folder: Path, ids: list[int]) -> dict:
