@@ -99,9 +99,8 @@ def test_speculative_flag_errors():
     from pressa.errors import BadArgument
     from pressa.genai.speculative import check_mode
 
-    with pytest.raises(BadArgument, match="not built yet"):
-        check_mode("draft")
-    with pytest.raises(BadArgument, match="lookup or off"):
+    assert check_mode("draft") == "draft" and check_mode(None) == "off"
+    with pytest.raises(BadArgument, match="lookup, draft"):
         check_mode("fast")
 
 
@@ -136,3 +135,51 @@ def test_draft_length_follows_acceptance_and_cost():
     assert k == 3 and abs(gain - (1 + 0.8 + 0.64 + 0.512) / 1.75) < 1e-9
     assert best_draft_length(0.9, 0.02, 7)[0] == 7
     assert best_draft_length(0.2, 0.25, 7)[1] < 1.0
+
+
+def test_greedy_with_a_draft_model_equals_plain_greedy(tiny_artifact, byte_llm):
+    """The int4 build of the same tiny model drafts for the fp32 one: greedy output equal to plain
+    greedy on 20 prompts, drafts really accepted; a draft model with another vocabulary is refused."""
+    import pressa
+    from pressa.errors import BadArgument
+    from pressa.genai.sampling import SamplingConfig
+
+    m = pressa.load(tiny_artifact("llama"), speculative="draft", draft_model=tiny_artifact("llama", "int4"))
+    accepted = 0
+    for ids in _prompts(np.random.default_rng(3)):
+        outs = {mode: _generated(m, ids, SamplingConfig(max_new_tokens=30, speculative=mode, ignore_eos=True))
+                for mode in ("off", "draft")}
+        assert outs["draft"] == outs["off"]
+        accepted += m.last_batch.accepted
+    assert accepted > 100, accepted
+    with pytest.raises(BadArgument, match="draft model"):
+        _generated(pressa.load(tiny_artifact("llama")), [5, 6], SamplingConfig(speculative="draft"))
+    with pytest.raises(BadArgument, match="vocabulary differs"):
+        pressa.load(tiny_artifact("llama"), draft_model=byte_llm)
+
+
+@pytest.mark.parametrize("temp", [0.7, 1.3])
+def test_rejection_rule_with_a_draft_distribution_keeps_the_models(tiny_artifact, temp):
+    """Drafts sampled from another distribution q (the int4 model's): over 20,000 seeds the verified
+    token follows the fp32 model's own p (chi-square as above), for a q sharper and flatter than p."""
+    from pressa.genai.decoder_session import DecoderSession
+    from pressa.genai.sampling import SamplingConfig
+    from pressa.genai.sequence import Sequence
+
+    prompt = np.random.default_rng(4).integers(3, 160, 10).tolist()
+    logits = DecoderSession(tiny_artifact("llama"), all_logits=True).prefill([prompt], 40)[1][0, -1:]
+    draft_logits = DecoderSession(tiny_artifact("llama", "int4"), all_logits=True).prefill([prompt], 40)[1][0, -1]
+
+    def softmax(x, t):
+        x = x.astype(np.float64) / t
+        e = np.exp(x - x.max())
+        return e / e.sum()
+
+    p, q = softmax(logits[0], temp), softmax(draft_logits, temp * 0.6)
+    rng, counts = np.random.default_rng(5), np.zeros(160)
+    for seed in range(20000):
+        d = int(min(np.searchsorted(np.cumsum(q), rng.random(), side="right"), 159))
+        seq = Sequence(list(prompt), SamplingConfig(temperature=temp, seed=seed))
+        counts[seq.verify(np.concatenate([logits, logits]), [d], [q])[0]] += 1
+    ok, chi2, df = _chi2_within(counts, p)
+    assert ok, (chi2, df)

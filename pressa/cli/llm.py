@@ -144,7 +144,10 @@ _SEED = typer.Option(None, "--seed", help="Random seed for sampling.")
 _STOP = typer.Option(None, "--stop", help="Stop when this text appears (repeatable).")
 _SPEC = typer.Option("off", "--speculative", help="lookup: draft tokens by looking the latest few up in the "
                      "prompt and what came since, and verify them in one step: the same output, faster where it "
-                     "echoes the input (summaries, edits, code, extraction); off: one token per step.")
+                     "echoes the input (summaries, edits, code, extraction); draft: a small model drafts "
+                     "(--draft-model); off: one token per step.")
+_DRAFT = typer.Option(None, "--draft-model", help="With --speculative draft: a smaller artifact with the same "
+                      "vocabulary whose tokens the model verifies (e.g. an int4 build drafting for the fp32 one).")
 _ADAPTER = typer.Option(None, "--adapter", help="Decode with this run-time LoRA adapter of the artifact "
                         "(auto-opt --adapters NAME=DIR); default: the base model.")
 
@@ -158,7 +161,7 @@ def generate(
     repetition_penalty: float = _REP, seed: int | None = _SEED, stop: list[str] | None = _STOP,
     chat: bool | None = typer.Option(None, "--chat/--no-chat",
                                         help="Wrap prompts in the model's chat template (default: when it has one)."),
-    adapter: str | None = _ADAPTER, speculative: str = _SPEC,
+    adapter: str | None = _ADAPTER, speculative: str = _SPEC, draft_model: Path | None = _DRAFT,
     json_schema: Path | None = typer.Option(None, "--json-schema", help="Hold the answer to this JSON schema "
                                             "(a .json file), token by token: the output always parses and "
                                             "validates, unless --max-new-tokens cuts it short."),
@@ -176,7 +179,7 @@ def generate(
         cfg = dataclasses.replace(cfg, grammar=_schema_grammar(json_schema))
     cfg = dataclasses.replace(cfg, speculative=check_mode(speculative))
     prompts = [read_stdin() if p == "-" else check_text(p, "the prompt") for p in prompts]
-    m = pressa.load(model, **runtime.model_dump(), speculative=cfg.speculative)
+    m = pressa.load(model, **runtime.model_dump(), speculative=cfg.speculative, draft_model=draft_model)
     if len(prompts) == 1:
         for piece in m.stream(prompts[0], chat=chat, cfg=cfg):
             sys.stdout.write(piece)
@@ -198,7 +201,8 @@ def chat(
     max_new_tokens: int = _MAXNEW, temperature: float = typer.Option(0.7, "--temperature", min=0.0),
     top_k: int = typer.Option(50, "--top-k", min=0), top_p: float = typer.Option(0.9, "--top-p", min=0.0, max=1.0),
     repetition_penalty: float = typer.Option(1.1, "--repetition-penalty", min=0.01),
-    seed: int | None = _SEED, adapter: str | None = _ADAPTER, speculative: str = _SPEC, runtime=None,
+    seed: int | None = _SEED, adapter: str | None = _ADAPTER, speculative: str = _SPEC,
+    draft_model: Path | None = _DRAFT, runtime=None,
 ):
     """Chat in the terminal with the model's chat template. /reset clears history, /exit or Ctrl-D quits.
 
@@ -212,7 +216,7 @@ def chat(
     system = check_text(system, "--system") if system else None
     cfg = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, None, adapter)
     cfg.speculative = check_mode(speculative)
-    m = pressa.load(model, **runtime.model_dump(), speculative=cfg.speculative)
+    m = pressa.load(model, **runtime.model_dump(), speculative=cfg.speculative, draft_model=draft_model)
     m.session.adapter_id(adapter)
     if not m.has_chat_template:
         raise BadArgument("this model has no chat template; use `pressa generate --no-chat`")
@@ -326,7 +330,7 @@ def benchmark(
     runs: int = typer.Option(5, "--runs", min=1, help="Timed repetitions (median reported)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed repetitions first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
-    adapter: str | None = _ADAPTER, speculative: str = _SPEC, runtime=None,
+    adapter: str | None = _ADAPTER, speculative: str = _SPEC, draft_model: Path | None = _DRAFT, runtime=None,
 ):
     """Time an artifact. LLMs: decode tokens/s, time to first token, prefill tokens/s; encoders and other
     ONNX models: rows (sentences)/s at --batch-size x --seq-len and latency at batch 1. Peak RSS for both."""
@@ -337,7 +341,7 @@ def benchmark(
     with log.progress_bar("benchmark") as bar:
         if kind_of(model) == ArtifactKind.DECODER_LLM:
             result = run_benchmark(model, prompt_tokens, new_tokens, runs, warmup, progress=bar, runtime=runtime,
-                                   adapter=adapter, speculative=check_mode(speculative))
+                                   adapter=adapter, speculative=check_mode(speculative), draft_model=draft_model)
         else:
             result = benchmark_tensor_model(model, runtime, batch_size, seq_len, runs, warmup, bar)
     print_result(result, as_json, f"benchmark {model}")

@@ -47,7 +47,7 @@ def prompt_of(model, tokens: int, text: str | None = None) -> list[int]:
 def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, runs: int = 5, warmup: int = 1,
               threads: int | None = None, hint: str = "latency", device: str = "cpu", text: str | None = None,
               chat_prompt: str | None = None, progress: Callable[[int, int, str], None] | None = None,
-              runtime=None, adapter: str | None = None, speculative: str = "off") -> dict:
+              runtime=None, adapter: str | None = None, speculative: str = "off", draft_model=None) -> dict:
     """Warm-up, then `runs` repetitions of: TTFT of a `prompt_tokens` prompt, and decode speed of
     `new_tokens` greedy tokens (EOS ignored) after it; with `chat_prompt`, decode speed is timed
     after that (short) chat prompt instead, as chat users see it. Medians and spread. `speculative`:
@@ -58,7 +58,7 @@ def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, run
 
     runtime = runtime or RuntimeOptions(threads=threads, hint=hint, device=device)
     t_load = time.perf_counter()
-    m = pressa.load(folder, **runtime.model_dump(), speculative=speculative)
+    m = pressa.load(folder, **runtime.model_dump(), speculative=speculative, draft_model=draft_model)
     load_s = time.perf_counter() - t_load
     ids = prompt_of(m, prompt_tokens, text)
     cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True, adapter=adapter, speculative=speculative)

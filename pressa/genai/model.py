@@ -32,10 +32,12 @@ class Event:
 
 class Model:
     def __init__(self, folder: Path, device: str = "cpu", threads: int | None = None, hint: str = "latency",
-                 speculative: str = "off", prefix_cache_mb: float = 256, **runtime):
+                 speculative: str = "off", prefix_cache_mb: float = 256, draft_model: str | Path | None = None,
+                 **runtime):
         """`speculative`: "lookup" opens the graph with logits for each row's last positions, which
         verifying drafted tokens needs (generate(speculative="lookup") reopens it so at first use
-        otherwise). `prefix_cache_mb`: memory for the keys and values of prompt prefixes kept across
+        otherwise); "draft" verifies the drafts of `draft_model` (a smaller artifact with the same
+        vocabulary). `prefix_cache_mb`: memory for the keys and values of prompt prefixes kept across
         calls and chat turns (genai/prefix_cache.py; 0: none).
         `runtime`: the other RuntimeOptions (backend: onnxruntime, openvino or auto; streams,
         precision_hint, cache_dir)."""
@@ -46,10 +48,11 @@ class Model:
         self.runtime = runtime_options(device=device, threads=threads, hint=hint, **runtime)
         self.folder = Path(folder)
         self.session = open_decoder(self.folder, self.runtime, log=log.info)
-        if check_mode(speculative) == "lookup":
+        self.tokenizer = TextTokenizer(self.folder)
+        self.draft_backend = self._open_drafter(Path(draft_model)) if draft_model else None
+        if check_mode(speculative) != "off":
             self.enable_verification()
         self.prefix_cache = PrefixCache(prefix_cache_mb) if prefix_cache_mb > 0 else None
-        self.tokenizer = TextTokenizer(self.folder)
         self.eos_ids = set(token_ids(self.session.config["model"].get("eos_token_id")))
         gen = self.folder / "generation_config.json"
         if gen.is_file():
@@ -61,6 +64,17 @@ class Model:
     @classmethod
     def load(cls, path, **kwargs) -> Model:
         return cls(Path(path), **kwargs)
+
+    def _open_drafter(self, folder: Path):
+        """A draft model's decoder, after checking that it reads tokens as this model does."""
+        from pressa.genai.backends import open_decoder
+
+        if not folder.is_dir():
+            raise BadArgument(f"--draft-model {folder}: no such folder; give an artifact folder made by auto-opt")
+        if TextTokenizer(folder).tok.get_vocab() != self.tokenizer.tok.get_vocab():
+            raise BadArgument(f"--draft-model {folder}: its vocabulary differs from this model's; a draft model "
+                              "must share the tokenizer (a smaller model of the same family)")
+        return open_decoder(folder, self.runtime)
 
     def enable_verification(self) -> None:
         """Reopen the decoder with logits for every position (speculative decoding's verification)."""
@@ -127,8 +141,11 @@ class Model:
         """Runs the prompts together to the end, yielding their sequences after the prefill and after
         each decode step. Row i samples with seed + i; `emit(i, text, finish, generated)` gets row i's
         text (no text is decoded without it)."""
-        if check_mode(cfg.speculative) == "lookup":
+        if check_mode(cfg.speculative) != "off":
             self.enable_verification()
+            if cfg.speculative == "draft" and self.draft_backend is None:
+                raise BadArgument("--speculative draft needs a draft model: --draft-model FOLDER "
+                                  "(pressa.load(..., draft_model=FOLDER))")
         for ids in prompts:
             check_request(ids, cfg, self.session)
         capacity = max(len(p) for p in prompts) + cfg.max_new_tokens
@@ -140,7 +157,7 @@ class Model:
             detok = None if emit is None else Detokenizer(self.tokenizer, cfg.stop, cfg.skip_special_tokens)
             seqs.append(Sequence(list(ids), c, out, detok, constraint=self.constraint_for(c)))
         batch = self.last_batch = SlotBatch(self.session, len(seqs), capacity, self.eos_ids,  # its counters
-                                            self.prefix_cache)
+                                            self.prefix_cache, self.draft_backend)
         batch.admit(seqs)
         yield seqs
         while batch.active:

@@ -45,7 +45,8 @@ class Scheduler:
         self.max_queue = max_queue
         self.capacity = min(model.session.context_length, capacity or 4096)
         self.on_full = on_full or (lambda: QueueFull(f"{max_queue} generations are waiting; retry shortly"))
-        self.batch = SlotBatch(model.session, slots, self.capacity, model.eos_ids, model.prefix_cache)
+        self.batch = SlotBatch(model.session, slots, self.capacity, model.eos_ids, model.prefix_cache,
+                               model.draft_backend)
         self.pending: deque[Sequence] = deque()
         self.cond = threading.Condition()
         self.cancelled = 0                # sequences ended by cancel()

@@ -92,6 +92,7 @@ class Sequence:
     pause: int = 0                                    # and steps left before drafting again (2**misses - 1)
     drafted: int = 0                                  # drafted tokens verified, and accepted
     accepted: int = 0
+    drafter: object | None = None                     # a draft model's state (speculative.Drafter)
 
     def __post_init__(self):
         self.history = list(self.ids)
@@ -111,17 +112,22 @@ class Sequence:
         self._record(logits, token)
         return token
 
-    def verify(self, logits: np.ndarray, draft: list[int]) -> list[int]:
+    def verify(self, logits: np.ndarray, draft: list[int], qs: list | None = None) -> list[int]:
         """The tokens plain decoding gives from logits [len(draft) + 1, V] of a step over [next token,
-        *draft]: the drafted tokens it accepts, then one of its own (genai/speculative.py)."""
+        *draft]: the drafted tokens it accepts, then one of its own (genai/speculative.py). `qs`: the
+        distributions a draft model sampled each drafted token from (None: all mass on it)."""
         out: list[int] = []
         for j, d in enumerate(draft):
             x = self._processed(logits[j:j + 1])
             p = probabilities(x, self.cfg)
+            q = qs[j] if qs else None
             if p is None:
                 token = int(x[0].argmax())
-            else:
+            elif q is None:
                 token = d if self.rng.random() < p[0, d] else residual_sample(p[0], d, self.rng)
+            else:
+                keep = self.rng.random() < min(1.0, p[0, d] / max(q[d], 1e-30))
+                token = d if keep else residual_sample(p[0], d, self.rng, q)
             self._record(logits[j:j + 1], token)
             out.append(token)
             if token != d:

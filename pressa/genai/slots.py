@@ -16,10 +16,11 @@ import time
 
 import numpy as np
 
+from pressa.errors import BadArgument
 from pressa.genai.decoder_session import KVBuffers, right_padded, step_mask
 from pressa.genai.prefix_cache import BLOCK, PrefixCache
 from pressa.genai.sequence import Sequence
-from pressa.genai.speculative import best_draft_length, lookup_draft
+from pressa.genai.speculative import DRAFTER_COST, Drafter, best_draft_length, lookup_draft
 
 
 def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
@@ -50,13 +51,15 @@ def prefill_groups(seqs: list[Sequence], waste: float = 0.25, budget: int = 4096
 
 
 class SlotBatch:
-    def __init__(self, backend, slots: int, capacity: int, eos_ids: set[int], prefix: PrefixCache | None = None):
+    def __init__(self, backend, slots: int, capacity: int, eos_ids: set[int], prefix: PrefixCache | None = None,
+                 drafter_backend=None):
         """`backend`: a decoder session (shape facts, new_cache, bind); `capacity`: positions per
         slot. Memory grows with the positions really used, not with slots x capacity. `prefix`: the
         model's prefix cache (genai/prefix_cache.py), for a cache held in arrays."""
         self.backend, self.slots, self.capacity, self.eos_ids = backend, slots, capacity, eos_ids
         self.cache = backend.new_cache(slots, capacity, zeros=lazy_zeros)
         self.prefix = prefix if isinstance(self.cache, KVBuffers) else None
+        self.drafter_backend = drafter_backend          # a draft model's decoder (--speculative draft)
         self.lengths = np.zeros(slots, np.int64)
         self.running: list[Sequence | None] = [None] * slots
         self.prefills = 0                 # prefill runs (each for one or more prompts)
@@ -134,10 +137,10 @@ class SlotBatch:
         slot inside that range costs one position of attention). A sequence decoding alone with
         speculation on verifies its drafted tokens in the same step (genai/speculative.py)."""
         live = [s for s in self.running if s is not None]
-        if len(live) == 1 and live[0].cfg.speculative == "lookup" and self.verifies:
-            draft = self._draft(live[0])
+        if len(live) == 1 and live[0].cfg.speculative != "off" and self.verifies:
+            draft, qs = self._draft(live[0])
             if draft:
-                return self._verify(live[0], draft)
+                return self._verify(live[0], draft, qs)
         n = max(i for i, s in enumerate(self.running) if s is not None) + 1
         if n != self._bound_n:
             self._step = self.backend.bind(self.cache.rows(0, n))
@@ -168,24 +171,31 @@ class SlotBatch:
         and a shared KV buffer (ONNX Runtime's GroupQueryAttention takes them for one row at a time)."""
         return not self.backend.last_only and self.backend.shared_buffer
 
-    def _draft(self, s: Sequence) -> list[int]:
-        """Tokens to verify with the next step: none while the sequence pauses after drafts that all
-        failed (text that does not echo its context costs a verification step for nothing)."""
+    def _draft(self, s: Sequence) -> tuple[list[int], list | None]:
+        """Tokens to verify with the next step (and, from a draft model, the distributions they were
+        sampled from): none while the sequence pauses after drafts that all failed (text that does not
+        echo its context costs a verification step for nothing)."""
         room = min(self.capacity - int(self.lengths[s.slot]) - 1, s.cfg.max_new_tokens - s.count - 1)
         if s.pause:
             s.pause -= 1
-            return []
+            return [], None
         if room < 1 or s.constraint is not None:
-            return []
+            return [], None
         most = min(s.cfg.draft_tokens, room, (self.backend.window or 1 << 30) - 1)
         acceptance = (s.accepted + 1) / (s.drafted + 2)          # what the sequence's drafts earned so far
-        k, gain = best_draft_length(acceptance, getattr(self.backend, "draft_cost", 0.1), most)
+        cost = getattr(self.backend, "draft_cost", 0.1) + (DRAFTER_COST if s.cfg.speculative == "draft" else 0)
+        k, gain = best_draft_length(acceptance, cost, most)
         if gain < 1.0:                           # drafts this seldom accepted cost more than they give:
             s.pause = 3                          # try one now and then, in case the text turns to echo
             k = 1
-        return lookup_draft(np.asarray(s.history), k)
+        if s.cfg.speculative == "draft":
+            if self.drafter_backend is None:
+                raise BadArgument("--speculative draft needs a draft model: --draft-model FOLDER")
+            s.drafter = s.drafter or Drafter(self.drafter_backend, self.capacity)
+            return s.drafter.draft(s, k)
+        return lookup_draft(np.asarray(s.history), k), None
 
-    def _verify(self, s: Sequence, draft: list[int]) -> None:
+    def _verify(self, s: Sequence, draft: list[int], qs: list | None = None) -> None:
         """One step over [next token, *draft] for the sequence's slot: the tokens plain decoding would
         have chosen, the accepted drafts and one more, taken in order."""
         width, slot = len(draft) + 1, s.slot
@@ -195,7 +205,10 @@ class SlotBatch:
         self.backend.bind(self.cache.rows(slot, slot + 1)).run(
             ids, mask, logits, **self.backend.adapter_rows([s.cfg.adapter]))
         self._bound_n = 0                         # the next plain step binds its rows again
-        tokens = s.verify(logits[0], draft)
+        before = len(s.history)
+        tokens = s.verify(logits[0], draft, qs)
+        if s.drafter is not None:
+            s.drafter.settle(before, len(tokens) - 1, len(draft))
         s.drafted, s.accepted = s.drafted + len(draft), s.accepted + len(tokens) - 1
         s.misses = 0 if len(tokens) > 1 else s.misses + 1
         s.pause = (1 << min(s.misses, 4)) - 1

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-MODES = ("lookup", "off")
+MODES = ("lookup", "draft", "off")
 VERIFY_WINDOW = 8             # a verification step scores at most this many positions (drafts + 1)
+DRAFTER_COST = 0.25           # a draft model's step, as a share of the main model's, in the draft length choice
 
 NGRAM_MAX, NGRAM_MIN = 3, 1   # the longest suffix looked up first
 
@@ -24,10 +25,8 @@ def check_mode(mode: str | None) -> str:
     from pressa.errors import BadArgument
 
     mode = mode or "off"
-    if mode == "draft":
-        raise BadArgument("--speculative draft (a small draft model) is not built yet; use lookup or off")
     if mode not in MODES:
-        raise BadArgument(f"--speculative {mode}: use lookup or off")
+        raise BadArgument(f"--speculative {mode}: use lookup, draft (with --draft-model) or off")
     return mode
 
 
@@ -73,12 +72,49 @@ def measure_draft_cost(backend, width: int = 5, runs: int = 3) -> float:
     return max(0.0, (timings[width] / timings[1] - 1) / (width - 1))
 
 
-def residual_sample(p: np.ndarray, rejected: int, rng: np.random.Generator) -> int:
-    """A token from p with `rejected` removed (renormalized): the rejection rule's correction for a
-    drafted token that was not accepted."""
-    q = p.astype(np.float64).copy()
-    q[rejected] = 0.0
-    total = q.sum()
+def residual_sample(p: np.ndarray, rejected: int, rng: np.random.Generator, q: np.ndarray | None = None) -> int:
+    """A token from max(p - q, 0), renormalized: the rejection rule's correction after the drafted token
+    `rejected` was not accepted (q: the draft's distribution; None: all its mass on `rejected`)."""
+    r = p.astype(np.float64).copy()
+    if q is None:
+        r[rejected] = 0.0
+    else:
+        r = np.maximum(r - q, 0.0)
+    total = r.sum()
     if total <= 0:
         return int(np.argmax(p))
-    return int(min(np.searchsorted(np.cumsum(q), rng.random() * total, side="right"), len(q) - 1))
+    return int(min(np.searchsorted(np.cumsum(r), rng.random() * total, side="right"), len(r) - 1))
+
+
+class Drafter:
+    """A small model's drafts for one sequence (`--speculative draft`): its own one-row cache, fed what
+    the sequence chose since the last step, then its own picks, one at a time, sampled with the
+    sequence's settings (q, for the rejection rule; greedy picks its argmax)."""
+
+    def __init__(self, backend, capacity: int):
+        self.backend, self.held = backend, 0
+        self.cache = backend.new_cache(1, capacity)
+
+    def draft(self, s, k: int) -> tuple[list[int], list]:
+        from pressa.genai.sampling import probabilities
+
+        feed, tokens, qs = s.history[self.held:], [], []
+        dec = self.backend
+        for _ in range(k):
+            logits = np.empty((1, dec.logits_width(len(feed)), dec.vocab_size), np.float32)
+            dec.bind(self.cache).run(np.asarray([feed], np.int64), np.ones((1, self.held + len(feed)), np.int64),
+                                     logits)
+            self.held += len(feed)
+            x = logits[0, -1:].copy()
+            q = probabilities(x, s.cfg)
+            token = int(x[0].argmax()) if q is None else int(
+                min(np.searchsorted(np.cumsum(q[0]), s.rng.random(), side="right"), q.shape[1] - 1))
+            tokens.append(token)
+            qs.append(None if q is None else q[0])
+            feed = [token]
+        return tokens, qs
+
+    def settle(self, before: int, accepted: int, drafted: int) -> None:
+        """After verification: the positions still valid are the history before the step and the
+        accepted drafts that were fed (all but the last drafted token)."""
+        self.held = before + min(accepted, drafted - 1)

@@ -259,9 +259,11 @@ class ServingLimits(BaseModel):
                                 "default the model's context length, at most 4096")
     prefix_cache_mb: float = Field(256, ge=0, description="a text generator's memory for the keys and values of "
                                    "prompt prefixes reused across requests and chat turns (0: none)")
-    speculative: Literal["lookup", "off"] = Field("off", description="a text generator's decoding: lookup drafts "
-                                                  "tokens from the prompt and verifies them in one step (the same "
-                                                  "output, faster where answers echo the input)")
+    speculative: Literal["lookup", "draft", "off"] = Field(
+        "off", description="a text generator's decoding: lookup drafts tokens from the prompt and verifies them in "
+        "one step (the same output, faster where answers echo the input); draft: draft_model drafts them")
+    draft_model: Path | None = Field(None, description="with speculative draft: a smaller artifact with the same "
+                                     "vocabulary")
 
 
 class ModelEntry(RuntimeOptions, ServingLimits):
@@ -316,7 +318,8 @@ def load_models(entries: list, threads: int | None = None) -> dict[str, ServedMo
     for e in entries:
         runtime = e.model_dump(include=set(RuntimeOptions.model_fields))
         llm = kind_of(e.path) == ArtifactKind.DECODER_LLM
-        extra = {"speculative": e.speculative, "prefix_cache_mb": e.prefix_cache_mb} if llm else {}
+        extra = {"speculative": e.speculative, "prefix_cache_mb": e.prefix_cache_mb,
+                 "draft_model": e.draft_model} if llm else {}
         model = pressa.load(e.path, **{**runtime, "threads": e.threads or threads, **extra})
         if llm:
             out[e.name] = TextGenerator(e.name, model, e.max_concurrency, e.max_queue, e.context, e.speculative)
