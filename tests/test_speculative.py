@@ -19,8 +19,8 @@ def test_lookup_drafts_the_latest_continuation_of_the_longest_suffix():
     assert lookup_draft(np.array([4, 9, 4]), 2) == [9, 4]       # a 1-gram when no longer suffix recurs
 
 
-def _generated(m, ids, cfg) -> list[int]:
-    seqs = list(m.sequences([ids], cfg))[-1]
+def _generated(m, ids, cfg, emit=None) -> list[int]:
+    seqs = list(m.sequences([ids], cfg, emit))[-1]
     return seqs[0].history[len(ids):]
 
 
@@ -183,3 +183,4 @@ def test_rejection_rule_with_a_draft_distribution_keeps_the_models(tiny_artifact
         counts[seq.verify(np.concatenate([logits, logits]), [d], [q])[0]] += 1
     ok, chi2, df = _chi2_within(counts, p)
     assert ok, (chi2, df)
+

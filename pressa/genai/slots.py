@@ -217,9 +217,10 @@ class SlotBatch:
         self.drafted += len(draft)
         self.accepted += len(tokens) - 1
         self.lengths[slot] += len(tokens)         # the next token and the accepted drafts are in the cache
-        for token in tokens:
+        for taken, token in enumerate(tokens, 1):
             self._commit(s, token)
             if s.done:
+                del s.history[len(s.history) - len(tokens) + taken:]     # verified past the end: not its text
                 break
 
     def _take(self, s: Sequence, logits: np.ndarray, greedy: int | None = None) -> None:
