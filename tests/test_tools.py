@@ -1,5 +1,5 @@
 """Tool calling on the OpenAI API: each family's call format parsed from hand-written answers, streamed
-deltas that reassemble into the whole answer's calls, and, through the official openai client on a
+deltas (arguments in pieces as they are written) that reassemble into the whole answer's calls, and, through the official openai client on a
 tiny random model, forced calls that always parse and validate against the tool's parameters, a named
 function, and a round trip whose tool result reaches the prompt as the chat template renders it."""
 
@@ -51,6 +51,8 @@ def test_each_family_format_parses_and_streams_the_same_calls(fmt, text, calls):
         for c in d.get("tool_calls", []):
             args[c["index"]] = args.get(c["index"], "") + c["function"]["arguments"]
     assert list(zip(names, [args[i] for i in sorted(args)])) == calls
+    pieces = [c for d in deltas for c in d.get("tool_calls", []) if c["index"] == 0 and c["function"]["arguments"]]
+    assert len(pieces) >= (len(calls[0][1]) // 3 if calls else 0)      # the arguments stream as they are written
 
 
 def test_the_family_is_read_off_the_chat_template():

@@ -15,6 +15,7 @@ How a model writes a call depends on its family; the format is read off the chat
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -47,9 +48,14 @@ class ToolFormat:
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         """(the text before the calls, the calls); no calls when the output has none that parse."""
+        at, calls, _ = self.scan(text)
+        return (text[:at].rstrip(), calls) if calls else (text, [])
+
+    def scan(self, text: str) -> tuple[int, list[ToolCall], int]:
+        """(where the calls start or -1, the complete calls, where the next call would start)."""
         at = text.find(self.start) if self.start else _first_object(text)
         if at < 0:
-            return text, []
+            return -1, [], len(text)
         pos = at + len(self.start)
         if text.startswith(PYTHON_TAG, pos):
             pos += len(PYTHON_TAG)
@@ -64,7 +70,16 @@ class ToolFormat:
                 break
             calls.append(ToolCall(obj["name"], _raw_value(text, pos, end, self.args_key, obj)))
             pos = _past(text, end, (self.close,))
-        return (text[:at].rstrip(), calls) if calls else (text, [])
+        return at, calls, pos
+
+    def partial(self, text: str, pos: int) -> tuple[str, str] | None:
+        """(name, the arguments' JSON text so far) of a call being written at `pos`, once its name is
+        complete and its arguments have begun; None otherwise."""
+        head = re.match(r'\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"' + self.args_key + r'"\s*:\s*', text[pos:])
+        if head is None:
+            return None
+        start = pos + head.end()
+        return json.loads(head.group(1)), text[start:_value_end(text, start)]
 
     def lark(self, tools: list[dict], parallel: bool, special=lambda s: None) -> str:
         """A grammar whose every sentence is one call (or, with `parallel`, one or more) of these tools.
@@ -99,6 +114,25 @@ def _past(text: str, pos: int, markers: tuple[str, ...]) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
     return pos
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the JSON object or array that starts at `start` ends (the end of `text` while it is open)."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        c = text[i]
+        if in_string:
+            escaped, in_string = (not escaped and c == "\\"), in_string and (escaped or c != '"')
+            continue
+        if c == '"':
+            in_string = True
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
 
 
 def _first_object(text: str) -> int:
@@ -194,19 +228,21 @@ def _as_object(arguments):
 
 class ToolStream:
     """Streamed text of one choice with tools: text goes out as content until the format's start
-    marker may have begun; from there the output is held, and each call goes out as soon as its JSON
-    is complete, as OpenAI streams calls (a delta with the call's id and name, then its arguments)."""
+    marker may have begun; from there the output is held, and calls go out as OpenAI streams them: a
+    delta with the call's id and name once its name is written, then its arguments' JSON text in pieces
+    as it is written."""
 
     def __init__(self, fmt: ToolFormat):
         self.fmt, self.text, self.shown = fmt, "", 0
         self.calls: list[ToolCall] = []
+        self.writing: tuple[str, str] | None = None      # (id, arguments sent) of the call being written
 
     def feed(self, piece: str, final: bool = False) -> list[dict]:
         """Deltas (OpenAI chat chunks' `delta`) for the text so far; `final` at the choice's end."""
         self.text += piece
-        content, calls = self.fmt.parse(self.text)
+        at, calls, rest = self.fmt.scan(self.text)
         if calls or not final:          # trailing whitespace waits: it may come before the calls
-            stop = len(content) if calls else len(self.text[:self._held_from()].rstrip())
+            stop = len(self.text[:at].rstrip()) if calls else len(self.text[:self._held_from()].rstrip())
         else:
             stop = len(self.text)
         out = []
@@ -214,11 +250,26 @@ class ToolStream:
             out.append({"content": self.text[self.shown:stop]})
             self.shown = stop
         for c in calls[len(self.calls):]:
-            index = len(self.calls)
+            out += self._arguments(c.name, c.arguments)
+            c.id, self.writing = self.writing[0], None
             self.calls.append(c)
-            out.append({"tool_calls": [{"index": index, "id": c.id, "type": "function",
-                                        "function": {"name": c.name, "arguments": ""}}]})
-            out.append({"tool_calls": [{"index": index, "function": {"arguments": c.arguments}}]})
+        if not final and (calls or at >= 0):
+            begun = self.fmt.partial(self.text, _past(self.text, rest, (self.fmt.open, "[", self.fmt.joiner.strip())))
+            if begun:
+                out += self._arguments(*begun)
+        return out
+
+    def _arguments(self, name: str, arguments: str) -> list[dict]:
+        """Deltas that bring the call being written (announced first, with its id) to `arguments`."""
+        index, out = len(self.calls), []
+        if self.writing is None:
+            self.writing = (f"call_{uuid.uuid4().hex[:24]}", "")
+            out.append({"tool_calls": [{"index": index, "id": self.writing[0], "type": "function",
+                                        "function": {"name": name, "arguments": ""}}]})
+        sent = self.writing[1]
+        if len(arguments) > len(sent) and arguments.startswith(sent):
+            out.append({"tool_calls": [{"index": index, "function": {"arguments": arguments[len(sent):]}}]})
+            self.writing = (self.writing[0], arguments)
         return out
 
     def _held_from(self) -> int:
