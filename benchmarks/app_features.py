@@ -39,6 +39,7 @@ SCHEMA = {"type": "object", "properties": {
 
 
 def paragraphs(n: int = 3) -> list[str]:
+    """n WikiText paragraphs of 400-900 characters (the first ones past the fifth)."""
     lines = [ln.strip() for ln in WIKI.read_text().splitlines() if 400 < len(ln.strip()) < 900]
     return lines[5:5 + n]
 
@@ -157,7 +158,7 @@ def second_turn_ttft(folder: str, runs: int) -> dict:
     from pressa.genai.prefix_cache import PrefixCache
     from pressa.genai.sampling import SamplingConfig
 
-    system = " ".join(paragraphs(4))
+    system = " ".join(paragraphs(7))                     # ~1,000 tokens
     cached, plain = pressa.load(folder), pressa.load(folder, prefix_cache_mb=0)
     turn1 = [{"role": "system", "content": system}, {"role": "user", "content": "Who is this text about?"}]
     answer = cached.generate(turn1, max_new_tokens=48)
