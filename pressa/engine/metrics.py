@@ -90,7 +90,7 @@ class Evaluator:
         if m.type == "accuracy":
             return {"agreement": self._llm_agreement(art, m.data)}
         before = _rss_mb()
-        model = pressa.load(art, **self.runtime.model_dump())
+        model = pressa.load(art, **self.runtime.model_dump(), prefix_cache_mb=0)     # each run a whole prefill
         prompt = model.tokenizer.encode(DEFAULT_TEXT[:400], add_special_tokens=False)[:64]
         cfg = SamplingConfig(max_new_tokens=self.runs + 1, ignore_eos=True)
         stamps = [time.perf_counter()]

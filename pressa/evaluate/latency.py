@@ -58,7 +58,8 @@ def benchmark(folder: Path, prompt_tokens: int = 512, new_tokens: int = 128, run
 
     runtime = runtime or RuntimeOptions(threads=threads, hint=hint, device=device)
     t_load = time.perf_counter()
-    m = pressa.load(folder, **runtime.model_dump(), speculative=speculative, draft_model=draft_model)
+    m = pressa.load(folder, **runtime.model_dump(), speculative=speculative, draft_model=draft_model,
+                    prefix_cache_mb=0)                 # repeated prompts: each run times a whole prefill
     load_s = time.perf_counter() - t_load
     ids = prompt_of(m, prompt_tokens, text)
     cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True, adapter=adapter, speculative=speculative)
