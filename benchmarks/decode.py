@@ -44,7 +44,7 @@ def measure_concurrent(folder: str, n: int, runs: int, threads: int | None, back
     import pressa
     from pressa.genai.sampling import SamplingConfig
 
-    m = pressa.load(folder, threads=threads, backend=backend)
+    m = pressa.load(folder, threads=threads, backend=backend, prefix_cache_mb=0)    # every run prefills
     prompts = [m.encode_prompt(f"{CHAT_QUESTION} ({i})") for i in range(n)]
     cfg = SamplingConfig(max_new_tokens=new_tokens, ignore_eos=True)
 
