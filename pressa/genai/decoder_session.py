@@ -29,6 +29,7 @@ class DecoderBackend:
     and `kv_dtype` and implements `bind(cache)` -> an object with `run(ids, mask, logits)`."""
     last_only = True
     window: int | None = None        # logits for each row's last `window` positions (a verification graph)
+    draft_cost = 0.1                 # a drafted token's share of a step (measured when verification opens)
     kv_dtype = np.float32
 
     def __init__(self, folder: Path):

@@ -50,8 +50,7 @@ class Model:
         self.session = open_decoder(self.folder, self.runtime, log=log.info)
         self.tokenizer = TextTokenizer(self.folder)
         self.draft_backend = self._open_drafter(Path(draft_model)) if draft_model else None
-        if check_mode(speculative) != "off":
-            self.enable_verification()
+        self.speculative = self.prepare_speculation(speculative)       # the default of serve's requests
         self.prefix_cache = PrefixCache(prefix_cache_mb) if prefix_cache_mb > 0 else None
         self.eos_ids = set(token_ids(self.session.config["model"].get("eos_token_id")))
         gen = self.folder / "generation_config.json"
@@ -76,16 +75,22 @@ class Model:
                               "must share the tokenizer (a smaller model of the same family)")
         return open_decoder(folder, self.runtime)
 
-    def enable_verification(self) -> None:
-        """Reopen the decoder with logits for every position (speculative decoding's verification)."""
+    def prepare_speculation(self, mode: str | None) -> str:
+        """The checked mode; for speculation, the decoder reopened with logits for each row's last
+        positions (verification), and a draft model for `draft`."""
         from pressa.genai.backends import open_decoder
 
-        if self.session.last_only:
+        mode = check_mode(mode)
+        if mode == "draft" and self.draft_backend is None:
+            raise BadArgument("--speculative draft needs a draft model: --draft-model FOLDER "
+                              "(pressa.load(..., draft_model=FOLDER))")
+        if mode != "off" and self.session.last_only:
             if self.runtime.backend == "openvino" or not self.session.shared_buffer:
                 raise BadArgument("speculative decoding runs on --backend onnxruntime, over graphs built by "
                                   "auto-opt's LLM builder")
             self.session = open_decoder(self.folder, self.runtime, window=VERIFY_WINDOW)
             self.session.draft_cost = measure_draft_cost(self.session)
+        return mode
 
     @functools.cached_property
     def grammar(self):
@@ -141,11 +146,7 @@ class Model:
         """Runs the prompts together to the end, yielding their sequences after the prefill and after
         each decode step. Row i samples with seed + i; `emit(i, text, finish, generated)` gets row i's
         text (no text is decoded without it)."""
-        if check_mode(cfg.speculative) != "off":
-            self.enable_verification()
-            if cfg.speculative == "draft" and self.draft_backend is None:
-                raise BadArgument("--speculative draft needs a draft model: --draft-model FOLDER "
-                                  "(pressa.load(..., draft_model=FOLDER))")
+        self.prepare_speculation(cfg.speculative)
         for ids in prompts:
             check_request(ids, cfg, self.session)
         capacity = max(len(p) for p in prompts) + cfg.max_new_tokens

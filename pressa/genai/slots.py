@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 
-from pressa.errors import BadArgument
 from pressa.genai.decoder_session import KVBuffers, right_padded, step_mask
 from pressa.genai.prefix_cache import BLOCK, PrefixCache
 from pressa.genai.sequence import Sequence
@@ -146,7 +145,6 @@ class SlotBatch:
             self._step = self.backend.bind(self.cache.rows(0, n))
             self._step_logits, self._bound_n = self._logits[:n], n
         tokens = np.zeros((n, 1), np.int64)
-        live = [s for s in self.running[:n] if s is not None]
         for s in live:
             tokens[s.slot, 0] = s.next_token
         adapters = {}
@@ -167,8 +165,8 @@ class SlotBatch:
 
     @property
     def verifies(self) -> bool:
-        """Whether a step can score several new tokens of a row: a graph with logits for every position
-        and a shared KV buffer (ONNX Runtime's GroupQueryAttention takes them for one row at a time)."""
+        """Whether a step can score several new tokens of a row: a graph with logits for each row's last
+        positions and a shared KV buffer (ONNX Runtime's GroupQueryAttention takes them for one row at a time)."""
         return not self.backend.last_only and self.backend.shared_buffer
 
     def _draft(self, s: Sequence) -> tuple[list[int], list | None]:
@@ -183,14 +181,12 @@ class SlotBatch:
             return [], None
         most = min(s.cfg.draft_tokens, room, (self.backend.window or 1 << 30) - 1)
         acceptance = (s.accepted + 1) / (s.drafted + 2)          # what the sequence's drafts earned so far
-        cost = getattr(self.backend, "draft_cost", 0.1) + (DRAFTER_COST if s.cfg.speculative == "draft" else 0)
+        cost = self.backend.draft_cost + (DRAFTER_COST if s.cfg.speculative == "draft" else 0)
         k, gain = best_draft_length(acceptance, cost, most)
         if gain < 1.0:                           # drafts this seldom accepted cost more than they give:
             s.pause = 3                          # try one now and then, in case the text turns to echo
             k = 1
-        if s.cfg.speculative == "draft":
-            if self.drafter_backend is None:
-                raise BadArgument("--speculative draft needs a draft model: --draft-model FOLDER")
+        if s.cfg.speculative == "draft":              # Model.prepare_speculation checked there is one
             s.drafter = s.drafter or Drafter(self.drafter_backend, self.capacity)
             return s.drafter.draft(s, k)
         return lookup_draft(np.asarray(s.history), k), None
@@ -211,7 +207,7 @@ class SlotBatch:
             s.drafter.settle(before, len(tokens) - 1, len(draft))
         s.drafted, s.accepted = s.drafted + len(draft), s.accepted + len(tokens) - 1
         s.misses = 0 if len(tokens) > 1 else s.misses + 1
-        s.pause = (1 << min(s.misses, 4)) - 1
+        s.pause = max(s.pause, (1 << min(s.misses, 4)) - 1)     # or the pause _draft set for losing drafts
         self.steps += 1
         self.step_rows += 1
         self.drafted += len(draft)

@@ -94,12 +94,10 @@ class TextGenerator(ServedModel):
     """A decoder LLM: text in, text out (the KV cache and logits stay inside), every request's
     sequences through one continuous-batching scheduler."""
 
-    def __init__(self, name: str, model, max_concurrency: int = 8, max_queue: int = 64, context: int | None = None,
-                 speculative: str = "off"):
+    def __init__(self, name: str, model, max_concurrency: int = 8, max_queue: int = 64, context: int | None = None):
         from pressa.genai.scheduler import Scheduler
 
         super().__init__(name, model, max_concurrency, max_queue)
-        self.speculative = speculative
         self.inputs = [TensorSpec("text_input", "BYTES", [-1])]
         self.outputs = [TensorSpec("text_output", "BYTES", [-1])]
         self.scheduler = Scheduler(model, slots=max_concurrency, max_queue=max_queue, capacity=context,
@@ -118,7 +116,7 @@ class TextGenerator(ServedModel):
         seqs = []
         try:
             for i, ids in enumerate(prompts):
-                c = dataclasses.replace(cfg, speculative=self.speculative,
+                c = dataclasses.replace(cfg, speculative=self.model.speculative,
                                         **({} if cfg.seed is None else {"seed": cfg.seed + i}))
                 seqs.append(self.scheduler.submit(ids, c, lambda t, f, g, *lp, i=i: emit(i, t, f, g, *lp)))
         except BadArgument as err:
@@ -322,7 +320,7 @@ def load_models(entries: list, threads: int | None = None) -> dict[str, ServedMo
                  "draft_model": e.draft_model} if llm else {}
         model = pressa.load(e.path, **{**runtime, "threads": e.threads or threads, **extra})
         if llm:
-            out[e.name] = TextGenerator(e.name, model, e.max_concurrency, e.max_queue, e.context, e.speculative)
+            out[e.name] = TextGenerator(e.name, model, e.max_concurrency, e.max_queue, e.context)
         else:
             out[e.name] = TensorModel(e.name, model, e.max_concurrency, e.max_queue, e.max_batch, e.max_wait_ms / 1000)
     return out
