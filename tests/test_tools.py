@@ -1,7 +1,8 @@
 """Tool calling on the OpenAI API: each family's call format parsed from hand-written answers, streamed
-deltas (arguments in pieces as they are written) that reassemble into the whole answer's calls, and, through the official openai client on a
-tiny random model, forced calls that always parse and validate against the tool's parameters, a named
-function, and a round trip whose tool result reaches the prompt as the chat template renders it."""
+deltas (arguments in pieces as they are written) that reassemble into the whole answer's calls, and,
+through the official openai client on a tiny random model, forced calls that always parse and validate
+against the tool's parameters, a named function, and a round trip whose tool result reaches the prompt
+as the chat template renders it."""
 
 from __future__ import annotations
 
@@ -143,3 +144,17 @@ def test_bad_tool_requests_are_400s(byte_server):
                                        response_format={"type": "json_object"})
     with pytest.raises(openai.BadRequestError, match="tool_choice needs tools"):
         client.chat.completions.create(model="bytes", messages=msgs, tool_choice="required")
+
+
+def test_without_parallel_tool_calls_the_stream_passes_on_one_call_as_the_whole_answer_does():
+    from pressa.genai.tools import HERMES, ToolStream
+
+    text = ('<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "b", "arguments": {"y": 2}}\n</tool_call>')
+    stream, deltas = ToolStream(HERMES, most=1), []
+    for i in range(0, len(text), 4):
+        deltas += stream.feed(text[i:i + 4])
+    deltas += stream.feed("", final=True)
+    calls = [c for d in deltas for c in d.get("tool_calls", [])]
+    assert {c["index"] for c in calls} == {0} and [c.name for c in stream.calls] == ["a"]
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"x": 1}'

@@ -122,7 +122,7 @@ def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, see
 
 def _schema_grammar(path: Path) -> str:
     from pressa.errors import BadArgument
-    from pressa.genai.constraints import check_grammar, json_schema_grammar
+    from pressa.genai.constraints import json_schema_grammar
 
     if not path.is_file():
         raise BadArgument(f"--json-schema {path}: no such file; give a JSON schema file")
@@ -130,9 +130,7 @@ def _schema_grammar(path: Path) -> str:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise BadArgument(f"--json-schema {path}: not UTF-8 text; give a JSON schema file") from None
-    grammar = json_schema_grammar(text)
-    check_grammar(grammar)
-    return grammar
+    return json_schema_grammar(text)
 
 
 _MAXNEW = typer.Option(256, "--max-new-tokens", "--max_new_tokens", min=1, help="Tokens to generate at most.")

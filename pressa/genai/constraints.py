@@ -46,8 +46,13 @@ def _llguidance():
     return llguidance
 
 
+# JSON as json.dumps writes it: no free whitespace, which a sampled answer could otherwise run on in
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
 def json_schema_grammar(schema) -> str:
-    """The grammar of JSON text valid under `schema` (a dict, or its JSON text); True: any JSON object."""
+    """The grammar of JSON text valid under `schema` (a dict, or its JSON text); True: any JSON object.
+    BadArgument when it is not one llguidance can enforce."""
     if schema is True:
         schema = {"type": "object"}
     if isinstance(schema, str | bytes):
@@ -57,20 +62,19 @@ def json_schema_grammar(schema) -> str:
             raise BadArgument(f"the JSON schema is not JSON ({err})") from None
     if not isinstance(schema, dict):
         raise BadArgument("a JSON schema is a JSON object, e.g. {\"type\": \"object\", \"properties\": {...}}")
-    compact = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}   # as json.dumps
-    return _llguidance().LLMatcher.grammar_from_json_schema(schema, defaults=compact)
+    return _checked(_llguidance().LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT))
 
 
 def lark_grammar(text: str) -> str:
-    return _llguidance().LLMatcher.grammar_from_lark(text)
+    """The grammar of a Lark text (BadArgument when llguidance cannot enforce it)."""
+    return _checked(_llguidance().LLMatcher.grammar_from_lark(text))
 
 
-def check_grammar(grammar: str) -> None:
-    """BadArgument with llguidance's reason when the grammar (or the schema it came from) is not
-    one it can enforce."""
+def _checked(grammar: str) -> str:
     err = _llguidance().LLMatcher.validate_grammar(grammar)
     if err:
         raise BadArgument(f"cannot enforce that schema or grammar: {err.splitlines()[0]}")
+    return grammar
 
 
 class GrammarTokenizer:
@@ -101,11 +105,6 @@ class Constraint:
             raise BadArgument(f"cannot enforce that schema or grammar: {self.matcher.get_error().splitlines()[0]}")
         self.bits = np.zeros((owner.vocab_size + 31) // 32, np.int32)
 
-    def allowed(self) -> np.ndarray:
-        """The allowed next tokens, a bool per vocabulary entry."""
-        self.matcher.unsafe_compute_mask_ptr(self.bits.ctypes.data, self.bits.nbytes)
-        return np.unpackbits(self.bits.view(np.uint8), bitorder="little")[:self.owner.vocab_size].view(bool)
-
     def mask(self, logits: np.ndarray) -> None:
         """In place, on logits [1, V] (or [V]): each byte of the bitmask adds its 8 tokens' 0 or -inf,
         read from a 256 x 8 table (a third of the time of a boolean mask)."""
@@ -120,7 +119,3 @@ class Constraint:
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(token):
             raise BadArgument(f"token {token} broke the grammar: {self.matcher.get_error()}")
-
-    @property
-    def complete(self) -> bool:
-        return self.matcher.is_accepting()

@@ -17,23 +17,23 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-SEPARATORS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+from pressa.genai.constraints import JSON_LAYOUT
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 @dataclass
 class ToolCall:
     name: str
     arguments: str                  # JSON text, as the model wrote it
-    id: str = ""
+    id: str = field(default_factory=new_call_id)
 
-    def __post_init__(self):
-        self.id = self.id or f"call_{uuid.uuid4().hex[:24]}"
-
-    def openai(self, index: int | None = None) -> dict:
-        out = {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-        return out if index is None else {"index": index, **out}
+    def openai(self) -> dict:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class ToolFormat:
         options = [{"type": "object", "properties": {"name": {"const": t["name"]},
                                                      self.args_key: t.get("parameters") or {"type": "object"}},
                     "required": ["name", self.args_key], "additionalProperties": False} for t in tools]
-        schema = json.dumps({"anyOf": options, "x-guidance": SEPARATORS})
+        schema = json.dumps({"anyOf": options, "x-guidance": JSON_LAYOUT})
 
         def lit(text):
             token = special(text)
@@ -232,8 +232,9 @@ class ToolStream:
     delta with the call's id and name once its name is written, then its arguments' JSON text in pieces
     as it is written."""
 
-    def __init__(self, fmt: ToolFormat):
-        self.fmt, self.text, self.shown = fmt, "", 0
+    def __init__(self, fmt: ToolFormat, most: int | None = None):
+        """`most`: calls to pass on at most (1 without parallel_tool_calls, as ChatTools.message keeps)."""
+        self.fmt, self.text, self.shown, self.most = fmt, "", 0, most
         self.calls: list[ToolCall] = []
         self.writing: tuple[str, str] | None = None      # (id, arguments sent) of the call being written
 
@@ -249,11 +250,11 @@ class ToolStream:
         if stop > self.shown:
             out.append({"content": self.text[self.shown:stop]})
             self.shown = stop
-        for c in calls[len(self.calls):]:
+        for c in calls[len(self.calls):self.most]:
             out += self._arguments(c.name, c.arguments)
             c.id, self.writing = self.writing[0], None
             self.calls.append(c)
-        if not final and (calls or at >= 0):
+        if not final and (calls or at >= 0) and (self.most is None or len(self.calls) < self.most):
             begun = self.fmt.partial(self.text, _past(self.text, rest, (self.fmt.open, "[", self.fmt.joiner.strip())))
             if begun:
                 out += self._arguments(*begun)
@@ -263,7 +264,7 @@ class ToolStream:
         """Deltas that bring the call being written (announced first, with its id) to `arguments`."""
         index, out = len(self.calls), []
         if self.writing is None:
-            self.writing = (f"call_{uuid.uuid4().hex[:24]}", "")
+            self.writing = (new_call_id(), "")
             out.append({"tool_calls": [{"index": index, "id": self.writing[0], "type": "function",
                                         "function": {"name": name, "arguments": ""}}]})
         sent = self.writing[1]

@@ -42,16 +42,14 @@ def generation_config(params: dict, max_tokens: int) -> SamplingConfig:
 def response_grammar(fmt: schemas.ResponseFormat) -> str | None:
     """The grammar of a request's response_format (None for text)."""
     from pressa.errors import BadArgument
-    from pressa.genai.constraints import check_grammar, json_schema_grammar
+    from pressa.genai.constraints import json_schema_grammar
 
     if fmt.type == "text":
         return None
     try:
-        grammar = json_schema_grammar(True if fmt.type == "json_object" else fmt.json_schema.json_schema)
-        check_grammar(grammar)
+        return json_schema_grammar(True if fmt.type == "json_object" else fmt.json_schema.json_schema)
     except BadArgument as err:
         raise RequestError(f"response_format: {err}") from None
-    return grammar
 
 
 class LogprobFormat:

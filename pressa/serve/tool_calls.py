@@ -5,7 +5,7 @@ rendered, the grammar that forces a required or named call, and the answer's cal
 from __future__ import annotations
 
 from pressa.errors import BadArgument
-from pressa.genai.tools import ToolStream, messages_for_template, template_knows_tools, tool_format
+from pressa.genai.tools import PYTHON_TAG, ToolStream, messages_for_template, template_knows_tools, tool_format
 from pressa.serve.models import RequestError
 from pressa.serve.schemas import ChatRequest, NamedToolChoice
 
@@ -24,19 +24,15 @@ class ChatTools:
         else:
             forced = self.specs if choice == "required" else []
         self.grammar = self._grammar(forced, self.parallel and choice == "required") if forced else None
-        special = tok.special_tokens
-        self.skip_special = not any(m in special for m in (self.fmt.start, "<|python_tag|>"))
+        self.skip_special = not any(m in tok.special_tokens for m in (self.fmt.start, PYTHON_TAG))
 
     def _grammar(self, forced: list[dict], parallel: bool) -> str:
-        from pressa.genai.constraints import check_grammar, lark_grammar
+        from pressa.genai.constraints import lark_grammar
 
-        special = self.model.tokenizer.special_tokens
         try:
-            grammar = lark_grammar(self.fmt.lark(forced, parallel, special.get))
-            check_grammar(grammar)
+            return lark_grammar(self.fmt.lark(forced, parallel, self.model.tokenizer.special_tokens.get))
         except BadArgument as err:
             raise RequestError(f"tool_choice: {err}") from None
-        return grammar
 
     def encode(self, messages: list[dict]) -> list[int]:
         """The prompt's token ids: the template renders the tools where it knows them; otherwise they
@@ -54,4 +50,4 @@ class ChatTools:
                 "tool_calls")
 
     def stream(self) -> ToolStream:
-        return ToolStream(self.fmt)
+        return ToolStream(self.fmt, None if self.parallel else 1)
