@@ -265,13 +265,12 @@ def window_variant(model_path: Path, window: int) -> bytes | None:
         return None
     lab, last = "/model/logits_window", unsq.input[0]           # each row's last index, int64 [B]
     s32 = next(n.output[0] for n in m.graph.node if n.name == "/model/last_token/Cast_S")
-    consts = [helper.make_tensor(f"{lab}/{name}", dt, [len(v)] if len(v) > 1 else [], v)
-              for name, dt, v in (("w", TensorProto.INT32, [window]), ("zero", TensorProto.INT64, [0]),
-                                  ("one", TensorProto.INT64, [1]), ("axes1", TensorProto.INT64, [1, 1]),
-                                  ("axes2", TensorProto.INT64, [2, 2]))]
-    consts[3] = helper.make_tensor(f"{lab}/axes1", TensorProto.INT64, [1], [1])
-    consts[4] = helper.make_tensor(f"{lab}/axes2", TensorProto.INT64, [1], [2])
-    m.graph.initializer.extend(consts)
+    m.graph.initializer.extend([                                 # scalars, and two 1-D axes lists
+        helper.make_tensor(f"{lab}/w", TensorProto.INT32, [], [window]),
+        helper.make_tensor(f"{lab}/zero", TensorProto.INT64, [], [0]),
+        helper.make_tensor(f"{lab}/one", TensorProto.INT64, [], [1]),
+        helper.make_tensor(f"{lab}/axes1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor(f"{lab}/axes2", TensorProto.INT64, [1], [2])])
     nodes = [
         helper.make_node("Min", [s32, f"{lab}/w"], [f"{lab}/k32"], f"{lab}/Min"),
         helper.make_node("Cast", [f"{lab}/k32"], [f"{lab}/k"], f"{lab}/Cast", to=TensorProto.INT64),

@@ -71,8 +71,11 @@ def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray | None:
 def choose(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
     """One token per row. `logits` may be modified."""
     p = probabilities(logits, cfg)
-    if p is None:
-        return logits.argmax(axis=-1)
+    return logits.argmax(axis=-1) if p is None else draw(p, rng)
+
+
+def draw(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row of the distributions p [B, V] (inverse CDF, one uniform per row)."""
     u = rng.random((p.shape[0], 1))
     return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)
 

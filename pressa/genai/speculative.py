@@ -96,7 +96,7 @@ class Drafter:
         self.cache = backend.new_cache(1, capacity)
 
     def draft(self, s, k: int) -> tuple[list[int], list]:
-        from pressa.genai.sampling import probabilities
+        from pressa.genai.sampling import draw, probabilities
 
         feed, tokens, qs = s.history[self.held:], [], []
         dec = self.backend
@@ -107,8 +107,7 @@ class Drafter:
             self.held += len(feed)
             x = logits[0, -1:].copy()
             q = probabilities(x, s.cfg)
-            token = int(x[0].argmax()) if q is None else int(
-                min(np.searchsorted(np.cumsum(q[0]), s.rng.random(), side="right"), q.shape[1] - 1))
+            token = int(x[0].argmax()) if q is None else int(draw(q, s.rng)[0])
             tokens.append(token)
             qs.append(None if q is None else q[0])
             feed = [token]
