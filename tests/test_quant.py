@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pressa.quant.packing import matmulnbits_tensors, pack_nibbles, unpack_matmulnbits, unpack_nibbles
+from pressa.quant.packing import matmulnbits_tensors, pack_codes, unpack_codes, unpack_matmulnbits
 from pressa.quant.rtn import dequantize, quantize_rtn
 from pressa.quant.sensitivity import assign_bits
 
@@ -54,17 +54,19 @@ def test_rtn_matches_reference(bits, bs, sym):
     assert np.abs(got - w).max() <= step                        # error within one step
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [2, 4, 8])
 def test_pack_roundtrip(bits):
     rng = np.random.default_rng(0)
     qw = quantize_rtn(rng.standard_normal((5, 96)).astype(np.float32), bits, 32, False)
     t = matmulnbits_tensors(qw)
     assert t["B"].shape == (5, 3, 32 * bits // 8)
     np.testing.assert_array_equal(unpack_matmulnbits(t["B"], bits, 32), qw.q)
-    codes = rng.integers(0, 16, (4, 7)).astype(np.uint8)
-    packed = pack_nibbles(codes)
-    assert packed[0, 0] == codes[0, 0] | (codes[0, 1] << 4)     # first code in the low nibble
-    np.testing.assert_array_equal(unpack_nibbles(packed, 7), codes)
+    codes = rng.integers(0, 1 << bits, (4, 7)).astype(np.uint8)
+    packed = pack_codes(codes, bits)
+    per = 8 // bits
+    assert packed.shape == (4, -(-7 // per))
+    assert packed[0, 0] == sum(int(codes[0, j]) << (j * bits) for j in range(per))   # first code lowest
+    np.testing.assert_array_equal(unpack_codes(packed, bits, 7), codes)
 
 
 def _run(node, inputs, inits):
@@ -80,7 +82,8 @@ def _run(node, inputs, inits):
     return sess.run(None, inputs)[0]
 
 
-@pytest.mark.parametrize("bits,sym,bs", [(4, True, 32), (4, False, 32), (4, False, 64), (8, True, 32), (8, False, 128)])
+@pytest.mark.parametrize("bits,sym,bs", [(4, True, 32), (4, False, 32), (4, False, 64), (8, True, 32), (8, False, 128),
+                                         (2, True, 32), (2, False, 32), (2, False, 128)])
 def test_matmulnbits_equals_dequantized_matmul(bits, sym, bs):
     rng = np.random.default_rng(1)
     n, k = 48, 256

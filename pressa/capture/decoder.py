@@ -42,8 +42,12 @@ class BuildOptions:
     adapter_path: str | None = None      # a PEFT LoRA adapter merged into the weights as they are read
     adapters: str | None = None          # NAME=DIR,...: adapters kept as run-time weights (capture/lora.py)
     last_token_logits: bool = True       # lm_head only on each row's last token (prefill speed)
-    algorithm: str = "rtn"               # rtn | awq | gptq (awq/gptq need calibration statistics)
+    algorithm: str = "rtn"               # rtn | awq | gptq | awq+gptq (all but rtn need calibration statistics)
     scale_search: bool = True            # per-group MSE search of scale / zero point
+    scale_estimation: bool = False       # RTN/AWQ group scales refined on the calibration inputs
+    target_size_mb: float | None = None  # mixed precision at a byte budget: the model files' size ...
+    bits_per_weight: float | None = None  # ... or the weights' bits per parameter (capture/mixed.py)
+    budget_report: dict | None = None    # what the budget search chose (pressa.json's "budget")
     capture_inputs: bool = False         # extra outputs "calib.<key>": every linear's input (calibration)
 
     def validate(self) -> None:
@@ -55,16 +59,24 @@ class BuildOptions:
         try:
             BuilderConfig(precision=self.precision, group_size=self.block_size, symmetric=self.symmetric,
                           accuracy_level=self.accuracy_level, embedding_bits=self.embedding_bits,
-                          algorithm=self.algorithm, scale_search=self.scale_search)
+                          algorithm=self.algorithm, scale_search=self.scale_search,
+                          scale_estimation=self.scale_estimation, target_size_mb=self.target_size_mb,
+                          bits_per_weight=self.bits_per_weight)
         except ValidationError as err:
             raise BadArgument(validation_message(err)) from None
+
+    @property
+    def uses_hessian(self) -> bool:
+        """Whether quantizing needs each linear's H = X^T X from calibration."""
+        return self.algorithm.endswith("gptq") or self.scale_estimation
 
 
 class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
     def __init__(self, cfg: DecoderConfig, weights: WeightReader, opts: BuildOptions, calib: dict | None = None):
         opts.validate()
-        if opts.algorithm != "rtn" and not calib:
-            raise BadArgument(f"--algorithm {opts.algorithm} needs calibration data (--calibration-data FILE)")
+        if (opts.algorithm != "rtn" or opts.scale_estimation) and not calib:
+            raise BadArgument(f"--algorithm {opts.algorithm}{' --scale-estimation' * opts.scale_estimation} needs "
+                              "calibration data (--calibration-data FILE)")
         if opts.precision in ("int4", "int8") and opts.block_size > cfg.hidden_size:
             raise BadArgument(f"group size {opts.block_size} is larger than the model's hidden size "
                               f"{cfg.hidden_size}; use {cfg.hidden_size} or less")
@@ -75,6 +87,7 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         self.calib = calib or {}
         self.lora = None                     # RuntimeAdapters (capture/lora.py) for auto-opt --adapters
         self.record: dict | None = None      # key -> {"quantized", "awq_scale"}: what a layer build decided
+        self.awq_scales: dict[str, np.ndarray] = {}     # key -> AWQ's s (its weight arrives multiplied by s)
         self._captured: set[str] = set()
         self.fp16 = opts.precision == "fp16"
         self.np_dtype = np.float16 if self.fp16 else np.float32
@@ -153,22 +166,34 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         stats = self.calib.get(key)
         if getattr(stats, "quantized", None) is not None:
             return stats.quantized
-        if self.o.algorithm == "gptq" and getattr(stats, "h", None) is not None:
+        h = self.hessian(key, stats)
+        if self.o.algorithm.endswith("gptq") and h is not None:
             from pressa.quant.gptq import quantize_gptq
 
-            out = quantize_gptq(w, stats.hessian(), bits, self.o.block_size, self.o.symmetric,
-                                search=self.searching(bits))
+            out = quantize_gptq(w, h, bits, self.o.block_size, self.o.symmetric, search=self.searching(bits))
         else:
             out = quantize_rtn(w, bits, self.o.block_size, self.o.symmetric, self.searching(bits))
+            if self.o.scale_estimation and h is not None:
+                from pressa.quant.scale_estimation import estimate_scales
+
+                out = estimate_scales(w, h, out)
         if self.record is not None and key:
             self.record.setdefault(key, {})["quantized"] = out
         return out
 
+    def hessian(self, key: str, stats) -> np.ndarray | None:
+        """H = X^T X of `key`'s inputs where quantizing uses it; for an AWQ-scaled weight (W s, x / s) the
+        Hessian of the scaled inputs, H / (s s^T)."""
+        if not self.o.uses_hessian or getattr(stats, "h", None) is None:
+            return None
+        s = self.awq_scales.get(key)
+        return stats.hessian() if s is None else stats.hessian() / np.outer(s, s).astype(np.float32)
+
     def searching(self, bits: int) -> bool:
-        """The MSE search pays at 4 bits; at 8 bits only the symmetric Q8_0-grid candidate does.
-        AWQ-scaled weights keep plain min/max: their scales were chosen for that grid (with the
-        search on top, SmolLM2's PPL went 21.10 -> 21.36)."""
-        return self.o.scale_search and (bits == 4 or self.o.symmetric) and self.o.algorithm != "awq"
+        """The MSE search pays at 4 bits and below; at 8 bits only the symmetric Q8_0-grid candidate
+        does. Plain AWQ keeps plain min/max: its scales were chosen for that grid (with the search on
+        top, SmolLM2's PPL went 21.10 -> 21.36)."""
+        return self.o.scale_search and (bits <= 4 or self.o.symmetric) and self.o.algorithm != "awq"
 
     def norm_weight(self, name: str, divisor: np.ndarray | None = None) -> np.ndarray:
         w = self.read(name) + self.cfg.arch.norm_offset
@@ -316,6 +341,7 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         bits = {k: self.bits_for(f"{i}.{k}") for k in LINEARS}
         settings = QuantSettings(self.o.algorithm, self.o.block_size, self.o.symmetric)
         plan = plan_layer(i, load, bits, self.calib, settings, self.cfg.intermediate_size)
+        self.awq_scales = {f"{i}.{key}": s for key, s in plan.scales.items()}
         if self.record is not None:
             for key, s in plan.scales.items():
                 self.record.setdefault(f"{i}.{key}", {})["awq_scale"] = s

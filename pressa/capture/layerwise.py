@@ -26,7 +26,7 @@ import numpy as np
 
 from pressa.capture.calibrate import InputStats, accumulate
 from pressa.capture.decoder import HIDDEN, HIDDEN_OUT, BuildOptions, DecoderBuilder
-from pressa.quant.packing import pack_nibbles, unpack_nibbles
+from pressa.quant.packing import pack_codes, unpack_codes
 from pressa.quant.rtn import QuantizedWeight
 from pressa.tempdirs import temp_dir, user_cache_dir
 
@@ -49,7 +49,7 @@ def cache_key(location: str, windows: list[list[int]], opts: BuildOptions, quant
              "files": [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.is_file()],
              "windows": hashlib.sha256(np.asarray(windows, np.int64).tobytes()).hexdigest(),
              "options": {k: getattr(opts, k) for k in ("precision", "block_size", "symmetric", "accuracy_level",
-                                                        "algorithm", "scale_search", "layer_bits")},
+                                                        "algorithm", "scale_search", "scale_estimation", "layer_bits")},
              "quantized_inputs": quantized_inputs}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -74,7 +74,7 @@ class LayerCache:
         for key, found in decisions.items():
             qw = found.get("quantized")
             if qw is not None:
-                codes = pack_nibbles(qw.q) if qw.bits == 4 else qw.q
+                codes = pack_codes(qw.q, qw.bits)
                 arrays.update({f"{key}|q": codes, f"{key}|scales": qw.scales,
                                f"{key}|meta": np.array([qw.bits, qw.block_size, qw.k, qw.q.shape[2]])})
                 if qw.zero_points is not None:
@@ -102,7 +102,7 @@ class LayerCache:
                 elif what == "meta":
                     bits, block, k, width = (int(v) for v in z[name])
                     codes = z[f"{key}|q"]
-                    q = unpack_nibbles(codes, width) if bits == 4 else codes
+                    q = unpack_codes(codes, bits, width)
                     zp = z[f"{key}|zero_points"] if f"{key}|zero_points" in z.files else None
                     out[key].quantized = QuantizedWeight(q, z[f"{key}|scales"], zp, bits, block, k)
         return out
@@ -220,7 +220,7 @@ class LayerwiseCalibration:
         try:
             for i in range(first, n):
                 self.progress(i, n, f"calibrating layer {i + 1}/{n}")
-                stats, after = self.capture(i, hidden, not quantized_inputs, self.opts.algorithm == "gptq")
+                stats, after = self.capture(i, hidden, not quantized_inputs, self.opts.uses_hessian)
                 decisions, quantized_after = self.quantize(i, stats, hidden)
                 del stats
                 hidden = quantized_after if quantized_inputs else after

@@ -13,8 +13,8 @@ from pressa.artifact import ArtifactKind, Manifest, atomic_folder, write_json, w
 from pressa.artifact.llm_io import GENAI_CONFIG, genai_config
 from pressa.capture.config import DecoderConfig, decoder_config
 from pressa.capture.decoder import BuildOptions, DecoderBuilder
+from pressa.capture.mixed import budgeted
 from pressa.errors import BadArgument, UnsupportedArchitecture
-from pressa.quant.sensitivity import assign_bits, relative_rtn_error
 from pressa.sources import open_source
 from pressa.sources.base import Source
 
@@ -27,69 +27,42 @@ def _no_status(message: str):
     return nullcontext()
 
 
-def _weight_groups(cfg: DecoderConfig, src: Source) -> dict[str, list[str]]:
-    """Mixed-precision keys (as the builder names them) -> the source tensors they are made of."""
-    out = {f"{i}.{key}": [n + ".weight" for n in parts] for i in range(cfg.num_layers)
-           for key, parts in cfg.arch.linear_parts(i).items()}
-    if not cfg.tie_embeddings and "lm_head.weight" in src.weights:
-        out["lm_head"] = ["lm_head.weight"]
-    return out
-
-
-def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float,
-               progress: Progress | None = None, data_errors: dict[str, float] | None = None,
-               log: Callable[[str], None] = lambda s: None) -> dict[str, int]:
-    """Bits per weight for --ratio: the weights whose int4 error costs most get int8. The error is
-    data-aware where calibration measured it (`data_errors`, from data_error), else the weight's own
-    relative RTN error."""
-    groups = _weight_groups(cfg, src)
-    errors, sizes = {}, {}
-    for j, (key, names) in enumerate(groups.items()):
-        if progress:
-            progress(j, len(groups), f"sensitivity {key}")
-        if data_errors and key in data_errors:
-            errors[key] = data_errors[key]
-            sizes[key] = sum(int(np.prod(src.weights.shapes(n))) if src.weights.shapes else src.weights(n).size
-                             for n in names)
-            continue
-        w = np.concatenate([src.weights(n) for n in names])
-        errors[key], sizes[key] = relative_rtn_error(w, opts.block_size, opts.symmetric), w.size
-    bits = assign_bits(errors, sizes, ratio)
-    n8 = sum(1 for b in bits.values() if b == 8)
-    how = ", data-aware" if data_errors else ""
-    log(f"mixed precision: {len(bits) - n8} weights int4, {n8} int8 (ratio {ratio}{how})")
-    return bits
-
-
-def data_error(w: np.ndarray, stats, opts: BuildOptions) -> float:
-    """The int4 error of a layer's output on calibration inputs, relative: tr(E H E^T) / tr(W H W^T)."""
-    from pressa.quant.rtn import dequantize, quantize_rtn
-
-    e = dequantize(quantize_rtn(w, 4, opts.block_size, opts.symmetric)) - w
-    h = stats.hessian()
-    return float(np.sum((e @ h) * e) / max(float(np.sum((w @ h) * w)), 1e-30))
-
-
 def _calibrated(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float, text: str, samples: int,
                 seqlen: int, progress: Progress | None, log):
-    """Layer-by-layer calibration (capture/layerwise.py): --ratio's bits from data-aware errors, then the
-    GPTQ/AWQ decisions of every layer (LayerResults, for the builder), or None for RTN."""
+    """Layer-by-layer calibration (capture/layerwise.py): mixed precision's bits from data-aware errors,
+    then the GPTQ/AWQ/scale-estimation decisions of every layer (LayerResults, for the builder), or None
+    for plain RTN."""
     from pressa.capture.calibrate import calibration_ids
     from pressa.capture.layerwise import LayerCache, LayerwiseCalibration, cache_key, cache_root
 
     t1 = time.perf_counter()
     windows = calibration_ids(src.tokenizer_files, text, samples, seqlen)
     run = LayerwiseCalibration(cfg, src.weights, opts, windows, progress)
-    if ratio < 1.0 and opts.precision == "int4":
-        groups = _weight_groups(cfg, src)
-        errors = run.sensitivities(lambda key, st: data_error(
-            np.concatenate([src.weights(n) for n in groups[key]]), st, opts))
-        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, errors, log)
-    if opts.algorithm == "rtn":
+    if ratio < 1.0 or budgeted(opts):
+        opts.layer_bits = _mixed(cfg, src, opts, ratio, progress, log, run)
+    if opts.algorithm == "rtn" and not opts.scale_estimation:
         return None
     results = run.run(LayerCache(cache_root() / cache_key(src.location, windows, opts, True)), log=log)
     log(f"calibration: {len(windows)} x {seqlen} tokens, layer by layer, in {time.perf_counter() - t1:.1f} s")
     return results
+
+
+def _mixed(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float, progress, log, run=None
+           ) -> dict[str, int]:
+    """Bits per linear weight for --ratio or a byte budget, from data-aware errors where `run` (a
+    LayerwiseCalibration) measures them; a budget's report rides in opts.budget_report."""
+    from pressa.capture.mixed import budget_bits, data_error, data_errors_by_width, mixed_bits, weight_groups
+
+    errors = None
+    if run is not None:
+        groups = weight_groups(cfg, src)
+        measure = data_errors_by_width if budgeted(opts) else data_error
+        errors = run.sensitivities(lambda key, st: measure(
+            np.concatenate([src.weights(n) for n in groups[key]]), st, opts))
+    if not budgeted(opts):
+        return mixed_bits(cfg, src, opts, ratio, progress, errors, log)
+    bits, opts.budget_report = budget_bits(cfg, src, opts, progress, errors, log)
+    return bits
 
 
 def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: float = 1.0,
@@ -119,7 +92,7 @@ def estimated_size(model: str | None, precision: str) -> int:
 
 def _recorded(opts: BuildOptions) -> dict:
     """The build options a manifest records (not the per-weight bits or the calibration switch)."""
-    return {k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs")}
+    return {k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs", "budget_report")}
 
 
 def _prepare_weights(cfg: DecoderConfig, src: Source, opts: BuildOptions, log):
@@ -190,24 +163,31 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
             raise
         return _general(src, out_dir, opts, provider, str(err), log, progress, workflow, t0)
     lora = _prepare_weights(cfg, src, opts, log)
-    if not cfg.arch.calibrated and (opts.algorithm != "rtn" or ratio < 1.0):
-        raise BadArgument(f"{cfg.arch.model_type}: --algorithm {opts.algorithm} and --ratio are not built for its "
-                          "layer form yet (they fold scales into a pre-norm before a gated MLP); use the default RTN")
+    mixing = ratio < 1.0 or budgeted(opts)
+    if not cfg.arch.calibrated and (opts.algorithm != "rtn" or opts.scale_estimation or mixing):
+        raise BadArgument(f"{cfg.arch.model_type}: --algorithm {opts.algorithm}, --scale-estimation and mixed "
+                          "precision are not built for its layer form yet (they fold scales into a pre-norm "
+                          "before a gated MLP); use the default RTN")
     log(f"source: {src.kind} {src.location} ({cfg.arch.model_type}, {cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
     calib = None
-    if opts.algorithm != "rtn" or (ratio < 1.0 and calibration_text):
+    if opts.algorithm != "rtn" or opts.scale_estimation or (mixing and calibration_text):
         if not calibration_text:
-            raise BadArgument(f"--algorithm {opts.algorithm} needs --calibration-data FILE (plain text)")
+            what = f"--algorithm {opts.algorithm}" if opts.algorithm != "rtn" else "--scale-estimation"
+            raise BadArgument(f"{what} needs --calibration-data FILE (plain text)")
         calib = _calibrated(cfg, src, opts, ratio, calibration_text, calibration_samples, calibration_seqlen,
                             progress, log)
-    elif ratio < 1.0 and opts.precision == "int4":
-        opts.layer_bits = mixed_bits(cfg, src, opts, ratio, progress, log=log)
+    elif mixing:
+        opts.layer_bits = _mixed(cfg, src, opts, ratio, progress, log)
     builder = DecoderBuilder(cfg, src.weights, opts, calib)
     builder.lora = lora
     info = builder.build(out_dir, progress)
     if lora:
         lora.write(out_dir)
+    if opts.layer_bits:
+        from pressa.capture.mixed import PICTURE, bits_picture
+
+        (out_dir / PICTURE).write_text(bits_picture(opts.layer_bits, cfg.num_layers))
     for name, data in src.tokenizer_files.items():
         (out_dir / name).write_bytes(data)
     write_json(out_dir / "config.json", src.config)
@@ -222,7 +202,7 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         source={"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type},
         passes=[{"pass": "source", "location": src.location},
                 {"pass": "model-builder", "config": settings, "seconds": seconds}],
-        settings=settings, mixed_precision=opts.layer_bits or None,
+        settings=settings, mixed_precision=opts.layer_bits or None, budget=opts.budget_report,
         graph={"op_counts": info["op_counts"], "context_length": info["context_length"],
                "logits": "last" if opts.last_token_logits else "all"},
         build_seconds=seconds))

@@ -35,7 +35,8 @@ def print_architectures() -> None:
 
 
 AUTO_OPT_FLAGS = {"group_size": ("--group-size", "--block_size"), "symmetric": ("--sym/--asym",),
-                  "calibration_data": ("--calibration-data",), "adapter_path": ("--adapter_path", "--adapter-path")}
+                  "calibration_data": ("--calibration-data",), "adapter_path": ("--adapter_path", "--adapter-path"),
+                  "target_size_mb": ("--target-size",)}
 
 
 @app.command("auto-opt")
@@ -278,7 +279,9 @@ def eval_cmd(
                                        "the artifact (auto-opt --adapters)."),
     runtime=None,
 ):
-    """Measure how much worse: perplexity on a text file, and/or agreement (top-1, KL) with the original."""
+    """Measure how much worse, and at what size: perplexity on a text file and/or agreement (top-1, KL)
+    with the original, next to the artifact's bits per weight (codes, scales, zero points, embedding
+    and float tensors over the model's parameters)."""
     from pressa.artifact import ArtifactKind, require_kind
     from pressa.errors import BadArgument
 
@@ -288,7 +291,9 @@ def eval_cmd(
     threads = runtime.threads
     if perplexity is None and reference is None:
         raise BadArgument("give --perplexity FILE and/or --reference MODEL --data FILE")
-    result: dict = {"artifact": str(model)}
+    from pressa.evaluate.footprint import weight_footprint
+
+    result: dict = {"artifact": str(model), **weight_footprint(model)}      # size and loss read together
     if perplexity is not None:
         from pressa.evaluate.perplexity import perplexity as ppl
 

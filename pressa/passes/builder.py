@@ -22,10 +22,18 @@ class BuilderConfig(PassConfig):
                                                  "(else plain min/max)")
     ratio: float = Field(1.0, ge=0, le=1, description="int4 only: fraction of MatMul weights (by size) in int4, the "
                          "rest int8; the most sensitive weights stay int8", json_schema_extra=olive("int4_ratio"))
-    algorithm: Literal["rtn", "awq", "gptq"] = Field("rtn", description="rtn (round to nearest, no data), awq "
-                                                     "(activation-aware scales) or gptq (second-order, Hessian "
-                                                     "from calibration inputs)")
-    calibration_data: str | None = Field(None, description="text file for awq/gptq and data-aware ratio")
+    algorithm: Literal["rtn", "awq", "gptq", "awq+gptq"] = Field(
+        "rtn", description="rtn (round to nearest, no data), awq (activation-aware scales), gptq (second-order, "
+        "Hessian from calibration inputs) or awq+gptq (AWQ's scales, then GPTQ on the scaled weights)")
+    scale_estimation: bool = Field(False, description="refine each group's scale against the calibration inputs "
+                                   "(NNCF's scale estimation), after rtn or awq; needs calibration_data")
+    target_size_mb: float | None = Field(None, gt=0, description="int4 mixed precision at a size: the model files' "
+                                         "MB; each linear weight gets 8, 4 or 2 bits so the model loses least")
+    bits_per_weight: float | None = Field(None, gt=2, le=9, description="int4 mixed precision at a size: bits per "
+                                          "parameter (codes, scales, zero points, embedding, over the model's "
+                                          "parameters, as `pressa eval` reports it)")
+    calibration_data: str | None = Field(None, description="text file for awq/gptq/scale estimation and data-aware "
+                                         "mixed precision")
     calibration_samples: int = Field(64, ge=1, description="calibration windows drawn from the text")
     calibration_seqlen: int = Field(256, ge=8, description="tokens per calibration window")
     accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute on CPU: 0 float activations, 4 int8 "
@@ -52,6 +60,13 @@ class BuilderConfig(PassConfig):
             raise ValueError("ratio below 1 applies to precision int4 only")
         if self.algorithm != "rtn" and self.precision not in ("int4", "int8"):
             raise ValueError(f"algorithm {self.algorithm} applies to int4/int8 precisions")
+        sized = [n for n in ("target_size_mb", "bits_per_weight") if getattr(self, n) is not None]
+        if len(sized) > 1 or (sized and self.ratio < 1.0):
+            raise ValueError("give one of target_size_mb, bits_per_weight and ratio")
+        if sized and self.precision != "int4":
+            raise ValueError(f"{sized[0]} applies to precision int4 (mixed 2/4/8-bit weights)")
+        if self.scale_estimation and self.algorithm.endswith("gptq"):
+            raise ValueError("scale_estimation refines rtn or awq scales; gptq sets its own")
         return self
 
     def build_options(self):
@@ -60,7 +75,9 @@ class BuilderConfig(PassConfig):
         return BuildOptions(precision=self.precision, block_size=self.group_size, symmetric=self.symmetric,
                             accuracy_level=self.accuracy_level if self.execution_provider == "cpu" else 0,
                             embedding_bits=self.embedding_bits, algorithm=self.algorithm,
-                            scale_search=self.scale_search, adapter_path=self.adapter_path,
+                            scale_search=self.scale_search, scale_estimation=self.scale_estimation,
+                            target_size_mb=self.target_size_mb, bits_per_weight=self.bits_per_weight,
+                            adapter_path=self.adapter_path,
                             adapters=self.adapters)
 
 

@@ -17,7 +17,7 @@ Loader = Callable[[], np.ndarray]
 
 @dataclass(frozen=True)
 class QuantSettings:
-    algorithm: str = "rtn"            # rtn | gptq | awq
+    algorithm: str = "rtn"            # rtn | gptq | awq | awq+gptq
     block_size: int = 32
     symmetric: bool = False
 
@@ -44,7 +44,7 @@ def plan_layer(layer: int, load: dict[str, Loader], bits: dict[str, int | None],
     loaded with `load`). With AWQ the scales are searched on the calibration statistics (`calib`,
     keyed "<layer>.<key>") and folded: into the norms before qkv (`input`) and gate_up (`mlp`), into
     the up rows before down (and the up bias), and a Mul before o."""
-    if settings.algorithm != "awq":
+    if not settings.algorithm.startswith("awq"):
         return LayerPlan(dict(load), dict(bits))
     from pressa.quant.awq import search_scales
 

@@ -6,8 +6,6 @@ with the largest error are kept in int8 until the int4 share of parameters is at
 
 from __future__ import annotations
 
-import numpy as np
-
 
 def assign_bits(errors: dict[str, float], sizes: dict[str, int], ratio: float) -> dict[str, int]:
     """`errors`/`sizes` by weight key; returns key -> 4 or 8 with sum(int4 sizes) <= ratio * total."""
@@ -23,8 +21,3 @@ def assign_bits(errors: dict[str, float], sizes: dict[str, int], ratio: float) -
             used += sizes[k]
     return bits
 
-
-def relative_rtn_error(w: np.ndarray, block_size: int, symmetric: bool) -> float:
-    from pressa.quant.rtn import quant_error
-
-    return quant_error(w, 4, block_size, symmetric)

@@ -1,0 +1,170 @@
+"""Mixed precision for decoder LLMs: which linear weights get which bits.
+
+Two ways to ask: `--ratio` (the int4 share of the weights, the rest int8, as NNCF's ratio) and a byte
+budget (`--target-size MB` or `--bits-per-weight B`: 2, 4 or 8 bits per weight chosen to lose least at
+that size, pressa.quant.budget). Either ranks weights by their error: the relative output error on
+calibration inputs where calibration data is given (data_error), else the relative RTN error of the
+weight itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from pressa.capture.config import DecoderConfig
+from pressa.capture.decoder import MAX_CONTEXT, BuildOptions
+from pressa.errors import BadArgument
+from pressa.quant.budget import CHOICES, choose_bits, matmulnbits_bytes, stored_bytes
+from pressa.quant.rtn import dequantize, quant_error, quantize_rtn
+from pressa.quant.sensitivity import assign_bits
+from pressa.sources.base import Source
+
+Progress = Callable[[int, int, str], None]
+PROTO_BYTES_PER_LAYER = 6_500        # model.onnx itself (nodes, inline constants), measured on SmolLM2 int4
+
+
+def weight_groups(cfg: DecoderConfig, src: Source) -> dict[str, list[str]]:
+    """Mixed-precision keys (as the builder names them) -> the source tensors they are made of."""
+    out = {f"{i}.{key}": [n + ".weight" for n in parts] for i in range(cfg.num_layers)
+           for key, parts in cfg.arch.linear_parts(i).items()}
+    if not cfg.tie_embeddings and "lm_head.weight" in src.weights:
+        out["lm_head"] = ["lm_head.weight"]
+    return out
+
+
+def _shape(src: Source, name: str) -> tuple[int, ...]:
+    return tuple(src.weights.shapes(name)) if src.weights.shapes else src.weights(name).shape
+
+
+def _weight(src: Source, names: list[str]) -> np.ndarray:
+    return np.concatenate([src.weights(n) for n in names])
+
+
+def data_error(w: np.ndarray, stats, opts: BuildOptions, bits: int = 4) -> float:
+    """The error of a layer's output on calibration inputs at `bits`, relative: tr(E H E^T) / tr(W H W^T)."""
+    e = dequantize(quantize_rtn(w, bits, opts.block_size, opts.symmetric)) - w
+    h = stats.hessian()
+    return float(np.sum((e @ h) * e) / max(float(np.sum((w @ h) * w)), 1e-30))
+
+
+def data_errors_by_width(w: np.ndarray, stats, opts: BuildOptions) -> dict[int, float]:
+    return {b: data_error(w, stats, opts, b) for b in CHOICES}
+
+
+def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float,
+               progress: Progress | None = None, data_errors: dict[str, float] | None = None,
+               log: Callable[[str], None] = lambda s: None) -> dict[str, int]:
+    """Bits per weight for --ratio: the weights whose int4 error costs most get int8."""
+    groups = weight_groups(cfg, src)
+    errors, sizes = {}, {}
+    for j, (key, names) in enumerate(groups.items()):
+        if progress:
+            progress(j, len(groups), f"sensitivity {key}")
+        sizes[key] = sum(int(np.prod(_shape(src, n))) for n in names)
+        errors[key] = (data_errors[key] if data_errors and key in data_errors
+                       else quant_error(_weight(src, names), 4, opts.block_size, opts.symmetric))
+    bits = assign_bits(errors, sizes, ratio)
+    n8 = sum(1 for b in bits.values() if b == 8)
+    how = ", data-aware" if data_errors else ""
+    log(f"mixed precision: {len(bits) - n8} weights int4, {n8} int8 (ratio {ratio}{how})")
+    return bits
+
+
+def budgeted(opts: BuildOptions) -> bool:
+    return opts.target_size_mb is not None or opts.bits_per_weight is not None
+
+
+def fixed_bytes(cfg: DecoderConfig, src: Source, opts: BuildOptions, groups: dict[str, list[str]],
+                padded: bool) -> int:
+    """Bytes of everything but the budgeted linears: the embedding (quantized as the builder does when
+    tied), norms, biases, the rotary tables and (padded: on disk) model.onnx itself."""
+    inside = {n for names in groups.values() for n in names}
+    total = 0
+    for name in src.weights.names:
+        if name in inside:
+            continue
+        shape = _shape(src, name)
+        if name == "model.embed_tokens.weight" and cfg.tie_embeddings:
+            v, h = shape
+            bits, block = opts.embedding_bits, next(b for b in (opts.block_size, 128, 64, 32, 16)
+                                                    if b <= opts.block_size and h % b == 0)
+            nb = -(-h // block)
+            parts = [v * nb * block * bits // 8, v * nb * 4] + ([v * -(-nb * bits // 8)] if bits == 4 and
+                                                                  not opts.symmetric else [])
+            total += sum(stored_bytes(p, padded) for p in parts)
+        else:
+            total += stored_bytes(4 * int(np.prod(shape)), padded)
+    if padded:
+        context = min(opts.context_length or cfg.max_position, cfg.max_position, MAX_CONTEXT)
+        tables = 4 if cfg.local_rope else 2
+        total += tables * stored_bytes(context * cfg.rotary_dim // 2 * 4, True)
+        total += PROTO_BYTES_PER_LAYER * cfg.num_layers
+    return total
+
+
+def budget_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, progress: Progress | None = None,
+                data_errors: dict[str, dict[int, float]] | None = None,
+                log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, int], dict]:
+    """Bits per weight for --target-size / --bits-per-weight, and the report pressa.json keeps."""
+    if cfg.arch.moe:
+        raise BadArgument(f"{cfg.arch.model_type}: --target-size / --bits-per-weight are not built for mixture-of-"
+                          "experts layers yet; use --precision int4 or --ratio")
+    groups = weight_groups(cfg, src)
+    padded = opts.target_size_mb is not None
+    params = sum(int(np.prod(_shape(src, n))) for n in src.weights.names)
+    budget = (int(opts.target_size_mb * 1e6) if padded else int(opts.bits_per_weight * params / 8))
+    options: dict[str, dict[int, tuple[int, float]]] = {}
+    for j, (key, names) in enumerate(groups.items()):
+        if progress:
+            progress(j, len(groups), f"sensitivity {key}")
+        n, k = sum(_shape(src, x)[0] for x in names), _shape(src, names[0])[1]
+        if data_errors and key in data_errors:
+            errors = data_errors[key]
+        else:
+            w = _weight(src, names)
+            errors = {b: quant_error(w, b, opts.block_size, opts.symmetric) for b in CHOICES}
+        options[key] = {b: (matmulnbits_bytes(n, k, b, opts.block_size, opts.symmetric, padded), errors[b])
+                        for b in CHOICES}
+    fixed = fixed_bytes(cfg, src, opts, groups, padded)
+    bits = choose_bits(options, budget - fixed)
+    used = fixed + sum(options[k][b][0] for k, b in bits.items())
+    counts = {str(b): sum(1 for v in bits.values() if v == b) for b in CHOICES}
+    report = {"target_bytes": budget, "estimated_bytes": used, "measure": "model files" if padded else
+              "weight bytes", "parameters": params, "weights_by_bits": counts,
+              "loss_proxy": sum(options[k][b][1] for k, b in bits.items()),
+              "errors": "calibration outputs" if data_errors else "weight reconstruction"}
+    log(f"mixed precision at {budget / 1e6:.1f} MB of {report['measure']}: "
+        + ", ".join(f"{c} weights at {b} bits" for b, c in counts.items() if c) + f" ({used / 1e6:.1f} MB)")
+    return bits, report
+
+
+COLOURS = {2: "#d7301f", 4: "#fdae61", 8: "#1a9850"}
+PICTURE = "mixed_precision.svg"
+
+
+def bits_picture(bits: dict[str, int], num_layers: int) -> str:
+    """An SVG of the bits each layer's linears got: one row per layer, one column per linear."""
+    columns = sorted({k.split(".", 1)[1] for k in bits if "." in k}, key=lambda c: ("qkv", "o", "gate_up",
+                                                                                      "down").index(c)
+                     if c in ("qkv", "o", "gate_up", "down") else 9)
+    cell, left, top = 22, 64, 40
+    width, height = left + cell * max(len(columns), 1) + 150, top + cell * num_layers + 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           'font-size="11">', '<text x="4" y="16" font-size="13">bits per weight, by layer</text>']
+    for j, c in enumerate(columns):
+        out.append(f'<text x="{left + j * cell + 3}" y="{top - 6}" transform="rotate(-30 {left + j * cell + 3} '
+                   f'{top - 6})">{c}</text>')
+    for i in range(num_layers):
+        y = top + i * cell
+        out.append(f'<text x="4" y="{y + 15}">layer {i}</text>')
+        for j, c in enumerate(columns):
+            b = bits.get(f"{i}.{c}")
+            fill = COLOURS.get(b, "#cccccc")
+            out.append(f'<rect x="{left + j * cell}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}">'
+                       f'<title>layer {i} {c}: {b} bits</title></rect>')
+    lx = left + cell * len(columns) + 20
+    for n, (b, fill) in enumerate(COLOURS.items()):
+        out.append(f'<rect x="{lx}" y="{top + n * cell}" width="16" height="16" fill="{fill}"/>'
+                   f'<text x="{lx + 22}" y="{top + n * cell + 12}">{b} bits</text>')
+    return "\n".join(out + ["</svg>"]) + "\n"
