@@ -148,3 +148,19 @@ def genai_greedy(folder, prompt: list[int], new_tokens: int) -> list[int]:
         gen.generate_next_token()
         got.append(int(gen.get_next_tokens()[0]))
     return got
+
+
+def outlier_layer(seed=0, n=96, k=256, rows=4096):
+    """Correlated inputs with a few large-magnitude channels, as LLM activations have."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 48)) @ rng.standard_normal((48, k)) + 0.1 * rng.standard_normal((rows, k))
+    x[:, rng.choice(k, 5, replace=False)] *= 20
+    w = rng.standard_normal((n, k)) * 0.05
+    return x.astype(np.float32), w.astype(np.float32)
+
+
+def output_error(x, w, wq):
+    d = x @ (wq - w).T
+    return float((d * d).mean())

@@ -10,6 +10,8 @@ from pressa.quant.packing import matmulnbits_tensors, pack_codes, unpack_codes, 
 from pressa.quant.rtn import dequantize, quantize_rtn
 from pressa.quant.sensitivity import assign_bits
 
+from helpers import outlier_layer, output_error
+
 
 def half(s):
     """A scale as float16 stores it, where float16 is at full precision (2**-14 <= |s| <= 65504)."""
@@ -135,30 +137,16 @@ def test_chunked_quantization_equals_whole(monkeypatch):
     np.testing.assert_array_equal(chunked.zero_points, whole.zero_points)
 
 
-def _outlier_layer(seed=0, n=96, k=256, rows=4096):
-    """Correlated inputs with a few large-magnitude channels, as LLM activations have."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((rows, 48)) @ rng.standard_normal((48, k)) + 0.1 * rng.standard_normal((rows, k))
-    x[:, rng.choice(k, 5, replace=False)] *= 20
-    w = rng.standard_normal((n, k)) * 0.05
-    return x.astype(np.float32), w.astype(np.float32)
-
-
-def _out_err(x, w, wq):
-    d = x @ (wq - w).T
-    return float(np.mean(d * d))
-
-
 @pytest.mark.parametrize("sym", [True, False])
 def test_gptq_and_awq_beat_rtn_on_outliers(sym):
     from pressa.quant.awq import quantize_awq, search_scales
     from pressa.quant.gptq import quantize_gptq
 
-    x, w = _outlier_layer()
-    rtn = _out_err(x, w, dequantize(quantize_rtn(w, 4, 32, sym)))
-    gptq = _out_err(x, w, dequantize(quantize_gptq(w, x.T.astype(np.float64) @ x, 4, 32, sym)))
+    x, w = outlier_layer()
+    rtn = output_error(x, w, dequantize(quantize_rtn(w, 4, 32, sym)))
+    gptq = output_error(x, w, dequantize(quantize_gptq(w, x.T.astype(np.float64) @ x, 4, 32, sym)))
     s, _ = search_scales(w, np.abs(x).mean(0), x[:512], 4, 32, sym)
-    awq = _out_err(x, w, dequantize(quantize_awq(w, s, 4, 32, sym)) / s[None, :])
+    awq = output_error(x, w, dequantize(quantize_awq(w, s, 4, 32, sym)) / s[None, :])
     assert gptq < 0.7 * rtn, (gptq, rtn)
     assert awq < 0.7 * rtn, (awq, rtn)
 
@@ -200,7 +188,7 @@ def test_gram_by_upper_blocks_is_x_transpose_x():
 def test_gptq_layout_is_matmulnbits_compatible():
     from pressa.quant.gptq import quantize_gptq
 
-    x, w = _outlier_layer(1, n=16, k=80)                      # K not a multiple of the group
+    x, w = outlier_layer(1, n=16, k=80)                      # K not a multiple of the group
     qw = quantize_gptq(w, x.T @ x, 4, 32, False)
     assert qw.q.shape == (16, 3, 32) and qw.scales.shape == (16, 3) and qw.zero_points.dtype == np.uint8
     assert qw.q.max() <= 15 and dequantize(qw).shape == w.shape

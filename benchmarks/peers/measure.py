@@ -1,6 +1,6 @@
 """Measure one tool on one converted model; runs inside that tool's own virtual environment.
 
-    python measure.py TOOL MODEL_PATH HF_DIR DATA_FILE [--runs 3]
+    python measure.py TOOL MODEL_PATH HF_DIR DATA_FILE [--runs 3] [--perplexity-only]
 
 Prints one JSON line: decode tokens/s (128 greedy tokens after the chat prompt), TTFT for the chat
 prompt and for a 512-token prompt, perplexity by the shared protocol (first 32 windows of 512
@@ -229,6 +229,9 @@ def main():
     runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 3
     _, windows, chat, long_ids, _ = protocol(hf_dir, data)
     ttft, decode, logits = globals()[f"tool_{tool}"](path)
+    if "--perplexity-only" in sys.argv:               # accuracy per bit (benchmarks/accuracy_per_bit.py)
+        print(json.dumps({"tool": tool, "perplexity": float(np.exp(np.mean([nll(logits(w), w) for w in windows])))}))
+        return
     ttft(chat), ttft(long_ids), decode(chat)          # warm-up
     res = {"tool": tool,
            "ttft_chat_s": med([ttft(chat) for _ in range(runs)]),

@@ -13,7 +13,7 @@ from pressa.artifact import ArtifactKind, Manifest, atomic_folder, write_json, w
 from pressa.artifact.llm_io import GENAI_CONFIG, genai_config
 from pressa.capture.config import DecoderConfig, decoder_config
 from pressa.capture.decoder import BuildOptions, DecoderBuilder
-from pressa.capture.mixed import budgeted
+from pressa.capture.mixed import budget_frame, budgeted
 from pressa.errors import BadArgument, UnsupportedArchitecture
 from pressa.sources import open_source
 from pressa.sources.base import Source
@@ -168,13 +168,16 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         raise BadArgument(f"{cfg.arch.model_type}: --algorithm {opts.algorithm}, --scale-estimation and mixed "
                           "precision are not built for its layer form yet (they fold scales into a pre-norm "
                           "before a gated MLP); use the default RTN")
+    calibrating = opts.algorithm != "rtn" or opts.scale_estimation
+    if calibrating and not calibration_text:
+        what = f"--algorithm {opts.algorithm}" if opts.algorithm != "rtn" else "--scale-estimation"
+        raise BadArgument(f"{what} needs --calibration-data FILE (plain text)")
+    if budgeted(opts):
+        budget_frame(cfg, src, opts)                  # a budget too small fails before the slow work
     log(f"source: {src.kind} {src.location} ({cfg.arch.model_type}, {cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
     calib = None
-    if opts.algorithm != "rtn" or opts.scale_estimation or (mixing and calibration_text):
-        if not calibration_text:
-            what = f"--algorithm {opts.algorithm}" if opts.algorithm != "rtn" else "--scale-estimation"
-            raise BadArgument(f"{what} needs --calibration-data FILE (plain text)")
+    if calibrating or (mixing and calibration_text):
         calib = _calibrated(cfg, src, opts, ratio, calibration_text, calibration_samples, calibration_seqlen,
                             progress, log)
     elif mixing:

@@ -103,41 +103,61 @@ def fixed_bytes(cfg: DecoderConfig, src: Source, opts: BuildOptions, groups: dic
     return total
 
 
-def budget_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, progress: Progress | None = None,
-                data_errors: dict[str, dict[int, float]] | None = None,
-                log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, int], dict]:
-    """Bits per weight for --target-size / --bits-per-weight, and the report pressa.json keeps."""
+def _shapes_nk(src: Source, names: list[str]) -> tuple[int, int]:
+    return sum(_shape(src, x)[0] for x in names), _shape(src, names[0])[1]
+
+
+def budget_frame(cfg: DecoderConfig, src: Source, opts: BuildOptions) -> dict:
+    """The budget in bytes, what it is measured on, the bytes outside the linears and the parameters;
+    raises BadArgument (before any slow work) when the smallest mixed build would not fit."""
     if cfg.arch.moe:
         raise BadArgument(f"{cfg.arch.model_type}: --target-size / --bits-per-weight are not built for mixture-of-"
                           "experts layers yet; use --precision int4 or --ratio")
     groups = weight_groups(cfg, src)
     padded = opts.target_size_mb is not None
     params = sum(int(np.prod(_shape(src, n))) for n in src.weights.names)
-    budget = (int(opts.target_size_mb * 1e6) if padded else int(opts.bits_per_weight * params / 8))
+    budget = int(opts.target_size_mb * 1e6) if padded else int(opts.bits_per_weight * params / 8)
+    fixed = fixed_bytes(cfg, src, opts, groups, padded)
+    low = min(CHOICES)
+    smallest = fixed + sum(matmulnbits_bytes(*_shapes_nk(src, names), low, opts.block_size, opts.symmetric, padded)
+                           for names in groups.values())
+    if budget < smallest:
+        asked = (f"--target-size {opts.target_size_mb:g} MB" if padded
+                 else f"--bits-per-weight {opts.bits_per_weight:g} ({budget / 1e6:.2f} MB of weights)")
+        least = f"{smallest / 1e6:.2f} MB" if padded else f"{8 * smallest / params:.2f} bits per weight"
+        raise BadArgument(f"{asked} is below the smallest mixed build (every linear weight at {low} bits): "
+                          f"{least}; give a larger size")
+    return {"groups": groups, "padded": padded, "params": params, "budget": budget, "fixed": fixed}
+
+
+def budget_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, progress: Progress | None = None,
+                data_errors: dict[str, dict[int, float]] | None = None,
+                log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, int], dict]:
+    """Bits per weight for --target-size / --bits-per-weight, and the report pressa.json keeps."""
+    frame = budget_frame(cfg, src, opts)
+    groups, padded, budget = frame["groups"], frame["padded"], frame["budget"]
     options: dict[str, dict[int, tuple[int, float]]] = {}
     for j, (key, names) in enumerate(groups.items()):
         if progress:
             progress(j, len(groups), f"sensitivity {key}")
-        n, k = sum(_shape(src, x)[0] for x in names), _shape(src, names[0])[1]
         if data_errors and key in data_errors:
             errors = data_errors[key]
         else:
             w = _weight(src, names)
             errors = {b: quant_error(w, b, opts.block_size, opts.symmetric) for b in CHOICES}
+        n, k = _shapes_nk(src, names)
         options[key] = {b: (matmulnbits_bytes(n, k, b, opts.block_size, opts.symmetric, padded), errors[b])
                         for b in CHOICES}
-    fixed = fixed_bytes(cfg, src, opts, groups, padded)
-    bits = choose_bits(options, budget - fixed)
-    used = fixed + sum(options[k][b][0] for k, b in bits.items())
+    bits = choose_bits(options, budget - frame["fixed"])
+    used = frame["fixed"] + sum(options[k][b][0] for k, b in bits.items())
     counts = {str(b): sum(1 for v in bits.values() if v == b) for b in CHOICES}
     report = {"target_bytes": budget, "estimated_bytes": used, "measure": "model files" if padded else
-              "weight bytes", "parameters": params, "weights_by_bits": counts,
+              "weight bytes", "parameters": frame["params"], "weights_by_bits": counts,
               "loss_proxy": sum(options[k][b][1] for k, b in bits.items()),
               "errors": "calibration outputs" if data_errors else "weight reconstruction"}
     log(f"mixed precision at {budget / 1e6:.1f} MB of {report['measure']}: "
         + ", ".join(f"{c} weights at {b} bits" for b, c in counts.items() if c) + f" ({used / 1e6:.1f} MB)")
     return bits, report
-
 
 COLOURS = {2: "#d7301f", 4: "#fdae61", 8: "#1a9850"}
 PICTURE = "mixed_precision.svg"
