@@ -116,7 +116,7 @@ def test_bits_per_weight_counts_transformers_parameters_and_the_bytes_by_hand(tm
         return n * nb * 16 + n * nb * 2 + n * -(-nb // 2)
 
     linears = nbits4(hid + 2 * kv, hid) + nbits4(hid, hid) + nbits4(2 * inter, hid) + nbits4(hid, inter)
-    embedding = vocab * hid + vocab * (hid // 32) * 4       # 8-bit symmetric codes, float32 scales
+    embedding = vocab * hid + vocab * (hid // 32) * 2       # 8-bit symmetric codes, float16 scales
     norms = (2 * layers + 1) * hid * 4
     assert int4["weight_bytes"] == layers * linears + embedding + norms
 

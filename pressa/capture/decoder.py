@@ -135,13 +135,15 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
 
     def matmul_nbits(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bits: int,
                      share_key: int | None = None, packed: dict | None = None, key: str = "",
-                     block_size: int | None = None, shape: tuple[int, int] | None = None) -> str:
-        """MatMulNBits of x and w [N, K] (or the `packed` tensors of a weight of `shape`)."""
+                     block_size: int | None = None, shape: tuple[int, int] | None = None,
+                     half_scales: bool | None = None) -> str:
+        """MatMulNBits of x and w [N, K] (or the `packed` tensors of a weight of `shape`); `half_scales`
+        as `scales` takes it."""
         n, k = shape or w.shape
         t = packed or matmulnbits_tensors(self.quantize(w, bits, key))
         ins = [x, g.weight(f"{name}.qweight", t["B"], share_key=share_key),
                self.scales(g, f"{name}.scales", t["scales"], None if share_key is None else share_key + 1,
-                           constant=share_key is not None)]          # the tied embedding's, shared
+                           half=half_scales)]                        # the tied embedding's, shared
         if "zero_points" in t:
             ins.append(g.weight(f"{name}.zero_points", t["zero_points"],
                                 share_key=None if share_key is None else share_key + 2))
@@ -149,13 +151,15 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
                     block_size=block_size or self.o.block_size, accuracy_level=self.o.accuracy_level)
 
     def scales(self, g: GraphWriter, name: str, scales: np.ndarray, share_key: int | None = None,
-               dims: tuple[int, ...] | None = None, constant: bool = False) -> str:
+               dims: tuple[int, ...] | None = None, half: bool | None = None) -> str:
         """Quantization scales as the graph's float type. An fp32 graph stores them as float16 on
         disk when that is lossless (the quantizers round scales to float16 first) and casts them
         back; ONNX Runtime folds the Cast before MatMulNBits prepacks, so only the file shrinks.
-        `constant`: stored as the graph's type, no Cast (OpenVINO's GatherBlockQuantized takes only
-        constant scales)."""
-        if self.fp16 or constant or not fp16_exact(scales):
+        `half`: whether they are stored as float16, where the caller decided it (bytes shared with
+        the tied embedding, whose arrays are no longer held)."""
+        if half is None:
+            half = fp16_exact(scales)
+        if self.fp16 or not half:
             return g.weight(name, scales.astype(self.np_dtype), share_key=share_key, dims=dims)
         half = g.weight(name + "_fp16", scales.astype(np.float16), share_key=share_key, dims=dims)
         return g.op("Cast", [half], name + "/Cast", to=TensorProto.FLOAT)

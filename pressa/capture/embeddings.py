@@ -10,6 +10,7 @@ from onnx import TensorProto
 from pressa.artifact.llm_io import LOGITS
 from pressa.capture.onnx_writer import MS, GraphWriter
 from pressa.quant.packing import packed_by_rows
+from pressa.quant.rtn import fp16_exact
 
 
 class EmbeddingEmitters:
@@ -36,18 +37,22 @@ class EmbeddingEmitters:
                                self.o.scale_search and (bits == 4 or sym), 8192 if self.w.reads_rows else v)
             nb = t["B"].shape[1]
             # lm_head reuses these bytes: it keeps only their shapes (the arrays are not held to the end)
+            # scales as float16 where lossless (OpenVINO's GatherBlockQuantized takes only constant scales:
+            # it reads them uncast, gives float16 rows, cast after; the lm_head casts its view of them)
+            half = not self.fp16 and fp16_exact(t["scales"])
             tied = (np.broadcast_to(np.float32(0), (v, cfg.hidden_size)),
-                    {k: np.broadcast_to(np.zeros((), a.dtype), a.shape) for k, a in t.items()})
+                    {k: np.broadcast_to(np.zeros((), a.dtype), a.shape) for k, a in t.items()}, half)
+            scales = t["scales"].astype(np.float16 if half or self.fp16 else np.float32).reshape(v, nb)
             ins = [g.weight("model.embed_tokens.qweight", t["B"], share_key=1, dims=(v, t["B"].size // v)),
-                   ids,
-                   self.scales(g, "model.embed_tokens.scales", t["scales"], share_key=2, dims=(v, nb),
-                               constant=True)]
+                   ids, g.weight("model.embed_tokens.scales", scales, share_key=2)]
             if "zero_points" in t:
                 ins.append(g.weight("model.embed_tokens.zero_points", t["zero_points"], share_key=3,
                                     dims=(v, t["zero_points"].size // v)))
             del t
             x = g.op("GatherBlockQuantized", ins, "/model/embed_tokens/GatherBlockQuantized", domain=MS,
                      gather_axis=0, quantize_axis=1, block_size=block, bits=bits)
+            if half:
+                x = g.op("Cast", [x], "/model/embed_tokens/Cast", to=TensorProto.FLOAT)
         else:
             x = g.op("Gather", [self.streamed(g, name, name), ids], "/model/embed_tokens/Gather")
         if cfg.arch.embed_scale:
@@ -87,9 +92,9 @@ class EmbeddingEmitters:
         cfg = self.cfg
         name = "lm_head"
         if tied is not None:
-            w, packed = tied
+            w, packed, half = tied
             logits = self.matmul_nbits(g, h, name, w, self.o.embedding_bits, share_key=1, packed=packed,
-                                       block_size=self.embedding_block())
+                                       block_size=self.embedding_block(), half_scales=half)
         elif cfg.tie_embeddings:
             # Gemm with transB reads the embedding initializer itself: one copy on disk
             flat = g.op("Reshape", [h, g.const("/lm_head/flat", [-1, cfg.hidden_size])], "/lm_head/Reshape")

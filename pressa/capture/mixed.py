@@ -90,7 +90,7 @@ def fixed_bytes(cfg: DecoderConfig, src: Source, opts: BuildOptions, groups: dic
             bits, block = opts.embedding_bits, next(b for b in (opts.block_size, 128, 64, 32, 16)
                                                     if b <= opts.block_size and h % b == 0)
             nb = -(-h // block)
-            parts = [v * nb * block * bits // 8, v * nb * 4] + ([v * -(-nb * bits // 8)] if bits == 4 and
+            parts = [v * nb * block * bits // 8, v * nb * 2] + ([v * -(-nb * bits // 8)] if bits == 4 and
                                                                   not opts.symmetric else [])
             total += sum(stored_bytes(p, padded) for p in parts)
         else:
