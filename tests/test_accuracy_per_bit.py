@@ -146,3 +146,29 @@ def test_a_byte_budget_build_meets_its_size_within_one_percent(tmp_path):
         out = tmp_path / f"size{mb}"
         build_llm(str(hf), out, BuildOptions(precision="int4", target_size_mb=mb))
         assert 0.99 * mb <= weight_footprint(out)["model_mb"] <= mb
+
+
+def test_rotary_tables_are_folded_from_the_graph_not_stored(tiny_artifact):
+    """cos/sin tables come from Range, Mul, Cos and Sin over the inverse frequencies, which ONNX Runtime
+    folds at load: the file holds none of their bytes, and they equal pressa.capture.rope's tables."""
+    import onnx
+    import onnxruntime as ort
+
+    from pressa.capture.config import decoder_config
+    from pressa.capture.rope import rope_cache
+
+    folder = tiny_artifact("llama", "int4")
+    model = onnx.load(str(folder / "model.onnx"))
+    assert not [i for i in model.graph.initializer if i.name in ("cos_cache", "sin_cache")]
+    assert max(int(np.prod(i.dims)) for i in model.graph.initializer if i.name.startswith("/model/rotary")) < 64
+    cfg = decoder_config(json.loads((folder / "config.json").read_text()))
+    keep = {"cos_cache", "sin_cache"}
+    nodes = [n for n in model.graph.node if n.name.startswith("/model/rotary")]
+    inits = [i for i in model.graph.initializer if i.name.startswith("/model/rotary")]
+    graph = onnx.helper.make_graph(nodes, "rotary", [], [onnx.helper.make_tensor_value_info(
+        n, onnx.TensorProto.FLOAT, None) for n in sorted(keep)], inits)
+    sub = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    cos, sin = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
+    want_cos, want_sin = rope_cache(cfg.rope, cfg.rotary_dim, len(cos), cfg.max_position)
+    np.testing.assert_allclose(cos, want_cos, atol=2e-6)
+    np.testing.assert_allclose(sin, want_sin, atol=2e-6)

@@ -38,6 +38,7 @@ class BuildOptions:
     accuracy_level: int = 4              # MatMulNBits compute: 0 = float, 4 = int8 activations (CPU)
     embedding_bits: int = 8              # tied embedding / lm_head in quantized precisions
     layer_bits: dict[str, int] = field(default_factory=dict)   # per-weight override (mixed precision)
+    layer_groups: dict[str, int] = field(default_factory=dict)  # per-weight group size (a byte budget's)
     context_length: int | None = None
     adapter_path: str | None = None      # a PEFT LoRA adapter merged into the weights as they are read
     adapters: str | None = None          # NAME=DIR,...: adapters kept as run-time weights (capture/lora.py)
@@ -112,6 +113,9 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
             return None
         return self.o.layer_bits.get(key, 4 if self.o.precision == "int4" else 8)
 
+    def group_for(self, key: str) -> int:
+        return self.o.layer_groups.get(key, self.o.block_size)
+
     def linear(self, g: GraphWriter, x: str, name: str, w: np.ndarray, bias: np.ndarray | None,
                key: str, bits: int | None, input_scale: np.ndarray | None = None) -> str:
         """y = (x / input_scale) @ w.T (+ bias); w is [N, K]. Quantized precisions use MatMulNBits."""
@@ -148,7 +152,7 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
             ins.append(g.weight(f"{name}.zero_points", t["zero_points"],
                                 share_key=None if share_key is None else share_key + 2))
         return g.op("MatMulNBits", ins, f"{name}/MatMulNBits", domain=MS, K=k, N=n, bits=bits,
-                    block_size=block_size or self.o.block_size, accuracy_level=self.o.accuracy_level)
+                    block_size=block_size or self.group_for(key), accuracy_level=self.o.accuracy_level)
 
     def scales(self, g: GraphWriter, name: str, scales: np.ndarray, share_key: int | None = None,
                dims: tuple[int, ...] | None = None, half: bool | None = None) -> str:
@@ -174,9 +178,9 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         if self.o.algorithm.endswith("gptq") and h is not None:
             from pressa.quant.gptq import quantize_gptq
 
-            out = quantize_gptq(w, h, bits, self.o.block_size, self.o.symmetric, search=self.searching(bits))
+            out = quantize_gptq(w, h, bits, self.group_for(key), self.o.symmetric, search=self.searching(bits))
         else:
-            out = quantize_rtn(w, bits, self.o.block_size, self.o.symmetric, self.searching(bits))
+            out = quantize_rtn(w, bits, self.group_for(key), self.o.symmetric, self.searching(bits))
             if self.o.scale_estimation and h is not None:
                 from pressa.quant.scale_estimation import estimate_scales
 
@@ -343,7 +347,8 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         """Layer i's quantization plan (pressa.quant.plan): the weights to write and what is folded."""
         load = {k: (lambda k=k: self.stacked(i, k)) for k in LINEARS}
         bits = {k: self.bits_for(f"{i}.{k}") for k in LINEARS}
-        settings = QuantSettings(self.o.algorithm, self.o.block_size, self.o.symmetric)
+        settings = QuantSettings(self.o.algorithm, self.o.block_size, self.o.symmetric,
+                                 {k: self.group_for(f"{i}.{k}") for k in LINEARS})
         plan = plan_layer(i, load, bits, self.calib, settings, self.cfg.intermediate_size)
         self.awq_scales = {f"{i}.{key}": s for key, s in plan.scales.items()}
         if self.record is not None:

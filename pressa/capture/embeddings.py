@@ -82,9 +82,10 @@ class EmbeddingEmitters:
         if bits is None or not self.w.reads_rows or "lm_head" in self.calib or self.w.shapes is None:
             return self.linear(g, h, "lm_head", self.read(wname), self.opt("lm_head.bias"), "lm_head", bits)
         v, k = self.w.shapes(wname)
-        packed = packed_by_rows(lambda a, b: self.w.rows(wname, a, b), v, bits, self.o.block_size, self.o.symmetric,
-                                self.searching(bits))
-        y = self.matmul_nbits(g, h, "lm_head", np.broadcast_to(np.float32(0), (v, k)), bits, packed=packed)
+        packed = packed_by_rows(lambda a, b: self.w.rows(wname, a, b), v, bits, self.group_for("lm_head"),
+                                self.o.symmetric, self.searching(bits))
+        y = self.matmul_nbits(g, h, "lm_head", np.broadcast_to(np.float32(0), (v, k)), bits, packed=packed,
+                              key="lm_head")
         bias = self.opt("lm_head.bias")
         return y if bias is None else g.op("Add", [y, self.fw(g, "lm_head.bias", bias)], "lm_head/Add")
 

@@ -51,18 +51,19 @@ def _mixed(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float, pr
            ) -> dict[str, int]:
     """Bits per linear weight for --ratio or a byte budget, from data-aware errors where `run` (a
     LayerwiseCalibration) measures them; a budget's report rides in opts.budget_report."""
-    from pressa.capture.mixed import budget_bits, data_error, data_errors_by_width, mixed_bits, weight_groups
+    from pressa.capture.mixed import budget_bits, data_error, data_errors_by_format, mixed_bits, weight_groups
 
     errors = None
     if run is not None:
         groups = weight_groups(cfg, src)
-        measure = data_errors_by_width if budgeted(opts) else data_error
+        measure = data_errors_by_format if budgeted(opts) else data_error
         errors = run.sensitivities(lambda key, st: measure(
             np.concatenate([src.weights(n) for n in groups[key]]), st, opts))
     if not budgeted(opts):
         return mixed_bits(cfg, src, opts, ratio, progress, errors, log)
-    bits, opts.budget_report = budget_bits(cfg, src, opts, progress, errors, log)
-    return bits
+    chosen, opts.budget_report = budget_bits(cfg, src, opts, progress, errors, log)
+    opts.layer_groups = {k: group for k, (_, group) in chosen.items()}
+    return {k: bits for k, (bits, _) in chosen.items()}
 
 
 def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: float = 1.0,
@@ -92,7 +93,8 @@ def estimated_size(model: str | None, precision: str) -> int:
 
 def _recorded(opts: BuildOptions) -> dict:
     """The build options a manifest records (not the per-weight bits or the calibration switch)."""
-    return {k: v for k, v in asdict(opts).items() if k not in ("layer_bits", "capture_inputs", "budget_report")}
+    return {k: v for k, v in asdict(opts).items()
+            if k not in ("layer_bits", "layer_groups", "capture_inputs", "budget_report")}
 
 
 def _prepare_weights(cfg: DecoderConfig, src: Source, opts: BuildOptions, log):
@@ -190,7 +192,7 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
     if opts.layer_bits:
         from pressa.capture.mixed import PICTURE, bits_picture
 
-        (out_dir / PICTURE).write_text(bits_picture(opts.layer_bits, cfg.num_layers))
+        (out_dir / PICTURE).write_text(bits_picture(opts.layer_bits, cfg.num_layers, opts.layer_groups))
     for name, data in src.tokenizer_files.items():
         (out_dir / name).write_bytes(data)
     write_json(out_dir / "config.json", src.config)
@@ -205,7 +207,8 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
         source={"kind": src.kind, "location": src.location, "model_type": cfg.arch.model_type},
         passes=[{"pass": "source", "location": src.location},
                 {"pass": "model-builder", "config": settings, "seconds": seconds}],
-        settings=settings, mixed_precision=opts.layer_bits or None, budget=opts.budget_report,
+        settings=settings, mixed_precision=opts.layer_bits or None, mixed_groups=opts.layer_groups or None,
+        budget=opts.budget_report,
         graph={"op_counts": info["op_counts"], "context_length": info["context_length"],
                "logits": "last" if opts.last_token_logits else "all"},
         build_seconds=seconds))

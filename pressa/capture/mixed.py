@@ -13,9 +13,9 @@ from collections.abc import Callable
 import numpy as np
 
 from pressa.capture.config import DecoderConfig
-from pressa.capture.decoder import MAX_CONTEXT, BuildOptions
+from pressa.capture.decoder import BuildOptions
 from pressa.errors import BadArgument
-from pressa.quant.budget import CHOICES, choose_bits, matmulnbits_bytes, stored_bytes
+from pressa.quant.budget import choose_bits, formats, matmulnbits_bytes, stored_bytes
 from pressa.quant.rtn import dequantize, quant_error, quantize_rtn
 from pressa.quant.sensitivity import assign_bits
 from pressa.sources.base import Source
@@ -41,15 +41,15 @@ def _weight(src: Source, names: list[str]) -> np.ndarray:
     return np.concatenate([src.weights(n) for n in names])
 
 
-def data_error(w: np.ndarray, stats, opts: BuildOptions, bits: int = 4) -> float:
+def data_error(w: np.ndarray, stats, opts: BuildOptions, bits: int = 4, group: int | None = None) -> float:
     """The error of a layer's output on calibration inputs at `bits`, relative: tr(E H E^T) / tr(W H W^T)."""
-    e = dequantize(quantize_rtn(w, bits, opts.block_size, opts.symmetric)) - w
+    e = dequantize(quantize_rtn(w, bits, group or opts.block_size, opts.symmetric)) - w
     h = stats.hessian()
     return float(np.sum((e @ h) * e) / max(float(np.sum((w @ h) * w)), 1e-30))
 
 
-def data_errors_by_width(w: np.ndarray, stats, opts: BuildOptions) -> dict[int, float]:
-    return {b: data_error(w, stats, opts, b) for b in CHOICES}
+def data_errors_by_format(w: np.ndarray, stats, opts: BuildOptions) -> dict[tuple[int, int], float]:
+    return {(b, g): data_error(w, stats, opts, b, g) for b, g in formats(opts.block_size)}
 
 
 def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float,
@@ -78,7 +78,8 @@ def budgeted(opts: BuildOptions) -> bool:
 def fixed_bytes(cfg: DecoderConfig, src: Source, opts: BuildOptions, groups: dict[str, list[str]],
                 padded: bool) -> int:
     """Bytes of everything but the budgeted linears: the embedding (quantized as the builder does when
-    tied), norms, biases, the rotary tables and (padded: on disk) model.onnx itself."""
+    tied), norms, biases and (padded: on disk) model.onnx itself (the rotary tables are computed in the
+    graph, pressa.capture.positions)."""
     inside = {n for names in groups.values() for n in names}
     total = 0
     for name in src.weights.names:
@@ -96,9 +97,6 @@ def fixed_bytes(cfg: DecoderConfig, src: Source, opts: BuildOptions, groups: dic
         else:
             total += stored_bytes(4 * int(np.prod(shape)), padded)
     if padded:
-        context = min(opts.context_length or cfg.max_position, cfg.max_position, MAX_CONTEXT)
-        tables = 4 if cfg.local_rope else 2
-        total += tables * stored_bytes(context * cfg.rotary_dim // 2 * 4, True)
         total += PROTO_BYTES_PER_LAYER * cfg.num_layers
     return total
 
@@ -118,25 +116,26 @@ def budget_frame(cfg: DecoderConfig, src: Source, opts: BuildOptions) -> dict:
     params = sum(int(np.prod(_shape(src, n))) for n in src.weights.names)
     budget = int(opts.target_size_mb * 1e6) if padded else int(opts.bits_per_weight * params / 8)
     fixed = fixed_bytes(cfg, src, opts, groups, padded)
-    low = min(CHOICES)
-    smallest = fixed + sum(matmulnbits_bytes(*_shapes_nk(src, names), low, opts.block_size, opts.symmetric, padded)
+    low = min(formats(opts.block_size))
+    smallest = fixed + sum(matmulnbits_bytes(*_shapes_nk(src, names), *low, opts.symmetric, padded)
                            for names in groups.values())
     if budget < smallest:
         asked = (f"--target-size {opts.target_size_mb:g} MB" if padded
                  else f"--bits-per-weight {opts.bits_per_weight:g} ({budget / 1e6:.2f} MB of weights)")
         least = f"{smallest / 1e6:.2f} MB" if padded else f"{8 * smallest / params:.2f} bits per weight"
-        raise BadArgument(f"{asked} is below the smallest mixed build (every linear weight at {low} bits): "
+        raise BadArgument(f"{asked} is below the smallest mixed build (every linear weight at {low[0]} bits): "
                           f"{least}; give a larger size")
     return {"groups": groups, "padded": padded, "params": params, "budget": budget, "fixed": fixed}
 
 
 def budget_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, progress: Progress | None = None,
-                data_errors: dict[str, dict[int, float]] | None = None,
-                log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, int], dict]:
-    """Bits per weight for --target-size / --bits-per-weight, and the report pressa.json keeps."""
+                data_errors: dict[str, dict[tuple[int, int], float]] | None = None,
+                log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, tuple[int, int]], dict]:
+    """(bits, group size) per weight for --target-size / --bits-per-weight, and the report pressa.json
+    keeps."""
     frame = budget_frame(cfg, src, opts)
     groups, padded, budget = frame["groups"], frame["padded"], frame["budget"]
-    options: dict[str, dict[int, tuple[int, float]]] = {}
+    options: dict[str, dict[tuple[int, int], tuple[int, float]]] = {}
     for j, (key, names) in enumerate(groups.items()):
         if progress:
             progress(j, len(groups), f"sensitivity {key}")
@@ -144,27 +143,30 @@ def budget_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, progress: P
             errors = data_errors[key]
         else:
             w = _weight(src, names)
-            errors = {b: quant_error(w, b, opts.block_size, opts.symmetric) for b in CHOICES}
+            errors = {f: quant_error(w, *f, opts.symmetric) for f in formats(opts.block_size)}
         n, k = _shapes_nk(src, names)
-        options[key] = {b: (matmulnbits_bytes(n, k, b, opts.block_size, opts.symmetric, padded), errors[b])
-                        for b in CHOICES}
-    bits = choose_bits(options, budget - frame["fixed"])
-    used = frame["fixed"] + sum(options[k][b][0] for k, b in bits.items())
-    counts = {str(b): sum(1 for v in bits.values() if v == b) for b in CHOICES}
+        options[key] = {f: (matmulnbits_bytes(n, k, *f, opts.symmetric, padded), errors[f])
+                        for f in formats(opts.block_size)}
+    chosen = choose_bits(options, budget - frame["fixed"])
+    used = frame["fixed"] + sum(options[k][f][0] for k, f in chosen.items())
+    counts = {f"{b}/{g}": sum(1 for v in chosen.values() if v == (b, g)) for b, g in formats(opts.block_size)}
     report = {"target_bytes": budget, "estimated_bytes": used, "measure": "model files" if padded else
               "weight bytes", "parameters": frame["params"], "weights_by_bits": counts,
-              "loss_proxy": sum(options[k][b][1] for k, b in bits.items()),
+              "loss_proxy": sum(options[k][f][1] for k, f in chosen.items()),
               "errors": "calibration outputs" if data_errors else "weight reconstruction"}
     log(f"mixed precision at {budget / 1e6:.1f} MB of {report['measure']}: "
-        + ", ".join(f"{c} weights at {b} bits" for b, c in counts.items() if c) + f" ({used / 1e6:.1f} MB)")
-    return bits, report
+        + ", ".join(f"{c} at {f} (bits/group)" for f, c in counts.items() if c) + f" ({used / 1e6:.1f} MB)")
+    return chosen, report
 
 COLOURS = {2: "#d7301f", 4: "#fdae61", 8: "#1a9850"}
 PICTURE = "mixed_precision.svg"
 
 
-def bits_picture(bits: dict[str, int], num_layers: int) -> str:
-    """An SVG of the bits each layer's linears got: one row per layer, one column per linear."""
+def bits_picture(bits: dict[str, int], num_layers: int, groups: dict[str, int] | None = None) -> str:
+    """An SVG of the bits each layer's linears got: one row per layer, one column per linear; a weight
+    in groups larger than the smallest is drawn lighter."""
+    groups = groups or {}
+    smallest = min(groups.values(), default=0)
     columns = sorted({k.split(".", 1)[1] for k in bits if "." in k}, key=lambda c: ("qkv", "o", "gate_up",
                                                                                       "down").index(c)
                      if c in ("qkv", "o", "gate_up", "down") else 9)
@@ -179,12 +181,16 @@ def bits_picture(bits: dict[str, int], num_layers: int) -> str:
         y = top + i * cell
         out.append(f'<text x="4" y="{y + 15}">layer {i}</text>')
         for j, c in enumerate(columns):
-            b = bits.get(f"{i}.{c}")
+            b, grp = bits.get(f"{i}.{c}"), groups.get(f"{i}.{c}")
             fill = COLOURS.get(b, "#cccccc")
-            out.append(f'<rect x="{left + j * cell}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}">'
-                       f'<title>layer {i} {c}: {b} bits</title></rect>')
+            shade = 1.0 if not grp or grp == smallest else 0.55
+            group = f", groups of {grp}" if grp else ""
+            out.append(f'<rect x="{left + j * cell}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}" '
+                       f'fill-opacity="{shade}"><title>layer {i} {c}: {b} bits{group}</title></rect>')
     lx = left + cell * len(columns) + 20
     for n, (b, fill) in enumerate(COLOURS.items()):
         out.append(f'<rect x="{lx}" y="{top + n * cell}" width="16" height="16" fill="{fill}"/>'
                    f'<text x="{lx + 22}" y="{top + n * cell + 12}">{b} bits</text>')
+    if len(set(groups.values())) > 1:
+        out.append(f'<text x="{lx}" y="{top + len(COLOURS) * cell + 12}">lighter: larger groups</text>')
     return "\n".join(out + ["</svg>"]) + "\n"

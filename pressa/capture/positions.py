@@ -7,7 +7,7 @@ import numpy as np
 from onnx import TensorProto
 
 from pressa.capture.onnx_writer import GraphWriter
-from pressa.capture.rope import rope_cache
+from pressa.capture.rope import inv_freq
 
 LAST_TOKEN_NODE = "/model/last_token/GatherND"
 
@@ -48,9 +48,30 @@ class PositionEmitters:
         cfg = self.cfg
         if cfg.arch.positions != "rotary":
             return {}
-        cos, sin = rope_cache(cfg.rope, cfg.rotary_dim, self.context, cfg.max_position)
-        out = {"global": (self.fw(g, "cos_cache", cos), self.fw(g, "sin_cache", sin))}
+        out = {"global": self._rope_tables(g, cfg.rope, "")}
         if cfg.local_rope is not None and any(cfg.layer_sliding):
-            cos, sin = rope_cache(cfg.local_rope, cfg.rotary_dim, self.context, cfg.max_position)
-            out["local"] = (self.fw(g, "cos_cache_local", cos), self.fw(g, "sin_cache_local", sin))
+            out["local"] = self._rope_tables(g, cfg.local_rope, "_local")
         return out
+
+    def _rope_tables(self, g: GraphWriter, rope, suffix: str) -> tuple[str, str]:
+        """cos_cache and sin_cache [context, rotary_dim / 2] as nodes over constants (positions times the
+        inverse frequencies, then Cos and Sin, as pressa.capture.rope.rope_cache computes them): the
+        runtimes fold them into tables when the session loads, so the file carries no tables (2.1 MB
+        for SmolLM2's 8,192 positions, 8.4 MB for Qwen2.5's 32,768)."""
+        freq, attn = inv_freq(rope, self.cfg.rotary_dim, self.cfg.max_position)
+        lab = f"/model/rotary{suffix}"
+        ends = [g.weight(f"{lab}/{n}", np.float32(v), dims=()) for n, v in (("start", 0), ("limit", self.context),
+                                                                             ("delta", 1))]
+        positions = g.op("Range", ends, f"{lab}/Range")
+        column = g.op("Unsqueeze", [positions, g.const(f"{lab}/axes", [1])], f"{lab}/Unsqueeze")
+        angles = g.op("Mul", [column, g.const(f"{lab}/inv_freq", freq[None, :], np.float32)], f"{lab}/Mul")
+        tables = []
+        for fn in ("Cos", "Sin"):
+            t = g.op(fn, [angles], f"{lab}/{fn}")
+            if attn != 1.0:
+                t = g.op("Mul", [t, g.const(f"{lab}/{fn}_attn", attn, np.float32)], f"{lab}/{fn}_attn")
+            if self.fp16:
+                t = g.op("Cast", [t], f"{lab}/{fn}_Cast", to=TensorProto.FLOAT16)
+            tables.append(g.node("Identity", [t], f"{lab}/{fn.lower()}_cache",
+                                 outputs=[f"{fn.lower()}_cache{suffix}"])[0])
+        return tables[0], tables[1]

@@ -4,7 +4,8 @@ Bits per weight counts everything the weights need to be read back: codes, scale
 embedding and the float tensors (norms, biases), over the source model's parameter count (a quantized
 weight counts its N x K logical values, scales and zero points count none). A stretch of external data
 shared by two tensors (a tied embedding and lm_head) counts once. The rotary cos/sin tables are not
-weights (GroupQueryAttention's inputs 7 and 8) and count in neither. Comparable with llama.cpp's
+weights (GroupQueryAttention's inputs 7 and 8, and what the graph computes them from) and count in
+neither. Comparable with llama.cpp's
 bits per weight (file bytes over parameters) up to the small file headers each format adds."""
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def _bytes(init: onnx.TensorProto) -> tuple[tuple | None, int]:
 
 def _roles(graph: onnx.GraphProto) -> tuple[dict[str, int], set[str], set[str]]:
     """{quantized weight: parameters it holds (negative: -bits, resolved from its dims)}, the names that
-    hold no parameters (scales, zero points, and their float16 copies), the rotary tables."""
+    hold no parameters (scales, zero points, and their float16 copies), the rotary tables (stored, or
+    the constants the graph computes them from)."""
     counts: dict[str, int] = {}
     overhead: set[str] = set()
     rotary: set[str] = set()
@@ -46,9 +48,17 @@ def _roles(graph: onnx.GraphProto) -> tuple[dict[str, int], set[str], set[str]]:
             overhead.update(node.input[2:])
         elif node.op_type == "GroupQueryAttention":
             rotary.update(node.input[i] for i in ROTARY_INPUTS if i < len(node.input))
+    producers = {o: n for n in graph.node for o in n.output}
     for node in reversed(graph.node):                          # scales stored as float16 and cast back
         if node.op_type == "Cast" and node.output[0] in overhead:
             overhead.add(node.input[0])
+    todo = list(rotary)                                        # tables computed in the graph: what they read
+    while todo:
+        node = producers.get(todo.pop())
+        for name in node.input if node is not None else ():
+            if name and name not in rotary:
+                rotary.add(name)
+                todo.append(name)
     return counts, overhead, rotary
 
 

@@ -15,11 +15,12 @@ LINEARS = ("qkv", "o", "gate_up", "down")
 Loader = Callable[[], np.ndarray]
 
 
-@dataclass(frozen=True)
+@dataclass
 class QuantSettings:
     algorithm: str = "rtn"            # rtn | gptq | awq | awq+gptq
     block_size: int = 32
     symmetric: bool = False
+    groups: dict[str, int] = field(default_factory=dict)     # key -> its own group size (mixed precision)
 
 
 @dataclass
@@ -54,7 +55,8 @@ def plan_layer(layer: int, load: dict[str, Loader], bits: dict[str, int | None],
             return None
         s = getattr(st, "awq_scale", None)            # searched before, by a layer-by-layer calibration
         if s is None:
-            s = search_scales(w, st.absmean, st.sample(), bits[key], settings.block_size, settings.symmetric)[0]
+            s = search_scales(w, st.absmean, st.sample(), bits[key], settings.groups.get(key, settings.block_size),
+                              settings.symmetric)[0]
         plan.scales[key] = s
         return s
 
