@@ -33,6 +33,7 @@ CALIB = ["--calibration-data", str(DATA)]
 PRESSA = {                      # name -> auto-opt flags
     "pressa int4 RTN": [],
     "pressa int4 GPTQ": ["--algorithm", "gptq", *CALIB],
+    "pressa int4 GPTQ, no act order": ["--algorithm", "gptq", "--no-act-order", *CALIB],
     "pressa int4 AWQ+GPTQ": ["--algorithm", "awq+gptq", *CALIB],
     "pressa int4 AWQ + scale estimation": ["--algorithm", "awq", "--scale-estimation", *CALIB],
     "pressa int4 RTN + scale estimation": ["--scale-estimation", *CALIB],
@@ -40,6 +41,8 @@ PRESSA = {                      # name -> auto-opt flags
     "pressa GPTQ at Q4_0's size": ["--algorithm", "gptq", "--target-size", "{Q4_0}", *CALIB],
     "pressa GPTQ at Q3_K_M's size": ["--algorithm", "gptq", "--target-size", "{Q3_K_M}", *CALIB],
     "pressa GPTQ at 4.5 bits/weight": ["--algorithm", "gptq", "--bits-per-weight", "4.5", *CALIB],
+    "pressa GPTQ at 5.0 bits/weight": ["--algorithm", "gptq", "--bits-per-weight", "5.0", *CALIB],
+    "pressa GPTQ at 6.0 bits/weight": ["--algorithm", "gptq", "--bits-per-weight", "6.0", *CALIB],
 }
 LLAMA = {"llama.cpp Q4_0": 2, "llama.cpp Q4_K_M": 15, "llama.cpp Q3_K_M": 12}     # llama_ftype
 

@@ -46,6 +46,7 @@ class BuildOptions:
     algorithm: str = "rtn"               # rtn | awq | gptq | awq+gptq (all but rtn need calibration statistics)
     scale_search: bool = True            # per-group MSE search of scale / zero point
     scale_estimation: bool = False       # RTN/AWQ group scales refined on the calibration inputs
+    act_order: bool = True               # GPTQ: columns by decreasing Hessian diagonal, static groups
     target_size_mb: float | None = None  # mixed precision at a byte budget: the model files' size ...
     bits_per_weight: float | None = None  # ... or the weights' bits per parameter (capture/mixed.py)
     budget_report: dict | None = None    # what the budget search chose (pressa.json's "budget")
@@ -61,7 +62,8 @@ class BuildOptions:
             BuilderConfig(precision=self.precision, group_size=self.block_size, symmetric=self.symmetric,
                           accuracy_level=self.accuracy_level, embedding_bits=self.embedding_bits,
                           algorithm=self.algorithm, scale_search=self.scale_search,
-                          scale_estimation=self.scale_estimation, target_size_mb=self.target_size_mb,
+                          scale_estimation=self.scale_estimation, act_order=self.act_order,
+                          target_size_mb=self.target_size_mb,
                           bits_per_weight=self.bits_per_weight)
         except ValidationError as err:
             raise BadArgument(validation_message(err)) from None
@@ -178,7 +180,8 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         if self.o.algorithm.endswith("gptq") and h is not None:
             from pressa.quant.gptq import quantize_gptq
 
-            out = quantize_gptq(w, h, bits, self.group_for(key), self.o.symmetric, search=self.searching(bits))
+            out = quantize_gptq(w, h, bits, self.group_for(key), self.o.symmetric, search=self.searching(bits),
+                                act_order=self.o.act_order)
         else:
             out = quantize_rtn(w, bits, self.group_for(key), self.o.symmetric, self.searching(bits))
             if self.o.scale_estimation and h is not None:

@@ -49,8 +49,8 @@ def cache_key(location: str, windows: list[list[int]], opts: BuildOptions, quant
              "files": [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files if f.is_file()],
              "windows": hashlib.sha256(np.asarray(windows, np.int64).tobytes()).hexdigest(),
              "options": {k: getattr(opts, k) for k in ("precision", "block_size", "symmetric", "accuracy_level",
-                                                        "algorithm", "scale_search", "scale_estimation", "layer_bits",
-                                                        "layer_groups")},
+                                                        "algorithm", "scale_search", "scale_estimation", "act_order",
+                                                        "layer_bits", "layer_groups")},
              "quantized_inputs": quantized_inputs}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 

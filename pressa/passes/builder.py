@@ -27,6 +27,8 @@ class BuilderConfig(PassConfig):
         "Hessian from calibration inputs) or awq+gptq (AWQ's scales, then GPTQ on the scaled weights)")
     scale_estimation: bool = Field(False, description="refine each group's scale against the calibration inputs "
                                    "(NNCF's scale estimation), after rtn or awq; needs calibration_data")
+    act_order: bool = Field(True, description="gptq: quantize columns in order of decreasing input energy (the "
+                            "Hessian's diagonal), with each group's scale fixed beforehand")
     target_size_mb: float | None = Field(None, gt=0, description="int4 mixed precision at a size: the model files' "
                                          "MB; each linear weight gets 8, 4 or 2 bits so the model loses least")
     bits_per_weight: float | None = Field(None, gt=2, le=9, description="int4 mixed precision at a size: bits per "
@@ -76,6 +78,7 @@ class BuilderConfig(PassConfig):
                             accuracy_level=self.accuracy_level if self.execution_provider == "cpu" else 0,
                             embedding_bits=self.embedding_bits, algorithm=self.algorithm,
                             scale_search=self.scale_search, scale_estimation=self.scale_estimation,
+                            act_order=self.act_order,
                             target_size_mb=self.target_size_mb, bits_per_weight=self.bits_per_weight,
                             adapter_path=self.adapter_path,
                             adapters=self.adapters)

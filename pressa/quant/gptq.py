@@ -56,10 +56,16 @@ def _upper_factor(a: np.ndarray) -> np.ndarray:
 
 
 def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = False,
-                  damp: float = 0.01, lazy: int = 32, search: bool = False) -> QuantizedWeight:
+                  damp: float = 0.01, lazy: int = 32, search: bool = False, act_order: bool = False
+                  ) -> QuantizedWeight:
     """Columns left to right, `lazy` at a time: within a batch each column's error updates the batch's
     later columns at once; the columns after the batch get the batch's errors in one product. Works on
-    W^T so that a column is a contiguous row."""
+    W^T so that a column is a contiguous row.
+
+    `act_order`: columns in order of decreasing H diagonal (the inputs that carry most energy first,
+    while the most columns are left to absorb their error), with each group's scale and zero point
+    fixed beforehand from the weights as they are ("static groups"), so the stored layout stays
+    MatMulNBits' contiguous groups."""
     n, k = w.shape
     pad = (-k) % block_size
     kp = k + pad
@@ -68,25 +74,32 @@ def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int =
     wt = np.zeros((kp, n), np.float32)
     wt[:k] = np.asarray(w, np.float32).T
     wt[dead] = 0.0
-    u = _inverse_hessian_factor(h, damp)
     nb = kp // block_size
     scales = np.zeros((nb, n), np.float32)
     zps = np.zeros((nb, n), np.float32)
+    order = np.arange(kp)
+    if act_order:
+        s, z = group_params(wt.T.reshape(n, nb, block_size), bits, symmetric, search)
+        scales[:], zps[:] = s.T, z.T
+        order = np.argsort(-np.diag(h), kind="stable")
+        h, wt = h[np.ix_(order, order)], wt[order]
+    u = _inverse_hessian_factor(h, damp)
     codes = np.zeros((kp, n), np.uint8)
     lazy = max(block_size, lazy // block_size * block_size)
     top = (1 << bits) - 1
+    inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
     for i1 in range(0, kp, lazy):
         i2 = min(i1 + lazy, kp)
         batch, u1 = wt[i1:i2], u[i1:i2, i1:i2]
         err = np.empty_like(batch)
         for j in range(i2 - i1):
-            col = i1 + j
+            col = int(order[i1 + j])
             g = col // block_size
-            if col % block_size == 0:
+            if not act_order and col % block_size == 0:
                 s, z = group_params(batch[j:j + block_size].T[:, None, :], bits, symmetric, search)
                 scales[g], zps[g] = s[:, 0], z[:, 0]
-                inv = np.divide(1.0, scales[g], out=np.zeros(n, np.float32), where=scales[g] != 0)
-            q = np.clip(np.rint(batch[j] * inv) + zps[g], 0, top)          # rtn.encode, one column
+                inverse[g] = np.divide(1.0, scales[g], out=np.zeros(n, np.float32), where=scales[g] != 0)
+            q = np.clip(np.rint(batch[j] * inverse[g]) + zps[g], 0, top)          # rtn.encode, one column
             codes[col] = q
             e = (batch[j] - (q - zps[g]) * scales[g]) / u1[j, j]
             batch[j + 1:] -= u1[j, j + 1:, None] * e[None, :]
