@@ -49,6 +49,21 @@ def test_combined_algorithms_beat_rtn_and_each_part_on_outliers(bits, sym):
     assert awq_gptq < 0.25 * rtn and awq_gptq < min(awq, gptq), (awq_gptq, awq, gptq, rtn)
 
 
+@pytest.mark.parametrize("bits,sym,k", [(4, False, 256), (2, False, 256), (4, True, 80)])
+def test_gptq_in_activation_order_beats_gptq_in_column_order(bits, sym, k):
+    """Static groups (scales fixed before the columns move) keep MatMulNBits' layout: the codes decode
+    with the stored scales, and dead inputs (zero rows of H) and a K off the group still work."""
+    x, w = outlier_layer(3, k=k)
+    x[:, 7] = 0.0                                              # a dead input
+    h = x.T.astype(np.float64) @ x
+    rtn = output_error(x, w, dequantize(quantize_rtn(w, bits, 32, sym)))
+    plain = output_error(x, w, dequantize(quantize_gptq(w, h, bits, 32, sym, search=True)))
+    ordered = quantize_gptq(w, h, bits, 32, sym, search=True, act_order=True)
+    assert ordered.q.shape == (w.shape[0], -(-k // 32), 32) and ordered.k == k
+    act = output_error(x, w, dequantize(ordered))
+    assert act < 0.5 * plain and act < 0.15 * rtn, (act, plain, rtn)
+
+
 @pytest.mark.parametrize("seed,bits,sym,k", [(0, 4, False, 256), (1, 4, True, 80), (2, 2, False, 256),
                                              (3, 8, True, 256), (4, 2, True, 96)])
 def test_scale_estimation_never_increases_a_rows_calibration_error(seed, bits, sym, k):
