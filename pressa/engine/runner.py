@@ -143,6 +143,21 @@ def run_chain(wf: Workflow, passes: list[PassSpec], options: dict, cache: StepCa
     return current, steps
 
 
+def chain_keys(wf: Workflow, options: dict, cache: StepCache) -> list[str]:
+    """The cache keys of a candidate's steps, in order, as run_chain computes them (a step cached as not
+    applicable passes its input's key on)."""
+    key, keys = model_key(wf.model), []
+    for spec in wf.passes:
+        cls = get_pass(spec.type)
+        cfg = make_config(cls, options.get(spec.key, spec.fixed), f"passes.{spec.key}")
+        k = cache.key(key, cls.name, cfg.model_dump(mode="json"))
+        keys.append(k)
+        hit = cache.get(k)
+        if hit is None or not StepCache.report(hit).get("not_applicable"):
+            key = k
+    return keys
+
+
 def _build_step(cls, cfg, src, tmp: Path, log, progress) -> dict:
     """Run one pass from `src` into the cache's temporary folder; returns its JSON-able report."""
     rep, _ = run_into(cls, cfg, src, tmp, progress, log)

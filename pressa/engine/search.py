@@ -15,11 +15,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pressa.engine.config import Workflow
+from pressa.engine.executors import LocalExecutor, make_executor
 from pressa.engine.metrics import Evaluator
 from pressa.engine.paths import check_workflow_paths, record_workflow, workflow_inputs
 from pressa.engine.ranking import describe, guard_warning, meets_goals, pareto, rank_key
 from pressa.engine.report import write_reports
-from pressa.engine.runner import StepCache, Trial, precision_changing, run_chain, run_trial
+from pressa.engine.runner import StepCache, Trial, precision_changing, run_chain
 from pressa.errors import PressaError
 
 
@@ -34,20 +35,31 @@ def _candidates(wf: Workflow) -> list[dict]:
     return cands[: wf.max_trials or len(cands)]
 
 
-def search(wf: Workflow, log: Callable[[str], None], evaluator: Evaluator, cache: StepCache) -> list[Trial]:
+def search(wf: Workflow, log: Callable[[str], None], evaluator: Evaluator, cache: StepCache,
+           executor=None) -> list[Trial]:
+    """The trials the search strategy asks for, run by `executor` (engine/executors.py; default: here,
+    one after another). Candidates known up front (exhaustive, random, each pass of pass-by-pass) go to
+    the executor together; TPE asks for one at a time, its sampler in this process."""
+    executor = executor or LocalExecutor()
     trials: list[Trial] = []
     seen: dict[str, Trial] = {}
 
+    def signature(options: dict) -> str:
+        return json.dumps(options, sort_keys=True, default=str)
+
+    def batch(options_list: list[dict]) -> list[Trial]:
+        new = []
+        for options in options_list:
+            if signature(options) not in seen:
+                t = Trial(len(trials), options)
+                trials.append(t)
+                seen[signature(options)] = t
+                new.append(t)
+        executor.run(new, wf, cache, evaluator, log, lambda t: log(f"trial {t.id}: {describe(t.options, wf)}"))
+        return [seen[signature(o)] for o in options_list]
+
     def trial(options: dict) -> Trial:
-        sig = json.dumps(options, sort_keys=True, default=str)
-        if sig in seen:
-            return seen[sig]
-        t = Trial(len(trials), options)
-        log(f"trial {t.id}: {describe(options, wf)}")
-        run_trial(t, wf, cache, evaluator, log)
-        trials.append(t)
-        seen[sig] = t
-        return t
+        return batch([options])[0]
 
     if wf.execution_order == "pass-by-pass" and any(p.space for p in wf.passes):
         chosen = {p.key: {**p.fixed, **{o: v[0] for o, v in p.space.items()}} for p in wf.passes}
@@ -57,15 +69,14 @@ def search(wf: Workflow, log: Callable[[str], None], evaluator: Evaluator, cache
             sub = Workflow(**{**wf.__dict__, "passes": [
                 type(q)(q.key, q.type, chosen[q.key] if q.key != p.key else q.fixed, q.space if q.key == p.key
                         else {}) for q in wf.passes]})
-            done = [trial(c) for c in _candidates(sub)]
+            done = batch(_candidates(sub))
             ok = [t for t in done if t.error is None]
             if ok:
                 chosen = dict(min(ok, key=lambda t: rank_key(t, wf)).options)
     elif wf.algorithm == "tpe" and wf.candidates()[1:]:
         _tpe(wf, trial)
     else:
-        for c in _candidates(wf):
-            trial(c)
+        batch(_candidates(wf))
     return trials
 
 
@@ -103,7 +114,11 @@ def run_workflow(wf: Workflow, log: Callable[[str], None], overwrite: bool = Fal
     baseline = None
     if original is not None and any(s.goal and s.goal[0] != "threshold" for m in wf.metrics for s in m.subs):
         baseline = Trial(-1, {}, artifact=str(original), metrics=evaluator(original))
-    trials = search(wf, log, evaluator, cache)
+    executor = make_executor(wf.executor, log)
+    try:
+        trials = search(wf, log, evaluator, cache, executor)
+    finally:
+        executor.close()
     ok = [t for t in trials if t.error is None]
     if not ok:
         raise AllTrialsFailed(f"every trial failed ({len(trials)}); the first: {trials[0].error if trials else '-'}")
