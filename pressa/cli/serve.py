@@ -38,6 +38,14 @@ def serve(
                                          "send a request's line and headers (then it is closed)."),
     metrics_public: bool = typer.Option(False, "--metrics-public", help="Answer /metrics without the API key "
                                         "(for a Prometheus scraper that sends none)."),
+    executor: str = typer.Option("local", "--executor", help="local (this process) or ray (a Ray Serve "
+                                 "deployment: --replicas copies behind Ray's proxy)."),
+    replicas: int = typer.Option(1, "--replicas", min=1, help="With --executor ray: replicas, each with its "
+                                 "own copy of the models."),
+    autoscale: str | None = typer.Option(None, "--autoscale", help="With --executor ray: MIN:MAX replicas, "
+                                         "scaled by Ray Serve on ongoing requests (instead of --replicas)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --executor ray: an existing "
+                                           "cluster (ray://head:10001); without, a local Ray for this server."),
     runtime=None,
     limits: dict | None = None,
 ):
@@ -59,10 +67,23 @@ def serve(
     if log_format not in ("json", "text"):
         raise BadArgument(f"--log-format {log_format!r}: use json or text")
     _check_port_free(host, port)
+    app_options = {"api_key": api_key, "max_body": max_body, "max_tokens": max_tokens, "body_timeout": body_timeout,
+                   "metrics_public": metrics_public}
+    if executor not in ("local", "ray"):
+        raise BadArgument(f"--executor {executor!r}: use local or ray")
+    if executor == "ray":
+        from pressa.serve.ray_serve import parse_autoscale, serve_on_ray
+
+        cpus = max(1.0, float(getattr(entries[0], "threads", None) or 1))
+        entries = [e.model_copy(update={"path": Path(e.path).absolute()}) for e in entries]   # as every node sees
+        serve_on_ray(entries, app_options, host, port, replicas, parse_autoscale(autoscale), ray_address, cpus,
+                     shutdown_timeout, log.info)
+        return
+    if replicas > 1 or autoscale or ray_address:
+        raise BadArgument("--replicas, --autoscale and --ray-address apply to --executor ray")
     with log.status("loading models"):
         models = load_models(entries)
-    _run_server(create_app(models, api_key, max_body, max_tokens, body_timeout=body_timeout,
-                           metrics_public=metrics_public), host, port, log_format, access_log, header_timeout,
+    _run_server(create_app(models, **app_options), host, port, log_format, access_log, header_timeout,
                 shutdown_timeout)
 
 

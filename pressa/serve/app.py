@@ -22,8 +22,10 @@ from pressa.serve.models import Busy, RequestError, ServedModel, TextGenerator
 
 
 def create_app(models: dict[str, ServedModel], api_key: str | None = None, max_body: int = 16 << 20,
-               max_tokens: int = 2048, body_timeout: float = 30.0, metrics_public: bool = False):
-    stats = Stats()
+               max_tokens: int = 2048, body_timeout: float = 30.0, metrics_public: bool = False,
+               replica: str | None = None):
+    """`replica`: this process's name among Ray Serve's replicas (pressa.serve.ray_serve), in /metrics."""
+    stats = Stats(replica)
 
     @asynccontextmanager
     async def lifespan(app):

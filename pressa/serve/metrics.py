@@ -11,7 +11,8 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Stats:
-    def __init__(self):
+    def __init__(self, replica: str | None = None):
+        self.replica = replica
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = {}
         self.hist = [0] * (len(BUCKETS) + 1)
@@ -27,6 +28,10 @@ class Stats:
     def text(self, models: dict) -> str:
         out = ["# TYPE pressa_requests_total counter"]
         out += [f'pressa_requests_total{{route="{r}",code="{c}"}} {n}' for (r, c), n in sorted(self.requests.items())]
+        if self.replica is not None:           # Ray Serve: which replica answered, and how much it served
+            served = sum(n for (r, _), n in self.requests.items() if r != "/metrics")
+            out += ["# TYPE pressa_replica_requests_total counter",
+                    f'pressa_replica_requests_total{{replica="{self.replica}"}} {served}']
         out.append("# TYPE pressa_request_seconds histogram")
         acc = 0
         for b, n in zip((*BUCKETS, "+Inf"), self.hist):
