@@ -35,17 +35,16 @@ def run_cmd(
 
     An artifact's pressa.json is a config too: `pressa run --config ARTIFACT/pressa.json -o NEW` rebuilds it."""
     from pressa.engine.config import load_workflow
+    from pressa.engine.executors import EXECUTORS
     from pressa.engine.paths import written_by_workflow
     from pressa.engine.search import dry_run as plan_of
     from pressa.engine.search import run_workflow
+    from pressa.errors import BadArgument
 
+    if executor is not None and executor not in EXECUTORS:
+        raise BadArgument(f"--executor {executor!r}: use {' or '.join(EXECUTORS)}")
     wf = load_workflow(config, model, output)
     if executor is not None:
-        from pressa.engine.executors import EXECUTORS
-        from pressa.errors import BadArgument
-
-        if executor not in EXECUTORS:
-            raise BadArgument(f"--executor {executor!r}: use {' or '.join(EXECUTORS)}")
         wf.executor = {**wf.executor, "kind": executor}
     if ray_address is not None:
         wf.executor = {**wf.executor, "address": ray_address}
