@@ -4,6 +4,7 @@ and all-MiniLM-L6-v2 INT8 (TF-Serving predict with JSON answers, KServe v2 infer
 each with dynamic batching and with batch size 1). It starts and stops its own servers.
 
     python benchmarks/serve_load.py [--clients 64] [--seconds 60] [--json]
+    python benchmarks/serve_load.py --ray       # plain `pressa serve` against Ray Serve with 2 replicas
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(name: str, path: Path, port: int, max_batch: int, concurrency: int) -> subprocess.Popen:
+def start(name: str, path: Path, port: int, max_batch: int, concurrency: int, extra: tuple = ()) -> subprocess.Popen:
     proc = subprocess.Popen([PY, "-m", "pressa", "serve", "--model_name", name, "--model_path", str(path),
                              "--port", str(port), "--max-batch", str(max_batch), "--max-queue", "256",
-                             "--max-concurrency", str(concurrency), "--no-access-log"], stderr=subprocess.DEVNULL)
-    for _ in range(600):
+                             "--max-concurrency", str(concurrency), "--no-access-log", *extra],
+                            stderr=subprocess.DEVNULL)
+    for _ in range(1800):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1)
             return proc
@@ -88,6 +90,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--ray", action="store_true", help="plain serve against Ray Serve, 2 replicas of 1 thread")
     a = ap.parse_args()
     rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,9 +122,13 @@ def main() -> None:
             ("MiniLM INT8 v2 infer (binary out), batch size 1", "minilm", tmp / "minilm-int8", 1, 8,
              "/v2/models/minilm/infer", infer, None),
         ]
-        for label, name, path, max_batch, concurrency, route, body, toks in cases:
+        if a.ray:                      # the same two cases, one process against two Ray Serve replicas
+            ray = ("--executor", "ray", "--replicas", "2", "--threads", "1")
+            cases = [(label + how, *rest, extra) for label, *rest in (cases[0], cases[4])
+                     for how, extra in ((", pressa serve", ()), (", Ray Serve 2 replicas x 1 thread", ray))]
+        for label, name, path, max_batch, concurrency, route, body, toks, *extra in cases:
             port = free_port()
-            proc = start(name, path, port, max_batch, concurrency)
+            proc = start(name, path, port, max_batch, concurrency, *extra)
             try:
                 r = load(f"http://127.0.0.1:{port}{route}", body, a.clients, a.seconds, toks)
             finally:
@@ -132,6 +139,12 @@ def main() -> None:
             rows.append((label, f"{r['requests_per_s']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
                          f"{r['tokens_per_s']:.1f}" if toks else "", str(r["errors"])))
     rate = [r["requests_per_s"] for r in results]
+    if a.ray:
+        emit({"benchmark": "serve_load_ray", "clients": a.clients, "seconds": a.seconds, "results": results,
+              "ray_over_plain": {"chat": rate[1] / max(rate[0], 1e-9), "infer": rate[3] / max(rate[2], 1e-9)},
+              "machine": machine(), "cpus": os.cpu_count()}, rows,
+             ("case", "requests/s", "p50 ms", "p99 ms", "tokens/s", "errors"), a.json)
+        return
     speedups = {"continuous_batching": rate[0] / max(rate[1], 1e-9),
                 "dynamic_batching_predict_json": rate[2] / max(rate[3], 1e-9),
                 "dynamic_batching_infer_binary": rate[4] / max(rate[5], 1e-9)}
