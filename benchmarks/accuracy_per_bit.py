@@ -37,12 +37,12 @@ PRESSA = {                      # name -> auto-opt flags
     "pressa int4 AWQ+GPTQ": ["--algorithm", "awq+gptq", *CALIB],
     "pressa int4 AWQ + scale estimation": ["--algorithm", "awq", "--scale-estimation", *CALIB],
     "pressa int4 RTN + scale estimation": ["--scale-estimation", *CALIB],
-    "pressa GPTQ at Q4_K_M's size": ["--algorithm", "gptq", "--target-size", "{Q4_K_M}", *CALIB],
-    "pressa GPTQ at Q4_0's size": ["--algorithm", "gptq", "--target-size", "{Q4_0}", *CALIB],
-    "pressa GPTQ at Q3_K_M's size": ["--algorithm", "gptq", "--target-size", "{Q3_K_M}", *CALIB],
-    "pressa GPTQ at 4.5 bits/weight": ["--algorithm", "gptq", "--bits-per-weight", "4.5", *CALIB],
-    "pressa GPTQ at 5.0 bits/weight": ["--algorithm", "gptq", "--bits-per-weight", "5.0", *CALIB],
-    "pressa GPTQ at 6.0 bits/weight": ["--algorithm", "gptq", "--bits-per-weight", "6.0", *CALIB],
+    "pressa AWQ+GPTQ at Q4_K_M's size": ["--algorithm", "awq+gptq", "--target-size", "{Q4_K_M}", *CALIB],
+    "pressa AWQ+GPTQ at Q3_K_M's size": ["--algorithm", "awq+gptq", "--target-size", "{Q3_K_M}", *CALIB],
+    "pressa AWQ+GPTQ at Q4_0's size": ["--algorithm", "awq+gptq", "--target-size", "{Q4_0}", *CALIB],
+    "pressa AWQ+GPTQ at 90 MB": ["--algorithm", "awq+gptq", "--target-size", "90", *CALIB],
+    "pressa AWQ+GPTQ at 5.0 bits/weight": ["--algorithm", "awq+gptq", "--bits-per-weight", "5.0", *CALIB],
+    "pressa AWQ+GPTQ at 4.5 bits/weight": ["--algorithm", "awq+gptq", "--bits-per-weight", "4.5", *CALIB],
 }
 LLAMA = {"llama.cpp Q4_0": 2, "llama.cpp Q4_K_M": 15, "llama.cpp Q3_K_M": 12}     # llama_ftype
 
@@ -128,17 +128,25 @@ def table(rows: list[dict], fp32: float) -> str:
     return "\n".join(out)
 
 
+def series(name: str) -> str:
+    """The plot's line a row belongs to: pressa's AWQ+GPTQ sizes, its other algorithms, each peer."""
+    if name.startswith("pressa"):
+        return "pressa AWQ+GPTQ (mixed precision at a size)" if "AWQ+GPTQ" in name else "pressa, other algorithms"
+    return name.split()[0]
+
+
 def plot(rows: list[dict], path: Path) -> None:
-    ok = [r for r in rows if "error" not in r]
+    ok = [{**r, "series": series(r["name"])} for r in rows if "error" not in r]
     code = ("import json, sys, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; "
-            "rows = json.loads(sys.argv[1]); fig, ax = plt.subplots(figsize=(8, 5.5)); "
-            "groups = {}; [groups.setdefault(r['name'].split()[0], []).append(r) for r in rows]; "
-            "[ax.plot(*zip(*sorted((r['bits_per_weight'], r['gap']) for r in g)), 'o-' if k == 'pressa' else 's--', "
-            "label=k) for k, g in groups.items()]; "
-            "[ax.annotate(r['name'].split(' ', 1)[1], (r['bits_per_weight'], r['gap']), fontsize=7) for r in rows]; "
-            "ax.set_xlabel('bits per weight (model files)'); "
+            "rows = json.loads(sys.argv[1]); fig, ax = plt.subplots(figsize=(8.5, 5.5)); groups = {}; "
+            "[groups.setdefault(r['series'], []).append(r) for r in rows]; "
+            "[ax.plot(*zip(*sorted((r['bits_per_weight'], r['gap']) for r in g)), "
+            "'o-' if k.startswith('pressa AWQ') else ('x' if k.startswith('pressa') else 's'), label=k) "
+            "for k, g in groups.items()]; "
+            "[ax.annotate(r['name'].split(' ', 1)[1], (r['bits_per_weight'], r['gap']), fontsize=6) for r in rows]; "
+            "ax.set_xlabel('bits per weight (model files over 134.5M parameters)'); "
             "ax.set_ylabel('perplexity gap to fp32 (lower is better)'); "
-            "ax.set_title('SmolLM2-135M, WikiText-2, shared protocol'); ax.legend(); ax.grid(alpha=0.3); "
+            "ax.set_title('SmolLM2-135M, WikiText-2, shared protocol'); ax.legend(fontsize=8); ax.grid(alpha=0.3); "
             "fig.savefig(sys.argv[2], dpi=120, bbox_inches='tight')")
     subprocess.run([str(venv("pytorch") / "bin" / "python"), "-c", code, json.dumps(ok), str(path)], check=True)
 
@@ -176,7 +184,7 @@ def main() -> None:
             done[name] = {"name": name, "error": str(err)[-300:]}
             log(f"{name}: {err}")
         cache.write_text(json.dumps(list(done.values())))
-    rows = [r for n, r in done.items() if n != "fp32"]
+    rows = [r for n, r in done.items() if n in PRESSA or n in LLAMA or n.startswith("OpenVINO")]
     result = {"date": time.strftime("%Y-%m-%d"), "fp32_perplexity": fp32, "parameters": PARAMS, "rows": rows}
     (HERE / "peers" / "accuracy_per_bit.json").write_text(json.dumps(result, indent=2))
     try:
