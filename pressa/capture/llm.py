@@ -66,6 +66,21 @@ def _mixed(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float, pr
     return {k: bits for k, (bits, _) in chosen.items()}
 
 
+def _check_quantization(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float, text: str | None) -> None:
+    """What the quantization options need, checked before any slow work: a row whose layer form takes
+    them, calibration text, a budget at least the smallest mixed build."""
+    mixing = ratio < 1.0 or budgeted(opts)
+    if not cfg.arch.calibrated and (opts.algorithm != "rtn" or opts.scale_estimation or mixing):
+        raise BadArgument(f"{cfg.arch.model_type}: --algorithm {opts.algorithm}, --scale-estimation and mixed "
+                          "precision are not built for its layer form yet (they fold scales into a pre-norm "
+                          "before a gated MLP); use the default RTN")
+    if (opts.algorithm != "rtn" or opts.scale_estimation) and not text:
+        what = f"--algorithm {opts.algorithm}" if opts.algorithm != "rtn" else "--scale-estimation"
+        raise BadArgument(f"{what} needs --calibration-data FILE (plain text)")
+    if budgeted(opts):
+        budget_frame(cfg, src, opts)
+
+
 def build_llm(model: str | None, output: Path, opts: BuildOptions, *, ratio: float = 1.0,
               provider: str = "cpu", overwrite: bool = False, progress: Progress | None = None,
               log: Callable[[str], None] = lambda s: None, status=_no_status,
@@ -165,21 +180,12 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
             raise
         return _general(src, out_dir, opts, provider, str(err), log, progress, workflow, t0)
     lora = _prepare_weights(cfg, src, opts, log)
-    mixing = ratio < 1.0 or budgeted(opts)
-    if not cfg.arch.calibrated and (opts.algorithm != "rtn" or opts.scale_estimation or mixing):
-        raise BadArgument(f"{cfg.arch.model_type}: --algorithm {opts.algorithm}, --scale-estimation and mixed "
-                          "precision are not built for its layer form yet (they fold scales into a pre-norm "
-                          "before a gated MLP); use the default RTN")
-    calibrating = opts.algorithm != "rtn" or opts.scale_estimation
-    if calibrating and not calibration_text:
-        what = f"--algorithm {opts.algorithm}" if opts.algorithm != "rtn" else "--scale-estimation"
-        raise BadArgument(f"{what} needs --calibration-data FILE (plain text)")
-    if budgeted(opts):
-        budget_frame(cfg, src, opts)                  # a budget too small fails before the slow work
+    _check_quantization(cfg, src, opts, ratio, calibration_text)
     log(f"source: {src.kind} {src.location} ({cfg.arch.model_type}, {cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}, vocab {cfg.vocab_size})")
     calib = None
-    if calibrating or (mixing and calibration_text):
+    mixing = ratio < 1.0 or budgeted(opts)
+    if opts.algorithm != "rtn" or opts.scale_estimation or (mixing and calibration_text):
         calib = _calibrated(cfg, src, opts, ratio, calibration_text, calibration_samples, calibration_seqlen,
                             progress, log)
     elif mixing:

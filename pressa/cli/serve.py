@@ -72,12 +72,7 @@ def serve(
     if executor not in ("local", "ray"):
         raise BadArgument(f"--executor {executor!r}: use local or ray")
     if executor == "ray":
-        from pressa.serve.ray_serve import parse_autoscale, serve_on_ray
-
-        cpus = max(1.0, float(getattr(entries[0], "threads", None) or 1))
-        entries = [e.model_copy(update={"path": Path(e.path).absolute()}) for e in entries]   # as every node sees
-        serve_on_ray(entries, app_options, host, port, replicas, parse_autoscale(autoscale), ray_address, cpus,
-                     shutdown_timeout, log.info)
+        _serve_on_ray(entries, app_options, host, port, replicas, autoscale, ray_address, shutdown_timeout)
         return
     if replicas > 1 or autoscale or ray_address:
         raise BadArgument("--replicas, --autoscale and --ray-address apply to --executor ray")
@@ -85,6 +80,16 @@ def serve(
         models = load_models(entries)
     _run_server(create_app(models, **app_options), host, port, log_format, access_log, header_timeout,
                 shutdown_timeout)
+
+
+def _serve_on_ray(entries, app_options: dict, host: str, port: int, replicas: int, autoscale: str | None,
+                  address: str | None, shutdown_timeout: float) -> None:
+    from pressa.serve.ray_serve import parse_autoscale, serve_on_ray
+
+    cpus = max(1.0, float(getattr(entries[0], "threads", None) or 1))
+    entries = [e.model_copy(update={"path": Path(e.path).absolute()}) for e in entries]   # as every node sees
+    serve_on_ray(entries, app_options, host, port, replicas, parse_autoscale(autoscale), address, cpus,
+                 shutdown_timeout, log.info)
 
 
 def _run_server(app_, host: str, port: int, log_format: str, access_log: bool, header_timeout: float,

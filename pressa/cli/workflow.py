@@ -35,19 +35,15 @@ def run_cmd(
 
     An artifact's pressa.json is a config too: `pressa run --config ARTIFACT/pressa.json -o NEW` rebuilds it."""
     from pressa.engine.config import load_workflow
-    from pressa.engine.executors import EXECUTORS
+    from pressa.engine.executors import check_executor
     from pressa.engine.paths import written_by_workflow
     from pressa.engine.search import dry_run as plan_of
     from pressa.engine.search import run_workflow
-    from pressa.errors import BadArgument
 
-    if executor is not None and executor not in EXECUTORS:
-        raise BadArgument(f"--executor {executor!r}: use {' or '.join(EXECUTORS)}")
+    check_executor(executor)
     wf = load_workflow(config, model, output)
-    if executor is not None:
-        wf.executor = {**wf.executor, "kind": executor}
-    if ray_address is not None:
-        wf.executor = {**wf.executor, "address": ray_address}
+    wf.executor = {**wf.executor, **({"kind": executor} if executor else {}),
+                   **({"address": ray_address} if ray_address else {})}
     overwrite = overwrite or written_by_workflow(wf.output_dir)
     if dry_run:
         plan = plan_of(wf)

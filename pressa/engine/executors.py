@@ -36,6 +36,12 @@ class LocalExecutor:
         pass
 
 
+def check_executor(kind: str | None) -> None:
+    """--executor's value (None: the config's)."""
+    if kind is not None and kind not in EXECUTORS:
+        raise BadArgument(f"--executor {kind!r}: use {' or '.join(EXECUTORS)}")
+
+
 def executor_settings(cfg: dict, engine: dict) -> dict:
     """A workflow config's executor: pressa's `engine.executor` (local | ray) with `ray_address`,
     `ray_cpus_per_trial` and `ray_shared_cache`, or Olive's host system when its type is `RaySystem`
