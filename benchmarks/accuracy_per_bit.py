@@ -37,12 +37,13 @@ PRESSA = {                      # name -> auto-opt flags
     "pressa int4 AWQ+GPTQ": ["--algorithm", "awq+gptq", *CALIB],
     "pressa int4 AWQ + scale estimation": ["--algorithm", "awq", "--scale-estimation", *CALIB],
     "pressa int4 RTN + scale estimation": ["--scale-estimation", *CALIB],
-    "pressa AWQ+GPTQ at Q4_K_M's size": ["--algorithm", "awq+gptq", "--target-size", "{Q4_K_M}", *CALIB],
-    "pressa AWQ+GPTQ at Q3_K_M's size": ["--algorithm", "awq+gptq", "--target-size", "{Q3_K_M}", *CALIB],
-    "pressa AWQ+GPTQ at Q4_0's size": ["--algorithm", "awq+gptq", "--target-size", "{Q4_0}", *CALIB],
-    "pressa AWQ+GPTQ at 90 MB": ["--algorithm", "awq+gptq", "--target-size", "90", *CALIB],
-    "pressa AWQ+GPTQ at 5.0 bits/weight": ["--algorithm", "awq+gptq", "--bits-per-weight", "5.0", *CALIB],
-    "pressa AWQ+GPTQ at 4.5 bits/weight": ["--algorithm", "awq+gptq", "--bits-per-weight", "4.5", *CALIB],
+    "pressa int4 GPTQ + scale estimation": ["--algorithm", "gptq", "--scale-estimation", *CALIB],
+    "pressa RTN+SE at Q4_K_M's size": ["--scale-estimation", "--target-size", "{Q4_K_M}", *CALIB],
+    "pressa RTN+SE at Q3_K_M's size": ["--scale-estimation", "--target-size", "{Q3_K_M}", *CALIB],
+    "pressa RTN+SE at Q4_0's size": ["--scale-estimation", "--target-size", "{Q4_0}", *CALIB],
+    "pressa RTN+SE at 90 MB": ["--scale-estimation", "--target-size", "90", *CALIB],
+    "pressa RTN+SE at 5.0 bits/weight": ["--scale-estimation", "--bits-per-weight", "5.0", *CALIB],
+    "pressa RTN+SE at 4.5 bits/weight": ["--scale-estimation", "--bits-per-weight", "4.5", *CALIB],
 }
 LLAMA = {"llama.cpp Q4_0": 2, "llama.cpp Q4_K_M": 15, "llama.cpp Q3_K_M": 12}     # llama_ftype
 
@@ -131,7 +132,8 @@ def table(rows: list[dict], fp32: float) -> str:
 def series(name: str) -> str:
     """The plot's line a row belongs to: pressa's AWQ+GPTQ sizes, its other algorithms, each peer."""
     if name.startswith("pressa"):
-        return "pressa AWQ+GPTQ (mixed precision at a size)" if "AWQ+GPTQ" in name else "pressa, other algorithms"
+        return ("pressa RTN + scale estimation (mixed precision at a size)" if "RTN+SE" in name or
+                name.endswith("RTN + scale estimation") else "pressa, other algorithms")
     return name.split()[0]
 
 
@@ -141,7 +143,7 @@ def plot(rows: list[dict], path: Path) -> None:
             "rows = json.loads(sys.argv[1]); fig, ax = plt.subplots(figsize=(8.5, 5.5)); groups = {}; "
             "[groups.setdefault(r['series'], []).append(r) for r in rows]; "
             "[ax.plot(*zip(*sorted((r['bits_per_weight'], r['gap']) for r in g)), "
-            "'o-' if k.startswith('pressa AWQ') else ('x' if k.startswith('pressa') else 's'), label=k) "
+            "'o-' if k.startswith('pressa RTN') else ('x' if k.startswith('pressa') else 's'), label=k) "
             "for k, g in groups.items()]; "
             "[ax.annotate(r['name'].split(' ', 1)[1], (r['bits_per_weight'], r['gap']), fontsize=6) for r in rows]; "
             "ax.set_xlabel('bits per weight (model files over 134.5M parameters)'); "

@@ -112,7 +112,7 @@ CASES = [
     ("auto-opt-scale-estimation-no-data", ["auto-opt", "-m", "{lab}/hf", "-o", "{lab}/o", "--scale-estimation"],
      "--calibration-data", None),
     ("auto-opt-scale-estimation-gptq", ["auto-opt", "-m", "{lab}/hf", "-o", "{lab}/o", "--scale-estimation",
-                                        "--algorithm", "gptq"], "gptq sets its own", None),
+                                        "--algorithm", "gptq", "--no-act-order"], "needs act_order", None),
     ("auto-opt-device-tpu", ["auto-opt", "-m", "{lab}/hf", "-o", "{lab}/o", "--device", "tpu"], "--device", None),
     ("auto-opt-group-size", ["auto-opt", "-m", "{lab}/hf", "-o", "{lab}/o", "--group-size", "48"], "group size",
      None),

@@ -46,7 +46,7 @@ def whole_model_decisions(cfg, weights, windows, opts) -> dict:
 
 
 @pytest.mark.parametrize("algorithm,estimate", [("gptq", False), ("awq", False), ("awq+gptq", False),
-                                                ("awq", True), ("rtn", True)])
+                                                ("awq", True), ("rtn", True), ("gptq", True)])
 def test_layer_by_layer_decisions_equal_the_whole_model_calibration(tiny_dir, tmp_path, algorithm, estimate):
     src, cfg, windows = prepared(tiny_dir("llama"))
     opts = BuildOptions(precision="int4", algorithm=algorithm, scale_estimation=estimate)

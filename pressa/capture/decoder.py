@@ -180,8 +180,16 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         if self.o.algorithm.endswith("gptq") and h is not None:
             from pressa.quant.gptq import quantize_gptq
 
+            static = None
+            if self.o.scale_estimation and self.o.act_order:     # GPTQ around scale-estimated groups
+                from pressa.quant.scale_estimation import estimate_scales
+
+                est = estimate_scales(w, h, quantize_rtn(w, bits, self.group_for(key), self.o.symmetric,
+                                                         self.searching(bits)))
+                zp = est.zero_points if est.zero_points is not None else np.full(est.scales.shape, 1 << (bits - 1))
+                static = (est.scales, zp.astype(np.float32))
             out = quantize_gptq(w, h, bits, self.group_for(key), self.o.symmetric, search=self.searching(bits),
-                                act_order=self.o.act_order)
+                                act_order=self.o.act_order, static=static)
         else:
             out = quantize_rtn(w, bits, self.group_for(key), self.o.symmetric, self.searching(bits))
             if self.o.scale_estimation and h is not None:

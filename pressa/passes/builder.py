@@ -26,7 +26,8 @@ class BuilderConfig(PassConfig):
         "rtn", description="rtn (round to nearest, no data), awq (activation-aware scales), gptq (second-order, "
         "Hessian from calibration inputs) or awq+gptq (AWQ's scales, then GPTQ on the scaled weights)")
     scale_estimation: bool = Field(False, description="refine each group's scale against the calibration inputs "
-                                   "(NNCF's scale estimation), after rtn or awq; needs calibration_data")
+                                   "(NNCF's scale estimation): after rtn or awq, or before gptq's columns move "
+                                   "(act order); needs calibration_data")
     act_order: bool = Field(True, description="gptq: quantize columns in order of decreasing input energy (the "
                             "Hessian's diagonal), with each group's scale fixed beforehand")
     target_size_mb: float | None = Field(None, gt=0, description="int4 mixed precision at a size: the model files' "
@@ -67,8 +68,8 @@ class BuilderConfig(PassConfig):
             raise ValueError("give one of target_size_mb, bits_per_weight and ratio")
         if sized and self.precision != "int4":
             raise ValueError(f"{sized[0]} applies to precision int4 (mixed 2/4/8-bit weights)")
-        if self.scale_estimation and self.algorithm.endswith("gptq"):
-            raise ValueError("scale_estimation refines rtn or awq scales; gptq sets its own")
+        if self.scale_estimation and self.algorithm.endswith("gptq") and not self.act_order:
+            raise ValueError("scale_estimation with gptq needs act_order (its groups are fixed beforehand)")
         return self
 
     def build_options(self):

@@ -56,8 +56,8 @@ def _upper_factor(a: np.ndarray) -> np.ndarray:
 
 
 def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = False,
-                  damp: float = 0.01, lazy: int = 32, search: bool = False, act_order: bool = False
-                  ) -> QuantizedWeight:
+                  damp: float = 0.01, lazy: int = 32, search: bool = False, act_order: bool = False,
+                  static: tuple[np.ndarray, np.ndarray] | None = None) -> QuantizedWeight:
     """Columns left to right, `lazy` at a time: within a batch each column's error updates the batch's
     later columns at once; the columns after the batch get the batch's errors in one product. Works on
     W^T so that a column is a contiguous row.
@@ -65,7 +65,8 @@ def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int =
     `act_order`: columns in order of decreasing H diagonal (the inputs that carry most energy first,
     while the most columns are left to absorb their error), with each group's scale and zero point
     fixed beforehand from the weights as they are ("static groups"), so the stored layout stays
-    MatMulNBits' contiguous groups."""
+    MatMulNBits' contiguous groups; `static`: those scales and zero points ([N, n_blocks] each, e.g.
+    refined by scale estimation) instead of the plain ones."""
     n, k = w.shape
     pad = (-k) % block_size
     kp = k + pad
@@ -79,7 +80,7 @@ def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int =
     zps = np.zeros((nb, n), np.float32)
     order = np.arange(kp)
     if act_order:
-        s, z = group_params(wt.T.reshape(n, nb, block_size), bits, symmetric, search)
+        s, z = static or group_params(wt.T.reshape(n, nb, block_size), bits, symmetric, search)
         scales[:], zps[:] = s.T, z.T
         order = np.argsort(-np.diag(h), kind="stable")
         h, wt = h[np.ix_(order, order)], wt[order]
