@@ -114,3 +114,12 @@ def test_a_step_one_worker_built_is_a_cache_hit_for_another(local_ray, tiny, tmp
         assert _pids(lines) - builder_pid, (lines, builder_pid)  # ...on a worker that did not build it
     keys = [s["cache_key"] for t in then["trials"] for s in t["steps"]]
     assert all((tmp_path / "cache" / k / ".complete").is_file() for k in keys)   # in the driver's cache
+
+
+def test_a_trial_asks_for_a_gpu_only_where_a_pass_builds_for_cuda(tiny, tmp_path):
+    from pressa.engine.executors import needs_gpu
+
+    passes = {"builder": {"type": "ModelBuilder", "execution_provider": {"values": ["cpu", "cuda"]}}}
+    wf = _workflow(tiny, tmp_path, passes, "ray")
+    asks = {c["builder"]["execution_provider"]: needs_gpu(wf, c) for c in wf.candidates()}
+    assert asks == {"cpu": False, "cuda": True}

@@ -79,6 +79,13 @@ def _ray():
     return ray
 
 
+def needs_gpu(wf, options: dict) -> bool:
+    """A trial asks Ray for a GPU when a pass builds for CUDA or the metrics run on a GPU."""
+    cuda = any(str(options.get(p.key, p.fixed).get("execution_provider", "")).lower() in ("cuda", "gpu")
+               for p in wf.passes)
+    return cuda or str(getattr(wf.runtime, "device", "cpu")).lower().startswith("gpu")
+
+
 class RayExecutor:
     """Trials as Ray tasks. Without an address, a local Ray is started for the run and stopped after it."""
 
@@ -105,9 +112,9 @@ class RayExecutor:
         for t in trials:
             announce(t)
         shipped: dict[str, object] = {}                # private caches: the driver's steps go to the workers
-        refs = [self._task.options(num_cpus=self.cpus).remote(t, wf, str(cache.root), evaluator, self.shared,
-                                                             {} if self.shared else self._cached(wf, t, cache, shipped))
-                for t in trials]
+        refs = [self._task.options(num_cpus=self.cpus, num_gpus=1 if needs_gpu(wf, t.options) else 0).remote(
+                    t, wf, str(cache.root), evaluator, self.shared,
+                    {} if self.shared else self._cached(wf, t, cache, shipped)) for t in trials]
         for t, ref in zip(trials, refs):
             try:
                 done, lines, built = ray.get(ref)
