@@ -113,7 +113,7 @@ class RayExecutor:
             announce(t)
         shipped: dict[str, object] = {}                # private caches: the driver's steps go to the workers
         refs = [self._task.options(num_cpus=self.cpus, num_gpus=1 if needs_gpu(wf, t.options) else 0).remote(
-                    t, wf, str(cache.root), evaluator, self.shared,
+                    t, wf, str(cache.root), evaluator, self.shared, self.cpus,
                     {} if self.shared else self._cached(wf, t, cache, shipped)) for t in trials]
         for t, ref in zip(trials, refs):
             try:
@@ -148,11 +148,15 @@ class RayExecutor:
         return out
 
 
-def _trial_task(trial: Trial, wf, cache_root: str, evaluator, shared: bool, steps: dict):
+def _trial_task(trial: Trial, wf, cache_root: str, evaluator, shared: bool, cpus: float, steps: dict):
     """One trial inside a Ray worker: (the trial as run, its log lines, {step key: tar of each step this
-    worker built} when the cache is private, which starts with the driver's `steps`)."""
+    worker built} when the cache is private, which starts with the driver's `steps`). Its ONNX Runtime
+    sessions use the CPUs the task asked for, not every core of the node."""
     import tempfile
 
+    from pressa.runtime.session import THREADS_ENV
+
+    os.environ[THREADS_ENV] = str(max(1, int(cpus)))
     lines: list[str] = []
     private = None if shared else Path(tempfile.mkdtemp(prefix="pressa-ray-cache-"))
     cache = StepCache(Path(cache_root) if shared else private)

@@ -32,12 +32,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+THREADS_ENV = "PRESSA_THREADS"     # the default thread count where a scheduler (Ray) gives a process fewer cores
+
+
 def session_options(threads: int | None = None, hint: str = "latency"):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    n = threads or min(os.cpu_count() or 1, physical_cores() if hint == "latency" else os.cpu_count() or 1)
+    n = threads or int(os.environ.get(THREADS_ENV) or 0) or min(
+        os.cpu_count() or 1, physical_cores() if hint == "latency" else os.cpu_count() or 1)
     so.intra_op_num_threads = n
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
