@@ -123,3 +123,19 @@ def test_a_trial_asks_for_a_gpu_only_where_a_pass_builds_for_cuda(tiny, tmp_path
     wf = _workflow(tiny, tmp_path, passes, "ray")
     asks = {c["builder"]["execution_provider"]: needs_gpu(wf, c) for c in wf.candidates()}
     assert asks == {"cpu": False, "cuda": True}
+    wf = _workflow(tiny, tmp_path, passes, "ray", ray_cpus_per_trial=2, ray_memory_per_trial_mb=1500)
+    assert wf.executor["cpus_per_trial"] == 2 and wf.executor["memory_mb"] == 1500
+
+
+def test_a_trial_declares_the_memory_its_config_asks_for(local_ray, tiny, tmp_path):
+    """engine.ray_memory_per_trial_mb becomes the task's Ray `memory` resource (bytes); a request the
+    node holds runs."""
+    from pressa.engine.executors import RayExecutor
+
+    ok = RayExecutor(None, 1, True, lambda s: None, memory_mb=100)
+    assert ok.resources == {"num_cpus": 1, "memory": 10**8}
+    assert RayExecutor(None, 2, True, lambda s: None).resources == {"num_cpus": 2}
+    passes = {"builder": {"type": "ModelBuilder", "precision": "int4"}}
+    wf = _workflow(tiny, tmp_path, passes, "ray", ray_memory_per_trial_mb=100)
+    foot, _ = _run(wf)
+    assert foot["trials"][0]["error"] is None

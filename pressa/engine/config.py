@@ -22,7 +22,7 @@ TOP_KEYS = {"input_model", "systems", "evaluators", "passes", "engine", "search_
 ENGINE_KEYS = {"search_strategy", "evaluator", "host", "target", "cache_dir", "output_dir", "log_severity_level",
                "clean_cache", "evaluate_input_model", "output_name", "packaging_config", "plot_pareto_frontier",
                "log_to_file", "no_artifacts", "runtime", "executor", "ray_address", "ray_cpus_per_trial",
-               "ray_shared_cache"}
+               "ray_memory_per_trial_mb", "ray_shared_cache"}
 METRIC_TYPES = {"latency", "throughput", "accuracy", "perplexity", "size", "memory"}
 LATENCY_STATS = ("avg", "min", "max", "p50", "p75", "p90", "p95", "p99", "p999")
 GOALS = {"threshold", "min-improvement", "max-degradation", "percent-min-improvement", "percent-max-degradation"}

@@ -54,10 +54,14 @@ def executor_settings(cfg: dict, engine: dict) -> dict:
     kind = engine.get("executor") or ("ray" if isinstance(host, dict) and host.get("type") == "RaySystem" else "local")
     if kind not in EXECUTORS:
         raise BadConfig(f"engine.executor: {kind!r}; use {' or '.join(EXECUTORS)}")
-    cpus = engine.get("ray_cpus_per_trial", 1)
-    if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
-        raise BadConfig(f"engine.ray_cpus_per_trial: {cpus!r}; give a positive number")
-    return {"kind": kind, "address": engine.get("ray_address") or host_cfg.get("address"), "cpus_per_trial": cpus,
+    sizes = {}
+    for key, default in (("ray_cpus_per_trial", 1), ("ray_memory_per_trial_mb", None)):
+        v = engine.get(key, default)
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0):
+            raise BadConfig(f"engine.{key}: {v!r}; give a positive number")
+        sizes[key] = v
+    return {"kind": kind, "address": engine.get("ray_address") or host_cfg.get("address"),
+            "cpus_per_trial": sizes["ray_cpus_per_trial"], "memory_mb": sizes["ray_memory_per_trial_mb"],
             "shared_cache": bool(engine.get("ray_shared_cache", True))}
 
 
@@ -68,7 +72,7 @@ def make_executor(settings: dict, log: Callable[[str], None] = lambda s: None):
             raise BadArgument("--ray-address applies to --executor ray")
         return LocalExecutor()
     return RayExecutor(settings.get("address"), settings.get("cpus_per_trial", 1), settings.get("shared_cache", True),
-                       log)
+                       log, settings.get("memory_mb"))
 
 
 def _ray():
@@ -89,9 +93,11 @@ def needs_gpu(wf, options: dict) -> bool:
 class RayExecutor:
     """Trials as Ray tasks. Without an address, a local Ray is started for the run and stopped after it."""
 
-    def __init__(self, address: str | None, cpus_per_trial: float, shared_cache: bool, log):
+    def __init__(self, address: str | None, cpus_per_trial: float, shared_cache: bool, log,
+                 memory_mb: float | None = None):
         ray = _ray()
         self.cpus, self.shared = cpus_per_trial, shared_cache
+        self.resources = {"num_cpus": cpus_per_trial, **({"memory": int(memory_mb * 1e6)} if memory_mb else {})}
         self.started = not ray.is_initialized()
         if self.started:
             try:
@@ -112,7 +118,7 @@ class RayExecutor:
         for t in trials:
             announce(t)
         shipped: dict[str, object] = {}                # private caches: the driver's steps go to the workers
-        refs = [self._task.options(num_cpus=self.cpus, num_gpus=1 if needs_gpu(wf, t.options) else 0).remote(
+        refs = [self._task.options(**self.resources, num_gpus=1 if needs_gpu(wf, t.options) else 0).remote(
                     t, wf, str(cache.root), evaluator, self.shared, self.cpus,
                     {} if self.shared else self._cached(wf, t, cache, shipped)) for t in trials]
         for t, ref in zip(trials, refs):
