@@ -23,7 +23,7 @@ from pressa.capture.positions import PositionEmitters
 from pressa.errors import BadArgument, CorruptModel, UnsupportedArchitecture, validation_message
 from pressa.quant.packing import matmulnbits_tensors
 from pressa.quant.plan import LINEARS, LayerPlan, QuantSettings, plan_layer
-from pressa.quant.rtn import fp16_exact, quantize_rtn
+from pressa.quant.rtn import fp16_exact, quantize_rtn, zero_points
 from pressa.sources.base import WeightReader
 
 MAX_CONTEXT = 32768
@@ -186,8 +186,7 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
 
                 est = estimate_scales(w, h, quantize_rtn(w, bits, self.group_for(key), self.o.symmetric,
                                                          self.searching(bits)))
-                zp = est.zero_points if est.zero_points is not None else np.full(est.scales.shape, 1 << (bits - 1))
-                static = (est.scales, zp.astype(np.float32))
+                static = (est.scales, zero_points(est))
             out = quantize_gptq(w, h, bits, self.group_for(key), self.o.symmetric, search=self.searching(bits),
                                 act_order=self.o.act_order, static=static)
         else:

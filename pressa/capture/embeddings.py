@@ -13,6 +13,13 @@ from pressa.quant.packing import packed_by_rows
 from pressa.quant.rtn import fp16_exact
 
 
+def embedding_block(hidden: int, block_size: int) -> int:
+    """Group size of the tied embedding: GatherBlockQuantized returns rows as wide as its padded blocks,
+    so the group must divide the hidden size (576 with --group-size 128 takes 64); the lm_head reads the
+    same bytes with the same group."""
+    return next((b for b in (block_size, 128, 64, 32, 16) if b <= block_size and hidden % b == 0), block_size)
+
+
 class EmbeddingEmitters:
     def _scaled(self, g: GraphWriter, x: str, factor: float, label: str) -> str:
         """x * factor (Granite's multipliers), or x when the factor is 1."""
@@ -60,12 +67,7 @@ class EmbeddingEmitters:
         return self._scaled(g, x, cfg.embed_multiplier, "embed_multiplier"), tied
 
     def embedding_block(self) -> int:
-        """Group size of the tied embedding: GatherBlockQuantized returns rows as wide as its padded
-        blocks, so the group must divide the hidden size (576 with --group-size 128 takes 64); the
-        lm_head reads the same bytes with the same group."""
-        h = self.cfg.hidden_size
-        return next((b for b in (self.o.block_size, 128, 64, 32, 16) if b <= self.o.block_size and h % b == 0),
-                    self.o.block_size)
+        return embedding_block(self.cfg.hidden_size, self.o.block_size)
 
     def streamed(self, g: GraphWriter, name: str, wname: str) -> str:
         """A float weight written to the graph in row chunks where the source reads rows alone."""

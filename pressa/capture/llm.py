@@ -7,8 +7,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from pressa.artifact import ArtifactKind, Manifest, atomic_folder, write_json, write_manifest
 from pressa.artifact.llm_io import GENAI_CONFIG, genai_config
 from pressa.capture.config import DecoderConfig, decoder_config
@@ -51,14 +49,20 @@ def _mixed(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float, pr
            ) -> dict[str, int]:
     """Bits per linear weight for --ratio or a byte budget, from data-aware errors where `run` (a
     LayerwiseCalibration) measures them; a budget's report rides in opts.budget_report."""
-    from pressa.capture.mixed import budget_bits, data_error, data_errors_by_format, mixed_bits, weight_groups
+    from pressa.capture.mixed import (
+        budget_bits,
+        data_error,
+        data_errors_by_format,
+        mixed_bits,
+        stacked_weight,
+        weight_groups,
+    )
 
     errors = None
     if run is not None:
         groups = weight_groups(cfg, src)
         measure = data_errors_by_format if budgeted(opts) else data_error
-        errors = run.sensitivities(lambda key, st: measure(
-            np.concatenate([src.weights(n) for n in groups[key]]), st, opts))
+        errors = run.sensitivities(lambda key, st: measure(stacked_weight(src, groups[key]), st, opts))
     if not budgeted(opts):
         return mixed_bits(cfg, src, opts, ratio, progress, errors, log)
     chosen, opts.budget_report = budget_bits(cfg, src, opts, progress, errors, log)

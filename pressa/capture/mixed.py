@@ -14,6 +14,7 @@ import numpy as np
 
 from pressa.capture.config import DecoderConfig
 from pressa.capture.decoder import BuildOptions
+from pressa.capture.embeddings import embedding_block
 from pressa.errors import BadArgument
 from pressa.quant.budget import choose_bits, formats, matmulnbits_bytes, stored_bytes
 from pressa.quant.rtn import dequantize, quant_error, quantize_rtn
@@ -37,7 +38,8 @@ def _shape(src: Source, name: str) -> tuple[int, ...]:
     return tuple(src.weights.shapes(name)) if src.weights.shapes else src.weights(name).shape
 
 
-def _weight(src: Source, names: list[str]) -> np.ndarray:
+def stacked_weight(src: Source, names: list[str]) -> np.ndarray:
+    """A mixed-precision key's weight: its source tensors stacked along the output axis."""
     return np.concatenate([src.weights(n) for n in names])
 
 
@@ -63,7 +65,7 @@ def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float
             progress(j, len(groups), f"sensitivity {key}")
         sizes[key] = sum(int(np.prod(_shape(src, n))) for n in names)
         errors[key] = (data_errors[key] if data_errors and key in data_errors
-                       else quant_error(_weight(src, names), 4, opts.block_size, opts.symmetric))
+                       else quant_error(stacked_weight(src, names), 4, opts.block_size, opts.symmetric))
     bits = assign_bits(errors, sizes, ratio)
     n8 = sum(1 for b in bits.values() if b == 8)
     how = ", data-aware" if data_errors else ""
@@ -88,8 +90,7 @@ def fixed_bytes(cfg: DecoderConfig, src: Source, opts: BuildOptions, groups: dic
         shape = _shape(src, name)
         if name == "model.embed_tokens.weight" and cfg.tie_embeddings:
             v, h = shape
-            bits, block = opts.embedding_bits, next(b for b in (opts.block_size, 128, 64, 32, 16)
-                                                    if b <= opts.block_size and h % b == 0)
+            bits, block = opts.embedding_bits, embedding_block(h, opts.block_size)
             nb = -(-h // block)
             parts = [v * nb * block * bits // 8, v * nb * 2] + ([v * -(-nb * bits // 8)] if bits == 4 and
                                                                   not opts.symmetric else [])
@@ -142,7 +143,7 @@ def budget_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, progress: P
         if data_errors and key in data_errors:
             errors = data_errors[key]
         else:
-            w = _weight(src, names)
+            w = stacked_weight(src, names)
             errors = {f: quant_error(w, *f, opts.symmetric) for f in formats(opts.block_size)}
         n, k = _shapes_nk(src, names)
         options[key] = {f: (matmulnbits_bytes(n, k, *f, opts.symmetric, padded), errors[f])

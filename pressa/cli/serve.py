@@ -69,8 +69,9 @@ def serve(
     _check_port_free(host, port)
     app_options = {"api_key": api_key, "max_body": max_body, "max_tokens": max_tokens, "body_timeout": body_timeout,
                    "metrics_public": metrics_public}
-    if executor not in ("local", "ray"):
-        raise BadArgument(f"--executor {executor!r}: use local or ray")
+    from pressa.engine.executors import check_executor
+
+    check_executor(executor)
     if executor == "ray":
         _serve_on_ray(entries, app_options, host, port, replicas, autoscale, ray_address, shutdown_timeout)
         return

@@ -83,6 +83,20 @@ def _ray():
     return ray
 
 
+def join_ray(address: str | None) -> bool:
+    """Ray for this process: the cluster at `address`, or a local one started here; True when this call
+    started or joined it (so the caller shuts it down), False when the process had one already."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise BadArgument(f"--ray-address {address}: cannot join the Ray cluster ({err}); start it with "
+                          "`ray start --head` or leave the address out for a local Ray") from None
+    return True
+
+
 def needs_gpu(wf, options: dict) -> bool:
     """A trial asks Ray for a GPU when a pass builds for CUDA or the metrics run on a GPU."""
     cuda = any(str(options.get(p.key, p.fixed).get("execution_provider", "")).lower() in ("cuda", "gpu")
@@ -98,14 +112,7 @@ class RayExecutor:
         ray = _ray()
         self.cpus, self.shared = cpus_per_trial, shared_cache
         self.resources = {"num_cpus": cpus_per_trial, **({"memory": int(memory_mb * 1e6)} if memory_mb else {})}
-        self.started = not ray.is_initialized()
-        if self.started:
-            try:
-                ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                         logging_level="ERROR", runtime_env={"env_vars": {"PRESSA_RAY_WORKER": "1"}})
-            except (ConnectionError, RuntimeError, ValueError) as err:
-                raise BadArgument(f"--ray-address {address}: cannot join the Ray cluster ({err}); start it with "
-                                  "`ray start --head` or leave the address out for a local Ray") from None
+        self.started = join_ray(address)
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in nodes)
         log(f"ray: {'started locally' if self.started and not address else address or 'joined'}, "

@@ -169,21 +169,12 @@ def _original(wf: Workflow, cache: StepCache, log) -> Path | None:
 
 def dry_run(wf: Workflow) -> dict:
     cache = StepCache(wf.cache_dir)
-    from pressa.engine.runner import model_key
-    from pressa.passes.base import get_pass, make_config
+    from pressa.engine.runner import chain_keys
+    from pressa.passes.base import get_pass
 
     cands = _candidates(wf) if wf.algorithm != "tpe" else wf.candidates()
-    plan = []
-    for c in cands:
-        key, steps = model_key(wf.model), []
-        for p in wf.passes:
-            cls = get_pass(p.type)
-            cfg = make_config(cls, c[p.key], f"passes.{p.key}")
-            k = cache.key(key, cls.name, cfg.model_dump(mode="json"))
-            hit = cache.get(k) is not None
-            steps.append({"pass": p.key, "type": cls.name, "options": c[p.key], "cached": hit})
-            key = k
-        plan.append(steps)
+    plan = [[{"pass": p.key, "type": get_pass(p.type).name, "options": c[p.key], "cached": cache.get(k) is not None}
+             for p, k in zip(wf.passes, chain_keys(wf, c, cache))] for c in cands]
     return {"model": wf.model, "model_kind": wf.model_kind, "passes": [asdict(p) for p in wf.passes],
             "search": {"algorithm": wf.algorithm, "execution_order": wf.execution_order,
                        "space_size": len(wf.candidates()), "trials": len(cands)},

@@ -165,10 +165,16 @@ def _quantize_rows(w: np.ndarray, bits: int, block_size: int, symmetric: bool, s
     return QuantizedWeight(q, scales, None if symmetric else zp.astype(np.uint8), bits, block_size, w.shape[1])
 
 
+def zero_points(qw: QuantizedWeight) -> np.ndarray:
+    """float32 [N, n_blocks]: the stored zero points, or symmetric's implicit 2**(bits-1)."""
+    if qw.zero_points is not None:
+        return qw.zero_points.astype(np.float32)
+    return np.full(qw.scales.shape, 1 << (qw.bits - 1), np.float32)
+
+
 def dequantize(qw: QuantizedWeight) -> np.ndarray:
     """[N, K] float32 from a QuantizedWeight."""
-    zp = qw.zero_points if qw.zero_points is not None else np.full(qw.scales.shape, 1 << (qw.bits - 1), np.uint8)
-    w = (qw.q.astype(np.float32) - zp[..., None].astype(np.float32)) * qw.scales[..., None]
+    w = (qw.q.astype(np.float32) - zero_points(qw)[..., None]) * qw.scales[..., None]
     return w.reshape(qw.n, -1)[:, : qw.k]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pressa.quant.rtn import QuantizedWeight, _blocks, encode, fp16_round
+from pressa.quant.rtn import QuantizedWeight, _blocks, encode, fp16_round, zero_points
 
 ITERATIONS = 4
 
@@ -38,8 +38,7 @@ def estimate_scales(w: np.ndarray, h: np.ndarray, qw: QuantizedWeight, iteration
     if kp != k:
         h = np.pad(h, ((0, kp - k), (0, kp - k)))
     diag_blocks = np.stack([h[i:i + bs, i:i + bs] for i in range(0, kp, bs)])          # [nb, bs, bs]
-    z = (qw.zero_points.astype(np.float32) if qw.zero_points is not None
-         else np.full(qw.scales.shape, 1 << (qw.bits - 1), np.float32))
+    z = zero_points(qw)
     q, s = qw.q, qw.scales.astype(np.float32)
     best = row_errors(w, _dense(q, s, z, k), h[:k, :k])
     for _ in range(iterations):

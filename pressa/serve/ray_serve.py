@@ -32,11 +32,6 @@ class PressaReplica:
 
         return create_app(self.models, **self.app_options, replica=self.replica)
 
-    def check_health(self) -> None:
-        """Ray Serve's health check: a replica whose models closed is replaced."""
-        if any(getattr(m, "closed", False) for m in self.models.values()):
-            raise RuntimeError("models closed")
-
 
 def parse_autoscale(text: str | None) -> tuple[int, int] | None:
     if text is None:
@@ -66,17 +61,15 @@ def serve_on_ray(entries: list[dict], app_options: dict, host: str, port: int, r
                  autoscale: tuple[int, int] | None, address: str | None, cpus: float, shutdown_timeout: float,
                  say=print) -> None:
     """Deploy and block until SIGTERM / SIGINT."""
+    from pressa.engine.executors import join_ray
+
     try:
-        import ray
         from ray import serve
     except ImportError:
         raise BadArgument("--executor ray needs Ray Serve: pip install 'pressa[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        try:
-            ray.init(address=address or None, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            raise BadArgument(f"--ray-address {address}: cannot join the Ray cluster ({err})") from None
+    started = join_ray(address)
+    import ray
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
