@@ -112,6 +112,11 @@ class Sequence:
         self._record(logits, token)
         return token
 
+    @property
+    def acceptance(self) -> float:
+        """The share of its drafted tokens verification accepted so far (a prior of 1/2 before any)."""
+        return (self.accepted + 1) / (self.drafted + 2)
+
     def verify(self, logits: np.ndarray, draft: list[int], qs: list | None = None) -> list[int]:
         """The tokens plain decoding gives from logits [len(draft) + 1, V] of a step over [next token,
         *draft]: the drafted tokens it accepts, then one of its own (genai/speculative.py). `qs`: the

@@ -19,7 +19,7 @@ import numpy as np
 from pressa.genai.decoder_session import KVBuffers, right_padded, step_mask
 from pressa.genai.prefix_cache import BLOCK, PrefixCache
 from pressa.genai.sequence import Sequence
-from pressa.genai.speculative import DRAFTER_COST, Drafter, best_draft_length, lookup_draft
+from pressa.genai.speculative import DRAFTER_COST, Drafter, best_draft_length, lookup_draft, verify_alone
 
 
 def lazy_zeros(shape: tuple, dtype) -> np.ndarray:
@@ -133,14 +133,16 @@ class SlotBatch:
 
     def step(self) -> None:
         """One decode step for every occupied slot (slots 0..n-1 for the highest occupied n-1: a free
-        slot inside that range costs one position of attention). A sequence decoding alone with
-        speculation on verifies its drafted tokens in the same step (genai/speculative.py)."""
+        slot inside that range costs one position of attention). A speculating sequence whose drafted
+        tokens are worth a run of their own verifies them in one (genai/speculative.py: alone, whenever
+        it drafts; in a batch, where that gives more tokens per unit of time than its share of the
+        batch's step); the others take one token each in one step."""
         live = [s for s in self.running if s is not None]
-        if len(live) == 1 and live[0].cfg.speculative != "off" and self.verifies:
-            draft, qs = self._draft(live[0])
-            if draft:
-                return self._verify(live[0], draft, qs)
-        n = max(i for i, s in enumerate(self.running) if s is not None) + 1
+        if self.verifies and any(s.cfg.speculative != "off" for s in live):
+            live = self._speculate(live)
+            if not live:
+                return
+        n = max(s.slot for s in live) + 1
         if n != self._bound_n:
             self._step = self.backend.bind(self.cache.rows(0, n))
             self._step_logits, self._bound_n = self._logits[:n], n
@@ -163,6 +165,24 @@ class SlotBatch:
         for s in live:
             self._take(s, logits[s.slot][None, :], None if greedy is None else int(greedy[s.slot]))
 
+    def _speculate(self, live: list[Sequence]) -> list[Sequence]:
+        """Drafts for the speculating sequences; those worth it verified, each in a run of its own
+        (ONNX Runtime's GroupQueryAttention takes several new tokens for one row at a time); returns the
+        sequences still to step."""
+        drafts = {s.slot: self._draft(s) for s in live if s.cfg.speculative != "off"}
+        rows = [(len(drafts[s.slot][0]) if s.slot in drafts else 0, s.acceptance) for s in live]
+        alone = [bool(rows[0][0])] if len(live) == 1 else verify_alone(rows, self.backend.draft_cost)
+        rest = []
+        for s, verify in zip(live, alone):
+            draft, qs = drafts.get(s.slot, ([], None))
+            if verify:
+                self._verify(s, draft, qs)
+                continue
+            if s.drafter is not None and draft:      # drafts not verified: the draft model takes none
+                s.drafter.settle(len(s.history), 0, len(draft))
+            rest.append(s)
+        return rest
+
     @property
     def verifies(self) -> bool:
         """Whether a step can score several new tokens of a row: a graph with logits for each row's last
@@ -180,9 +200,8 @@ class SlotBatch:
         if room < 1 or s.constraint is not None:
             return [], None
         most = min(s.cfg.draft_tokens, room, (self.backend.window or 1 << 30) - 1)
-        acceptance = (s.accepted + 1) / (s.drafted + 2)          # what the sequence's drafts earned so far
         cost = self.backend.draft_cost + (DRAFTER_COST if s.cfg.speculative == "draft" else 0)
-        k, gain = best_draft_length(acceptance, cost, most)
+        k, gain = best_draft_length(s.acceptance, cost, most)
         if gain < 1.0:                           # drafts this seldom accepted cost more than they give:
             s.pause = 3                          # try one now and then, in case the text turns to echo
             k = 1

@@ -53,6 +53,23 @@ def best_draft_length(acceptance: float, cost: float, most: int) -> tuple[int, f
     return best + 1, gains[best]
 
 
+def verify_alone(rows: list[tuple[int, float]], cost: float) -> list[bool]:
+    """Which rows of a batch verify their drafts in a run of their own, for rows of (drafted tokens,
+    acceptance so far): taken in order of tokens per unit of time while they raise the whole step's.
+    In units of a one-token step: the batch's step over n rows costs 1 + cost * (n - 1) for n tokens;
+    a row verifying k drafts alone adds 1 + cost * k - cost (a run of its own, one row less in the
+    batch) for the a + a^2 + ... + a^k tokens it is expected to gain."""
+    n = len(rows)
+    tokens, time = float(n), 1 + cost * (n - 1)
+    gains = sorted(((sum(a ** i for i in range(1, d + 1)), 1 + cost * (d - 1), j) for j, (d, a) in enumerate(rows)
+                    if d), key=lambda g: -g[0] / g[1])
+    alone = [False] * n
+    for gain, extra, j in gains:
+        if (tokens + gain) / (time + extra) > tokens / time:
+            tokens, time, alone[j] = tokens + gain, time + extra, True
+    return alone
+
+
 def measure_draft_cost(backend, width: int = 5, runs: int = 3) -> float:
     """A drafted token's extra cost as a share of a one-token step, timed on this backend: a 4-bit
     MatMulNBits scores 5 rows in ~2x the time of one on a 2-core CPU, an fp32 MatMul in ~1.1x."""
