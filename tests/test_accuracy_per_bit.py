@@ -110,11 +110,12 @@ def test_budget_search_is_the_exact_optimum_within_its_budget_and_monotone():
     assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:]))        # a larger budget never loses more
 
 
-def test_bits_per_weight_counts_transformers_parameters_and_the_bytes_by_hand(tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_bits_per_weight_counts_transformers_parameters_and_the_bytes_by_hand(tmp_path, tied):
     import torch
     from transformers import AutoModelForCausalLM
 
-    hf = make_tiny("llama", tmp_path / "hf", hidden_size=64, intermediate_size=96, tie_word_embeddings=True)
+    hf = make_tiny("llama", tmp_path / "hf", hidden_size=64, intermediate_size=96, tie_word_embeddings=tied)
     params = AutoModelForCausalLM.from_pretrained(str(hf), torch_dtype=torch.float32).num_parameters()
     build_llm(str(hf), tmp_path / "fp32", BuildOptions(precision="fp32"))
     build_llm(str(hf), tmp_path / "int4", BuildOptions(precision="int4"))
@@ -132,8 +133,9 @@ def test_bits_per_weight_counts_transformers_parameters_and_the_bytes_by_hand(tm
 
     linears = nbits4(hid + 2 * kv, hid) + nbits4(hid, hid) + nbits4(2 * inter, hid) + nbits4(hid, inter)
     embedding = vocab * hid + vocab * (hid // 32) * 2       # 8-bit symmetric codes, float16 scales
+    head = 0 if tied else nbits4(vocab, hid)                  # an untied lm_head: a 4-bit linear
     norms = (2 * layers + 1) * hid * 4
-    assert int4["weight_bytes"] == layers * linears + embedding + norms
+    assert int4["weight_bytes"] == layers * linears + embedding + head + norms
 
 
 def test_a_byte_budget_build_meets_its_size_within_one_percent(tmp_path):
@@ -161,6 +163,51 @@ def test_a_byte_budget_build_meets_its_size_within_one_percent(tmp_path):
         out = tmp_path / f"size{mb}"
         build_llm(str(hf), out, BuildOptions(precision="int4", target_size_mb=mb))
         assert 0.99 * mb <= weight_footprint(out)["model_mb"] <= mb
+
+
+def test_a_byte_budget_counts_an_untied_embedding_and_lm_head_as_built(tmp_path):
+    hf = make_tiny("llama", tmp_path / "hf", hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2, vocab_size=640, tie_word_embeddings=False)
+    build_llm(str(hf), tmp_path / "out", BuildOptions(precision="int4", bits_per_weight=4.0))
+    foot = weight_footprint(tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "pressa.json").read_text())
+    assert manifest["budget"]["estimated_bytes"] == foot["weight_bytes"]
+    assert 4.0 * 0.99 <= foot["bits_per_weight"] <= 4.0, foot
+    assert "lm_head" in manifest["mixed_precision"]
+
+
+@pytest.mark.parametrize("reads_rows", [True, False])
+def test_a_large_weights_data_free_error_is_estimated_on_bands_of_its_rows(monkeypatch, reads_rows):
+    """Above SAMPLE_ELEMENTS values a key's RTN error comes from evenly spaced bands of rows of each of
+    its tensors: within 5% of the whole weight's error at 2, 4 and 8 bits on rows of very different
+    scales; at or below it, the whole weight."""
+    from types import SimpleNamespace
+
+    from pressa.capture import mixed
+    from pressa.quant.rtn import quant_error
+    from pressa.sources.base import WeightReader
+
+    rng = np.random.default_rng(0)
+    tensors = {n: (rng.laplace(0, 1, (rows, 128)) * np.linspace(0.2, 3.0, rows)[:, None]).astype(np.float32)
+               for n, rows in (("gate.weight", 2048), ("up.weight", 1536))}
+    reads = []
+
+    def rows(name, a, b):
+        reads.append(b - a)
+        return tensors[name][a:b]
+
+    src = SimpleNamespace(weights=WeightReader(set(tensors), tensors.__getitem__, lambda n: tensors[n].shape,
+                                               rows if reads_rows else None))
+    whole = np.concatenate(list(tensors.values()))
+    monkeypatch.setattr(mixed, "SAMPLE_ELEMENTS", whole.size)
+    assert np.array_equal(mixed.sampled_weight(src, list(tensors)), whole)
+    monkeypatch.setattr(mixed, "SAMPLE_ELEMENTS", 1 << 16)
+    sample = mixed.sampled_weight(src, list(tensors))
+    assert whole.size / 10 < sample.size <= (1 << 16) + 2 * mixed.BANDS * 128
+    assert not reads_rows or sum(reads) * 128 == sample.size          # only the bands were read
+    for bits in (2, 4, 8):
+        full, est = quant_error(whole, bits, 32, False), quant_error(sample, bits, 32, False)
+        assert abs(est / full - 1) < 0.05, (bits, full, est)
 
 
 def test_rotary_tables_are_folded_from_the_graph_not_stored(tiny_artifact):

@@ -189,9 +189,12 @@ def runtime_builds(trained, tmp_path_factory):
     build_llm(str(hf), tmp / "base", BuildOptions(precision="fp32"))
     for name, folder in (("map", adapter), ("other", other)):
         build_llm(str(hf), tmp / name, BuildOptions(precision="fp32", adapter_path=str(folder)))
+    # int4 with float activations: at accuracy level 4 ONNX Runtime quantizes each MatMulNBits input to
+    # int8, where ~1e-7 of summation-order noise (the adapters' extra K blocks) can flip a rounding and
+    # move a logit by ~0.03: the comparisons below are of the weights and the graph, not of that
     for prefix, extra in (("multi", dict(adapters=specs)), ("base", {}), ("map", dict(adapter_path=str(adapter))),
                           ("other", dict(adapter_path=str(other)))):
-        build_llm(str(hf), tmp / f"{prefix}-int4", BuildOptions(precision="int4", **extra))
+        build_llm(str(hf), tmp / f"{prefix}-int4", BuildOptions(precision="int4", accuracy_level=0, **extra))
     return tmp
 
 

@@ -14,7 +14,7 @@ from pressa.capture.config import decoder_config
 from pressa.capture.decoder import BuildOptions, DecoderBuilder
 from pressa.capture.layerwise import LayerCache, LayerwiseCalibration
 from pressa.capture.llm import build_llm
-from pressa.quant.rtn import dequantize
+from pressa.quant.rtn import dequantize, quantize_rtn
 from pressa.sources import open_source
 
 from conftest import make_tiny
@@ -137,3 +137,69 @@ def test_awq_then_gptq_lowers_each_layers_calibration_error_below_awq(tiny_dir):
             errs[a] = float(np.sum((e @ h) * e))
         better += errs["awq+gptq"] < errs["awq"]
     assert better == len(found["awq"]) == cfg.num_layers * 4, better
+
+
+def final_norm_io(folder, windows):
+    """transformers' final norm on the windows: (its inputs, its outputs) [n, seq, hidden], by a hook."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    seen = []
+    model.model.norm.register_forward_hook(lambda mod, args, out: seen.append((args[0].numpy(), out.numpy())))
+    with torch.no_grad():
+        model(torch.tensor(windows))
+    return seen[0]
+
+
+def head_error(qw, w, h) -> float:
+    e = dequantize(qw) - w
+    return float(np.sum((e @ h) * e))
+
+
+@pytest.mark.parametrize("kind,embedding_bits", [("qwen2", 4), ("qwen2", 8), ("llama", 4)])
+def test_the_lm_head_is_quantized_with_the_hessian_of_the_final_norms_output(tiny_dir, kind, embedding_bits):
+    """The lm_head's statistics are X^T X of transformers' final-norm output; GPTQ with them (for a tied
+    embedding on the embedding's own grid) loses less on those inputs than the RTN the build used before."""
+    folder = tiny_dir(kind)
+    src, cfg, windows = prepared(folder)
+    before, after = final_norm_io(folder, windows)
+    opts = BuildOptions(precision="int4", algorithm="gptq", embedding_bits=embedding_bits)
+    stats = LayerwiseCalibration(cfg, src.weights, opts, windows).head_stats(before)
+    x = after.reshape(-1, cfg.hidden_size).astype(np.float64)
+    h = stats["lm_head"].hessian()
+    assert np.allclose(h, x.T @ x, rtol=1e-4, atol=1e-3 * np.abs(x.T @ x).max())
+    builder = DecoderBuilder(cfg, src.weights, opts, stats)
+    name, bits, grid = builder.head_weight()
+    assert name == ("model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight")
+    w = src.weights(name)
+    gptq = builder.quantize_head(rows=100)                            # row chunks as a big vocabulary takes them
+    rtn = quantize_rtn(w, bits, *(grid or (opts.block_size, opts.symmetric, True)))
+    assert (gptq.bits, gptq.block_size) == (rtn.bits, rtn.block_size)
+    assert head_error(gptq, w, h) < 0.8 * head_error(rtn, w, h)
+
+
+def test_a_calibrated_build_stores_the_lm_heads_decisions(tiny_dir, tmp_path):
+    """The artifact's tied embedding (GatherBlockQuantized and the lm_head's MatMulNBits read the same
+    bytes) is the calibration's GPTQ of it, not a plain RTN."""
+    import onnx
+    from onnx import numpy_helper
+
+    from pressa.capture.layerwise import cache_key, cache_root
+    from pressa.quant.packing import matmulnbits_tensors
+
+    folder = tiny_dir("qwen2")
+    src, cfg, windows = prepared(folder)
+    opts = BuildOptions(precision="int4", algorithm="gptq", embedding_bits=4)
+    cache = LayerCache(cache_root() / cache_key(src.location, windows, opts, True))
+    decided = LayerwiseCalibration(cfg, src.weights, opts, windows).run(cache)["lm_head"].quantized
+    said = []
+    build_llm(str(folder), tmp_path / "out", BuildOptions(precision="int4", algorithm="gptq", embedding_bits=4),
+              calibration_text=TEXT, calibration_samples=12, calibration_seqlen=32, log=said.append)
+    assert any("all 3 layers finished" in s for s in said), said
+    model = onnx.load(tmp_path / "out" / "model.onnx")
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    want = matmulnbits_tensors(decided)
+    assert np.array_equal(stored["model.embed_tokens.qweight"].reshape(-1), want["B"].reshape(-1))
+    plain = matmulnbits_tensors(quantize_rtn(src.weights("model.embed_tokens.weight"), 4, 32, False, True))
+    assert not np.array_equal(plain["B"].reshape(-1), want["B"].reshape(-1))

@@ -16,7 +16,7 @@ from onnx import TensorProto
 
 from pressa.artifact.llm_io import ATTENTION_MASK, INPUT_IDS, LOGITS, past, present
 from pressa.capture.config import DecoderConfig
-from pressa.capture.embeddings import EmbeddingEmitters
+from pressa.capture.embeddings import HIDDEN, EmbeddingEmitters
 from pressa.capture.moe import moe_mlp
 from pressa.capture.onnx_writer import MS, GraphWriter
 from pressa.capture.positions import PositionEmitters
@@ -27,7 +27,7 @@ from pressa.quant.rtn import fp16_exact, quantize_rtn, zero_points
 from pressa.sources.base import WeightReader
 
 MAX_CONTEXT = 32768
-HIDDEN, HIDDEN_OUT = "hidden", "hidden_out"          # a one-layer graph's input and output (build_layer)
+HIDDEN_OUT = "hidden_out"                     # a one-layer graph's output (build_layer)
 
 
 @dataclass
@@ -36,7 +36,7 @@ class BuildOptions:
     block_size: int = 32
     symmetric: bool = False
     accuracy_level: int = 4              # MatMulNBits compute: 0 = float, 4 = int8 activations (CPU)
-    embedding_bits: int = 8              # tied embedding / lm_head in quantized precisions
+    embedding_bits: int = 8              # token embedding (and a tied lm_head) in quantized precisions
     layer_bits: dict[str, int] = field(default_factory=dict)   # per-weight override (mixed precision)
     layer_groups: dict[str, int] = field(default_factory=dict)  # per-weight group size (a byte budget's)
     context_length: int | None = None
@@ -170,12 +170,14 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
         half = g.weight(name + "_fp16", scales.astype(np.float16), share_key=share_key, dims=dims)
         return g.op("Cast", [half], name + "/Cast", to=TensorProto.FLOAT)
 
-    def quantize(self, w: np.ndarray, bits: int, key: str):
+    def quantize(self, w: np.ndarray, bits: int, key: str, grid: tuple[int, bool, bool] | None = None):
         """RTN, or GPTQ with this weight's calibration Hessian; a layer-by-layer calibration's result when
-        it has one for `key` (and records what it quantizes when `self.record` is a dict)."""
+        it has one for `key` (and records what it quantizes when `self.record` is a dict). `grid`: (group,
+        symmetric, search) where the weight's own rules differ from the linears' (the tied embedding)."""
         stats = self.calib.get(key)
         if getattr(stats, "quantized", None) is not None:
             return stats.quantized
+        group, sym, search = grid or (self.group_for(key), self.o.symmetric, self.searching(bits))
         h = self.hessian(key, stats)
         if self.o.algorithm.endswith("gptq") and h is not None:
             from pressa.quant.gptq import quantize_gptq
@@ -184,13 +186,11 @@ class DecoderBuilder(PositionEmitters, EmbeddingEmitters):
             if self.o.scale_estimation and self.o.act_order:     # GPTQ around scale-estimated groups
                 from pressa.quant.scale_estimation import estimate_scales
 
-                est = estimate_scales(w, h, quantize_rtn(w, bits, self.group_for(key), self.o.symmetric,
-                                                         self.searching(bits)))
+                est = estimate_scales(w, h, quantize_rtn(w, bits, group, sym, search))
                 static = (est.scales, zero_points(est))
-            out = quantize_gptq(w, h, bits, self.group_for(key), self.o.symmetric, search=self.searching(bits),
-                                act_order=self.o.act_order, static=static)
+            out = quantize_gptq(w, h, bits, group, sym, search=search, act_order=self.o.act_order, static=static)
         else:
-            out = quantize_rtn(w, bits, self.group_for(key), self.o.symmetric, self.searching(bits))
+            out = quantize_rtn(w, bits, group, sym, search)
             if self.o.scale_estimation and h is not None:
                 from pressa.quant.scale_estimation import estimate_scales
 

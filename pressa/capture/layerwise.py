@@ -26,6 +26,7 @@ import numpy as np
 
 from pressa.capture.calibrate import InputStats, accumulate
 from pressa.capture.decoder import HIDDEN, HIDDEN_OUT, BuildOptions, DecoderBuilder
+from pressa.capture.embeddings import HEAD
 from pressa.quant.packing import pack_codes, unpack_codes
 from pressa.quant.rtn import QuantizedWeight
 from pressa.tempdirs import temp_dir, user_cache_dir
@@ -117,16 +118,18 @@ class LayerResults(Mapping):
     at a time, read from the cache as the build reaches the layer."""
 
     def __init__(self, cache: LayerCache, num_layers: int):
-        self.cache, self.num_layers = cache, num_layers
+        self.cache, self.num_layers, self.finished = cache, num_layers, cache.done()
         self._layer, self._found = -1, {}
 
     def _key_layer(self, key: str) -> int | None:
+        if key == HEAD:
+            return self.num_layers                       # the lm_head's decisions follow the last layer's
         head = key.split(".", 1)[0]
         return int(head) if head.isdigit() else None
 
     def __getitem__(self, key: str):
         i = self._key_layer(key)
-        if i is None:
+        if i is None or i >= self.finished:
             raise KeyError(key)
         if i != self._layer:
             self._layer, self._found = i, self.cache.load(i)
@@ -176,12 +179,14 @@ class LayerwiseCalibration:
         sess = ort.InferenceSession(str(path), session_options(hint="throughput"), providers=["CPUExecutionProvider"])
         names = [o.name for o in sess.get_outputs() if (o.name == HIDDEN_OUT and hidden_out)
                  or (o.name.startswith("calib.") and calib)]
-        past = {i.name: np.zeros((1, self.cfg.num_kv_heads, 0, self.cfg.head_dim), np.float32)
-                for i in sess.get_inputs() if i.name.startswith("past_key_values")}
+        inputs = {i.name for i in sess.get_inputs()}
+        past = {name: np.zeros((1, self.cfg.num_kv_heads, 0, self.cfg.head_dim), np.float32)
+                for name in inputs if name.startswith("past_key_values")}
         for start in range(0, len(hidden), BATCH):
             x = hidden[start:start + BATCH]
-            feeds = {HIDDEN: x, "attention_mask": np.ones(x.shape[:2], np.int64),
-                     **{k: np.repeat(v, len(x), axis=0) for k, v in past.items()}}
+            feeds = {HIDDEN: x, **{k: np.repeat(v, len(x), axis=0) for k, v in past.items()}}
+            if "attention_mask" in inputs:
+                feeds["attention_mask"] = np.ones(x.shape[:2], np.int64)
             yield start, dict(zip(names, sess.run(names, feeds)))
 
     def capture(self, i: int, hidden: np.ndarray, keep_output: bool, hessian: bool = True):
@@ -211,12 +216,36 @@ class LayerwiseCalibration:
                 after[start:start + len(outs[HIDDEN_OUT])] = outs[HIDDEN_OUT]
         return builder.record, after
 
+    def head_stats(self, hidden: np.ndarray) -> dict[str, InputStats]:
+        """The lm_head's input statistics: the final norm of the hidden states after the last layer."""
+        stats: dict[str, InputStats] = {}
+        with temp_dir("head-") as d:
+            DecoderBuilder(self.cfg, self.w, BuildOptions(precision="fp32")).build_head(Path(d) / "model.onnx")
+            for start, outs in self._run(Path(d) / "model.onnx", hidden, False):
+                accumulate(stats, HEAD, outs[f"calib.{HEAD}"], start, len(self.windows), self.seed)
+        return stats
+
+    def head(self, hidden: np.ndarray) -> dict:
+        """The lm_head's decisions (the tied embedding's, read as the lm_head): GPTQ or scale estimation
+        with H of the final norm's output on the windows."""
+        builder = DecoderBuilder(self.cfg, self.w, self.opts, self.head_stats(hidden))
+        builder.record = {}
+        builder.quantize_head()
+        return builder.record
+
+    def calibrates_head(self) -> bool:
+        quantized = self.opts.precision in ("int4", "int8")
+        return self.opts.uses_hessian and quantized and (self.cfg.tie_embeddings or "lm_head.weight" in self.w)
+
     def run(self, cache: LayerCache, quantized_inputs: bool = True, log=lambda s: None) -> LayerResults:
-        """Every layer's decisions into `cache`, from the first layer it does not have."""
+        """Every layer's decisions into `cache`, from the first layer it does not have, then the
+        lm_head's where its quantization reads the Hessian (its decisions stored as layer n's)."""
         n = self.cfg.num_layers
         first = cache.done()
-        if first:
+        if 0 < first < n:
             log(f"calibration: resuming at layer {first + 1} of {n} ({first} finished layers in {cache.folder})")
+        elif first:
+            log(f"calibration: all {n} layers finished in {cache.folder}")
         hidden = cache.hidden() if first else embedded(self.cfg, self.w, self.windows)
         try:
             for i in range(first, n):
@@ -226,6 +255,9 @@ class LayerwiseCalibration:
                 del stats
                 hidden = quantized_after if quantized_inputs else after
                 cache.save(i, decisions, hidden)
+            if cache.done() == n and self.calibrates_head():
+                self.progress(n, n + 1, "calibrating lm_head")
+                cache.save(n, self.head(hidden), hidden)
         except KeyboardInterrupt:
             log(f"calibration stopped with {cache.done()} of {n} layers finished; the same command resumes it")
             raise

@@ -42,7 +42,8 @@ class BuilderConfig(PassConfig):
     accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute on CPU: 0 float activations, 4 int8 "
                                                            "activations (fastest; CUDA always uses 0)",
                                 json_schema_extra=olive("int4_accuracy_level"))
-    embedding_bits: Literal[4, 8] = Field(8, description="bits of the tied embedding / lm_head in int4/int8 builds")
+    embedding_bits: Literal[4, 8] = Field(8, description="bits of the token embedding (and of a tied lm_head) in "
+                                                         "int4/int8 builds")
     execution_provider: Literal["cpu", "cuda"] = Field("cpu", description="cpu or cuda (genai_config's provider)")
     adapter_path: str | None = Field(None, description="a PEFT LoRA adapter (pressa finetune's) merged into the "
                                      "weights as they stream through the builder",

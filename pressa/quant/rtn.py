@@ -64,11 +64,16 @@ def quantize_rtn(w: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: 
     if w.shape[0] <= rows or w.size < 1 << 16:
         return _quantize_rows(w, bits, block_size, symmetric, search)
     # numpy's elementwise work releases the GIL: row chunks quantize in parallel, results identical
-    parts = list(_pool().map(lambda i: _quantize_rows(w[i:i + rows], bits, block_size, symmetric, search),
-                             range(0, w.shape[0], rows)))
-    zps = None if symmetric else np.concatenate([p.zero_points for p in parts])
+    return stack_rows(list(_pool().map(lambda i: _quantize_rows(w[i:i + rows], bits, block_size, symmetric,
+                                                                search), range(0, w.shape[0], rows))))
+
+
+def stack_rows(parts: list[QuantizedWeight]) -> QuantizedWeight:
+    """One weight from the quantized row chunks of it, in order."""
+    first = parts[0]
+    zps = None if first.zero_points is None else np.concatenate([p.zero_points for p in parts])
     return QuantizedWeight(np.concatenate([p.q for p in parts]), np.concatenate([p.scales for p in parts]), zps,
-                           bits, block_size, w.shape[1])
+                           first.bits, first.block_size, first.k)
 
 
 FP16_NORMAL = (2.0 ** -14, 65504.0)
