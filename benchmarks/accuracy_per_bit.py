@@ -44,6 +44,14 @@ PRESSA = {                      # name -> auto-opt flags
     "pressa RTN+SE at 90 MB": ["--scale-estimation", "--target-size", "90", *CALIB],
     "pressa RTN+SE at 5.0 bits/weight": ["--scale-estimation", "--bits-per-weight", "5.0", *CALIB],
     "pressa RTN+SE at 4.5 bits/weight": ["--scale-estimation", "--bits-per-weight", "4.5", *CALIB],
+    # a 4-bit tied embedding, calibrated as the lm_head (its scales refined, or GPTQ, on the final norm's H)
+    "pressa int4 RTN+SE, 4-bit embedding": ["--scale-estimation", "--embedding-bits", "4", *CALIB],
+    "pressa int4 GPTQ, 4-bit embedding": ["--algorithm", "gptq", "--embedding-bits", "4", *CALIB],
+    "pressa RTN+SE e4 at Q4_0's size": ["--scale-estimation", "--embedding-bits", "4", "--target-size", "{Q4_0}",
+                                        *CALIB],
+    "pressa RTN+SE e4 at Q3_K_M's size": ["--scale-estimation", "--embedding-bits", "4", "--target-size",
+                                          "{Q3_K_M}", *CALIB],
+    "pressa RTN+SE e4 at 72 MB": ["--scale-estimation", "--embedding-bits", "4", "--target-size", "72", *CALIB],
 }
 LLAMA = {"llama.cpp Q4_0": 2, "llama.cpp Q4_K_M": 15, "llama.cpp Q3_K_M": 12}     # llama_ftype
 
