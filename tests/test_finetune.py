@@ -378,3 +378,55 @@ def test_a_gguf_model_is_fine_tuned_and_merged(tmp_path):
     rows = [[5, 9, 17, 33]]
     base, tuned = (DecoderSession(tmp_path / p, threads=1).prefill(rows, capacity=6)[0] for p in ("base", "tuned"))
     assert np.abs(base - tuned).max() > 1e-3                 # the adapter reached the GGUF's weights
+
+
+def test_compact_keeps_an_update_at_the_rank_that_holds_its_energy():
+    """Against numpy's SVD of B A: at 1.0 only the directions that are zero go (a rank-3 product of rank-8
+    factors keeps 3); at 0.9 the smallest rank whose squared singular values hold 90%, with exactly the
+    rest as its error (Eckart-Young); B's columns come out with unit norm."""
+    from pressa.capture.lora import compact
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(8, 40))
+    b = rng.normal(size=(30, 3)) @ rng.normal(size=(3, 8))
+    a1, b1 = compact(a, b, 1.0)
+    assert a1.shape == (3, 40) and b1.shape == (30, 3)
+    assert np.abs(b1 @ a1 - b @ a).max() < 1e-5 * np.abs(b @ a).max()
+    assert np.allclose(np.linalg.norm(b1, axis=0), 1.0, atol=1e-5)
+    b = rng.normal(size=(30, 8))
+    sv = np.linalg.svd(b @ a, compute_uv=False)
+    share = np.cumsum(sv ** 2) / np.sum(sv ** 2)
+    want = int(np.argmax(share >= 0.9)) + 1
+    a9, b9 = compact(a, b, 0.9)
+    assert a9.shape[0] == want < 8
+    err = np.sum((b @ a - b9.astype(np.float64) @ a9) ** 2)
+    assert abs(err - np.sum(sv[want:] ** 2)) < 1e-4 * np.sum(sv ** 2)
+
+
+def test_runtime_adapters_at_a_lower_energy_keep_fewer_ranks_and_the_adapters_change(trained, tmp_path):
+    """--adapter-energy 0.9 on the trained adapter: A has fewer columns than at 1.0, and the adapter's change
+    of the logits stays the merged fp32 build's (cosine > 0.95)."""
+    import onnx
+
+    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.llm import build_llm
+    from pressa.genai.decoder_session import DecoderSession
+
+    hf, adapter, _ = trained
+    builds = {"base": {}, "merged": dict(adapter_path=str(adapter)), "exact": dict(adapters=f"map={adapter}"),
+              "low": dict(adapters=f"map={adapter}", adapter_energy=0.9)}
+    for name, extra in builds.items():
+        build_llm(str(hf), tmp_path / name, BuildOptions(precision="fp32", **extra))
+
+    def ranks(name):
+        init = {t.name: t for t in onnx.load(tmp_path / name / "model.onnx").graph.initializer}
+        return sum(t.dims[1] for n, t in init.items() if n.endswith("/lora/A"))
+
+    def logits(name, adapter_name=None):
+        return DecoderSession(tmp_path / name, threads=1, all_logits=True).prefill(
+            rng_rows(4, lengths=(6, 3)), capacity=10, adapter=adapter_name)[1]
+
+    assert ranks("low") < ranks("exact")
+    want = (logits("merged") - logits("base")).ravel()
+    got = (logits("low", "map") - logits("low")).ravel()
+    assert float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)) > 0.95

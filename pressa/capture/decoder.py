@@ -42,6 +42,7 @@ class BuildOptions:
     context_length: int | None = None
     adapter_path: str | None = None      # a PEFT LoRA adapter merged into the weights as they are read
     adapters: str | None = None          # NAME=DIR,...: adapters kept as run-time weights (capture/lora.py)
+    adapter_energy: float = 1.0          # ... each at the rank holding this share of its energy (lora.compact)
     last_token_logits: bool = True       # lm_head only on each row's last token (prefill speed)
     algorithm: str = "rtn"               # rtn | awq | gptq | awq+gptq (all but rtn need calibration statistics)
     scale_search: bool = True            # per-group MSE search of scale / zero point
@@ -64,7 +65,7 @@ class BuildOptions:
                           algorithm=self.algorithm, scale_search=self.scale_search,
                           scale_estimation=self.scale_estimation, act_order=self.act_order,
                           target_size_mb=self.target_size_mb,
-                          bits_per_weight=self.bits_per_weight)
+                          bits_per_weight=self.bits_per_weight, adapter_energy=self.adapter_energy)
         except ValidationError as err:
             raise BadArgument(validation_message(err)) from None
 

@@ -143,8 +143,10 @@ def _runtime_adapters(cfg: DecoderConfig, src: Source, opts: BuildOptions, log):
     specs = parse_adapters(opts.adapters)
     family = ({n: n for n in src.weights.names} if src.pressa_names
               else cfg.arch.checkpoint_names(src.weights, cfg.num_layers, cfg.num_experts))
-    lora = RuntimeAdapters(specs, family)
-    log(f"run-time adapters: {', '.join(lora.names)} (ids 1..{len(lora.names)}; 0 is the base)")
+    lora = RuntimeAdapters(specs, family, opts.adapter_energy)
+    log(f"run-time adapters: {', '.join(lora.names)} (ids 1..{len(lora.names)}; 0 is the base)"
+        + (f"; ranks kept at {opts.adapter_energy:g} of each update's energy: " + ", ".join(
+            f"{n} {kept}/{had}" for n, (kept, had) in zip(lora.names, lora.ranks)) if opts.adapter_energy < 1 else ""))
     return lora
 
 

@@ -45,13 +45,30 @@ def parse_adapters(spec: str) -> dict[str, Path]:
     return out
 
 
+def compact(a: np.ndarray, b: np.ndarray, energy: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(A [r', K], B [N, r']) with the product B A of a LoRA pair at the smallest rank r' that keeps
+    `energy` of its squared singular values (1.0: all but those that are zero to float precision). The
+    singular values go into A's rows (quantized per row), so that B's columns (quantized in groups along
+    the rank axis, stacked onto the base weight) all have unit norm."""
+    qb, rb = np.linalg.qr(np.asarray(b, np.float64))
+    qa, ra = np.linalg.qr(np.asarray(a, np.float64).T)
+    u, sv, vt = np.linalg.svd(rb @ ra.T)
+    power = np.cumsum(sv ** 2)
+    if power[-1] <= 0:
+        return np.zeros((1, a.shape[1]), np.float32), np.zeros((b.shape[0], 1), np.float32)
+    keep = min(len(sv), int(np.searchsorted(power, min(energy, 1 - 1e-12) * power[-1])) + 1)
+    return ((sv[:keep, None] * (vt[:keep] @ qa.T)).astype(np.float32), (qb @ u[:, :keep]).astype(np.float32))
+
+
 class RuntimeAdapters:
-    def __init__(self, specs: dict[str, Path], family: dict[str, str]):
-        """`family`: pressa's weight names -> the names in the checkpoint the adapters were trained on."""
+    def __init__(self, specs: dict[str, Path], family: dict[str, str], energy: float = 1.0):
+        """`family`: pressa's weight names -> the names in the checkpoint the adapters were trained on;
+        `energy`: each pair kept at the rank that holds this share of its update's energy (compact)."""
         from pressa.finetune.merge import lora_scale, read_adapter
 
         self.specs, self.names = specs, list(specs)
         self.deltas: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+        self.ranks: list[tuple[int, int]] = []           # per adapter: ranks kept, ranks it had (all linears)
         self.family = family
         for name, folder in specs.items():
             cfg, pairs = read_adapter(folder)
@@ -60,9 +77,11 @@ class RuntimeAdapters:
                 raise BadArgument(f"adapter {name}: it changes {missing[0]}, which the model does not have; was it "
                                   "trained on this model?")
             scale = lora_scale(cfg)
-            self.deltas.append({n: (a, b * scale) for n, (a, b) in pairs.items()})
+            self.deltas.append({n: compact(a, b * scale, energy) for n, (a, b) in pairs.items()})
+            self.ranks.append((sum(a.shape[0] for a, _ in self.deltas[-1].values()),
+                               sum(a.shape[0] for a, _ in pairs.values())))
         self.rows: str | None = None
-        self._masks: dict[tuple[int, int], str] = {}
+        self._masks: dict[tuple, str] = {}
 
     def write(self, folder: Path) -> None:
         """adapters.json beside the graph: each adapter's name, id and source folder."""
@@ -78,41 +97,40 @@ class RuntimeAdapters:
                                g.const("/lora/one", [1])], "/lora/batch")
         self.rows = g.op("Expand", [ADAPTER_IDS, batch], "/lora/rows")
 
-    def stacks(self, parts: list[str], outs: list[int]) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """(A [in, P*n*R], B [P*n*R, sum(outs)], R) for a linear made of `parts` (pressa names without
-        .weight, `outs` their output sizes): part p's block of A's columns holds each adapter's R ranks in
-        turn, and B is block-diagonal over the parts (one MatMul gives every part's change, in order). None
-        when no adapter changes the linear."""
+    def stacks(self, parts: list[str], outs: list[int]) -> tuple[np.ndarray, np.ndarray, tuple] | None:
+        """(A [in, R], B [R, sum(outs)], spans) for a linear made of `parts` (pressa names without
+        .weight, `outs` their output sizes): part by part, each adapter's ranks (its own number) in turn
+        along R; B is block-diagonal over the parts (one MatMul gives every part's change, in order);
+        spans[k]: adapter k's column ranges. None when no adapter changes the linear."""
         found = [[d.get(self.family.get(p + ".weight", "")) for p in parts] for d in self.deltas]
-        pairs = [x for row in found for x in row if x is not None]
-        if not pairs:
+        pieces, spans, at = [], [[] for _ in found], 0
+        for j in range(len(parts)):
+            for k, row in enumerate(found):
+                if row[j] is not None:
+                    pieces.append((j, at, *row[j]))
+                    spans[k].append((at, at + row[j][0].shape[0]))
+                    at += row[j][0].shape[0]
+        if not pieces:
             return None
-        rank, k_in, n = max(a.shape[0] for a, _ in pairs), pairs[0][0].shape[1], len(found)
-        a_all = np.zeros((k_in, len(parts) * n * rank), np.float32)
-        b_all = np.zeros((len(parts) * n * rank, sum(outs)), np.float32)
+        a_all = np.zeros((pieces[0][2].shape[1], at), np.float32)
+        b_all = np.zeros((at, sum(outs)), np.float32)
         starts = np.cumsum([0, *outs])
-        for k, row in enumerate(found):
-            for j, x in enumerate(row):
-                if x is not None:
-                    a, b = x
-                    col = (j * n + k) * rank
-                    a_all[:, col: col + a.shape[0]] = a.T
-                    b_all[col: col + a.shape[0], starts[j]: starts[j + 1]] = b.T
-        return a_all, b_all, rank
+        for j, col, a, b in pieces:
+            a_all[:, col: col + a.shape[0]] = a.T
+            b_all[col: col + a.shape[0], starts[j]: starts[j + 1]] = b.T
+        return a_all, b_all, tuple(tuple(x) for x in spans)
 
-    def _mask(self, g: GraphWriter, parts: int, rank: int) -> str:
-        """[B, 1, P*n*R]: 1 over the ranks of each row's adapter, 0 elsewhere (all 0 for the base)."""
-        key = (parts, rank)
-        if key not in self._masks:
-            n = len(self.deltas)
-            table = np.zeros((n + 1, parts * n * rank), np.float32)
-            for k in range(n):
-                for j in range(parts):
-                    table[k + 1, (j * n + k) * rank: (j * n + k + 1) * rank] = 1.0
-            lab = f"/lora/mask_{parts}x{rank}"
+    def _mask(self, g: GraphWriter, spans: tuple) -> str:
+        """[B, 1, R]: 1 over the ranks of each row's adapter, 0 elsewhere (all 0 for the base)."""
+        if spans not in self._masks:
+            table = np.zeros((len(spans) + 1, max(stop for ranges in spans for _, stop in ranges)), np.float32)
+            for k, ranges in enumerate(spans):
+                for start, stop in ranges:
+                    table[k + 1, start:stop] = 1.0
+            lab = f"/lora/mask_{len(self._masks)}"
             rows = g.op("Gather", [g.weight(f"{lab}/table", table), self.rows], f"{lab}/Gather", axis=0)
-            self._masks[key] = g.op("Unsqueeze", [rows, g.const(f"{lab}/axis", [1])], f"{lab}/Unsqueeze")
-        return self._masks[key]
+            self._masks[spans] = g.op("Unsqueeze", [rows, g.const(f"{lab}/axis", [1])], f"{lab}/Unsqueeze")
+        return self._masks[spans]
 
     def linear(self, b, g: GraphWriter, x: str, name: str, w: np.ndarray, key: str, bits: int | None
                ) -> str | None:
@@ -124,13 +142,13 @@ class RuntimeAdapters:
         stacks = self.stacks(parts, outs)
         if stacks is None:
             return None
-        a_all, b_all, rank = stacks
+        a_all, b_all, spans = stacks
         lab = f"{name}/lora"
         if bits is None:
             t = g.op("MatMul", [x, b.fw(g, f"{lab}/A", a_all)], f"{lab}/MatMul_A")
         else:
             t = b.matmul_nbits(g, x, f"{lab}/A", a_all.T, bits, key=f"{name}.lora")
-        t = g.op("Mul", [t, self._mask(g, len(parts), rank)], f"{lab}/Mul_mask")
+        t = g.op("Mul", [t, self._mask(g, spans)], f"{lab}/Mul_mask")
         if bits is None:
             wide = np.concatenate([w.T, b_all]).astype(np.float32)
             return g.op("MatMul", [g.op("Concat", [x, t], f"{lab}/Concat", axis=-1), b.fw(g, f"{name}.weight", wide)],

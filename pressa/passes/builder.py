@@ -50,6 +50,9 @@ class BuilderConfig(PassConfig):
                                      json_schema_extra=olive("adapter_path"))
     adapters: str | None = Field(None, description="NAME=DIR,...: PEFT LoRA adapters kept as small run-time "
                                  "weights beside the base (quantized once); each request picks one by name")
+    adapter_energy: float = Field(1.0, gt=0.0, le=1.0, description="run-time adapters: each update B A kept at "
+                                  "the smallest rank holding this share of its squared singular values (1.0: "
+                                  "exact; 0.99 drops ranks a trained adapter barely uses, decoding faster)")
 
     @field_validator("group_size")
     @classmethod
@@ -83,7 +86,7 @@ class BuilderConfig(PassConfig):
                             act_order=self.act_order,
                             target_size_mb=self.target_size_mb, bits_per_weight=self.bits_per_weight,
                             adapter_path=self.adapter_path,
-                            adapters=self.adapters)
+                            adapters=self.adapters, adapter_energy=self.adapter_energy)
 
 
 class ModelBuilder(Pass):
