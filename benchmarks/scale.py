@@ -7,9 +7,10 @@ time, RSS, decode tokens/s and TTFT-512 against its memory-bandwidth bound.
 The checkpoints come from benchmarks/synthetic.py (written into --syn when missing): random weights at the real
 scale, so every figure here is time and memory only, never accuracy. Calibrated builds read 64 windows of 256
 tokens of the shared WikiText-2 file. The bandwidth bound is the bytes a decode step reads (the artifact's
-weights) at this machine's memory bandwidth, measured in the same run (`_common.memory_bandwidth`: a matrix-vector
-product over 1 GiB with every core; ~28 GB/s on the 2-core machine of benchmarks/README, not the 64 GB/s issue 16
-inferred from an 8B decode that did not reproduce).
+weights, less an untied embedding of which it gathers one row) at this machine's memory bandwidth, measured in
+the same run (`_common.memory_bandwidth`: a matrix-vector product over 1 GiB with every core; ~28 GB/s on the
+2-core machine of benchmarks/README, not the 64 GB/s issue 16 inferred from an 8B decode that did not
+reproduce). `--builds` also takes `low:MB` (an int4 budget build at MB, mostly 2-bit where small).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def build(tool: str, shape: Path, out: Path) -> dict:
                str(out), "--device", "cpu", "--provider", "CPUExecutionProvider", "--use_ort_genai", "--precision",
                "int4", "--use_model_builder", "--log_level", "3"]
     else:
-        cmd = [sys.executable, "-m", "pressa", "auto-opt", "-m", str(shape), "-o", str(out), *PRESSA[tool]]
+        flags = ["--target-size", tool.split(":")[1]] if tool.startswith("low:") else PRESSA[tool]
+        cmd = [sys.executable, "-m", "pressa", "auto-opt", "-m", str(shape), "-o", str(out), *flags]
     wall, rss, rc = timed(cmd, {"CI": "1"})
     if tool == "olive":
         found = next(out.rglob("genai_config.json"), None)
@@ -52,13 +54,26 @@ def build(tool: str, shape: Path, out: Path) -> dict:
             "folder": str(out)}
 
 
+def bytes_per_token(folder: Path) -> int:
+    """The bytes a decode step reads: the model files, less an untied token embedding (a step gathers one row
+    of it; a tied one is read whole as the lm_head)."""
+    import onnx
+
+    total = sum(f.stat().st_size for f in folder.glob("*.onnx*"))
+    if json.loads((folder / "config.json").read_text()).get("tie_word_embeddings", False):
+        return total
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    gathered = sum(int(next((e.value for e in t.external_data if e.key == "length"), 0)) or len(t.raw_data)
+                   for t in model.graph.initializer if t.name.startswith("model.embed_tokens."))
+    return total - gathered
+
+
 def run_artifact(folder: Path, bandwidth: float) -> dict:
     """pressa benchmark in its own process: load s, RSS, decode tok/s, TTFT of a 512-token prompt."""
     res = subprocess.run([sys.executable, "-m", "pressa", "benchmark", str(folder), "--json", "--prompt-tokens", "512",
                           "--new-tokens", "64", "--runs", "3"], capture_output=True, text=True, check=True)
     r = json.loads(res.stdout)
-    data = sum(f.stat().st_size for f in folder.glob("*.onnx*"))
-    bound = bandwidth / data
+    bound = bandwidth / bytes_per_token(folder)
     return {"load_s": round(r["load_s"], 2), "rss_mb": round(r["peak_rss_mb"]), "decode_tok_s": round(
         r["decode_tokens_per_s"], 1), "ttft_512_ms": round(r["ttft_s"] * 1000), "bound_tok_s": round(bound, 1),
             "of_bound": round(r["decode_tokens_per_s"] / bound, 2)}
@@ -82,7 +97,7 @@ def main() -> None:
         for tool in a.builds.split(","):
             print(f"[scale] {shape}: {tool}", file=sys.stderr, flush=True)
             r = build(tool, ckpt, a.work / f"{shape}-{tool}")
-            if tool == "int4" and r["rc"] == 0:
+            if (tool == "int4" or tool.startswith("low:")) and r["rc"] == 0:
                 r["run"] = run_artifact(Path(r["folder"]), bandwidth)
             results[f"{shape} {tool}"] = r
             run = r.get("run", {})
