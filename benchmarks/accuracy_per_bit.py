@@ -145,8 +145,11 @@ def series(name: str) -> str:
     return name.split()[0]
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    ok = [{**r, "series": series(r["name"])} for r in rows if "error" not in r]
+def plot(rows: list[dict], path: Path, top: float = 4.0) -> None:
+    """Gap against bits per weight; a gap above `top` is drawn at the top, its value in its label."""
+    ok = [{**r, "series": series(r["name"]), "gap": min(r["gap"], top),
+           "name": r["name"] + (f" (+{r['gap']:.1f}, off the scale)" if r["gap"] > top else "")}
+          for r in rows if "error" not in r]
     code = ("import json, sys, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt; "
             "rows = json.loads(sys.argv[1]); fig, ax = plt.subplots(figsize=(8.5, 5.5)); groups = {}; "
             "[groups.setdefault(r['series'], []).append(r) for r in rows]; "
@@ -156,6 +159,7 @@ def plot(rows: list[dict], path: Path) -> None:
             "[ax.annotate(r['name'].split(' ', 1)[1], (r['bits_per_weight'], r['gap']), fontsize=6) for r in rows]; "
             "ax.set_xlabel('bits per weight (model files over 134.5M parameters)'); "
             "ax.set_ylabel('perplexity gap to fp32 (lower is better)'); "
+            f"ax.set_ylim(0, {top * 1.05}); "
             "ax.set_title('SmolLM2-135M, WikiText-2, shared protocol'); ax.legend(fontsize=8); ax.grid(alpha=0.3); "
             "fig.savefig(sys.argv[2], dpi=120, bbox_inches='tight')")
     subprocess.run([str(venv("pytorch") / "bin" / "python"), "-c", code, json.dumps(ok), str(path)], check=True)

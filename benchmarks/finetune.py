@@ -3,7 +3,7 @@ package chitchat-dataset (pip install chitchat-dataset), then int4 with the adap
 adapter where the artifact has them).
 
     python benchmarks/finetune.py [--steps 100] [--conversations 2000] [--adapter DIR] [--shape DIR]
-                                  [--adapter-energy 0.99] [--json]
+                                  [--adapter-energy 0.99,0.9] [--json]
 
 --adapter DIR reuses an adapter `pressa finetune` wrote (its pressa.json has the training figures) instead of
 training; --shape DIR (a checkpoint from benchmarks/synthetic.py) also measures decode with a random r=64
@@ -117,8 +117,9 @@ def main() -> None:
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--adapter", type=Path, help="reuse this adapter instead of training")
     ap.add_argument("--shape", type=Path, help="also: decode with a random adapter over this synthetic checkpoint")
-    ap.add_argument("--adapter-energy", type=float, default=0.99,
-                    help="also a run-time build keeping each update at the rank holding this share of its energy")
+    ap.add_argument("--adapter-energy", default="0.99",
+                    help="also run-time builds keeping each update at the rank holding these shares of its energy "
+                         "(comma-separated)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from pressa.finetune.data import DataOptions, examples, records
@@ -139,20 +140,22 @@ def main() -> None:
         pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "int4", "-o", str(w / "int4-merged"))
         pressa("auto-opt", "--precision", "int4", "-o", str(w / "int4-base"))
         pressa("auto-opt", "--adapters", f"chat={w / 'adapter'}", "--precision", "int4", "-o", str(w / "int4-runtime"))
-        energy = f"int4-runtime at energy {a.adapter_energy:g} (adapter chat)"
-        pressa("auto-opt", "--adapters", f"chat={w / 'adapter'}", "--precision", "int4", "--adapter-energy",
-               str(a.adapter_energy), "-o", str(w / "int4-runtime-energy"))
+        energies = {f"int4-runtime at energy {float(e):g} (adapter chat)": w / f"int4-runtime-{e}"
+                    for e in a.adapter_energy.split(",")}
+        for folder, e in zip(energies.values(), a.adapter_energy.split(",")):
+            pressa("auto-opt", "--adapters", f"chat={w / 'adapter'}", "--precision", "int4", "--adapter-energy", e,
+                   "-o", str(folder))
         opts = DataOptions(data_files=str(data), use_chat_template=True, max_seq_len=a.max_seq_len)
         tok = TextTokenizer(w / "int4-base")
         tok.eos_id = tok.token_id(tok.eos_token)
         held = examples(tok, records(opts)[1], opts, "eval")
         losses = {name: artifact_eval_loss(w / name, held) for name in ("fp32-merged", "int4-merged", "int4-base")}
         losses["int4-runtime (adapter chat)"] = artifact_eval_loss(w / "int4-runtime", held, "chat")
-        losses[energy] = artifact_eval_loss(w / "int4-runtime-energy", held, "chat")
+        losses.update({name: artifact_eval_loss(folder, held, "chat") for name, folder in energies.items()})
         speed = decode_speeds({"int4-base": (w / "int4-base", None), "int4-merged": (w / "int4-merged", None),
                                "int4-runtime (no adapter)": (w / "int4-runtime", None),
                                "int4-runtime (adapter chat)": (w / "int4-runtime", "chat"),
-                               energy: (w / "int4-runtime-energy", "chat")})
+                               **{name: (folder, "chat") for name, folder in energies.items()}})
         shape = shape_decode(a.shape, w) if a.shape else None
         (Path.cwd() / "finetune-loss.png").write_bytes((w / "adapter" / "loss.png").read_bytes())
     result = {"benchmark": "finetune", "steps": ft["steps"], "steps_per_s": ft["steps_per_s"],
@@ -160,7 +163,7 @@ def main() -> None:
               "eval_loss_before": ft["eval_loss_before"], "eval_loss_after": ft["eval_loss_after"],
               "artifact_eval_loss": losses, "decode_tokens_per_s": speed, "held_out": len(held),
               "adapter_decode_cost": round(speed["int4-base"] / speed["int4-runtime (adapter chat)"], 3),
-              "adapter_decode_cost_at_energy": round(speed["int4-base"] / speed[energy], 3),
+              "adapter_decode_cost_at_energy": {name: round(speed["int4-base"] / speed[name], 3) for name in energies},
               "shape": None if shape is None else {"model": str(a.shape), "decode_tokens_per_s": shape,
                                                    "adapter_decode_cost": round(shape["int4-base"] /
                                                                                 shape["int4-runtime (adapter a)"], 3)},
@@ -173,7 +176,7 @@ def main() -> None:
     print(f"training: {ft['steps']} steps, {ft['steps_per_s']} steps/s, peak RSS {ft['peak_rss_mb']} MB; "
           "loss curve in finetune-loss.png", file=sys.stderr)
     print(f"decode with the adapter active costs {result['adapter_decode_cost']}x the base per token "
-          f"({result['adapter_decode_cost_at_energy']}x at energy {a.adapter_energy:g})"
+          f"({result['adapter_decode_cost_at_energy']})"
           + (f"; over {a.shape.name}: {result['shape']['adapter_decode_cost']}x" if shape else ""), file=sys.stderr)
 
 
