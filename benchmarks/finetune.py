@@ -106,6 +106,21 @@ def shape_decode(shape: Path, w: Path) -> dict[str, float]:
                           "int4-runtime (adapter a)": (w / "shape-runtime", "a")})
 
 
+def build_artifacts(w: Path, energies: list[str]) -> dict[str, Path]:
+    """fp32 and int4 merged, int4 base, int4 run-time (exact and at each energy) builds of the adapter in
+    w/adapter; returns the energy builds by their row name."""
+    pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "fp32", "-o", str(w / "fp32-merged"))
+    pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "int4", "-o", str(w / "int4-merged"))
+    pressa("auto-opt", "--precision", "int4", "-o", str(w / "int4-base"))
+    pressa("auto-opt", "--adapters", f"chat={w / 'adapter'}", "--precision", "int4", "-o", str(w / "int4-runtime"))
+    out = {}
+    for e in energies:
+        out[f"int4-runtime at energy {float(e):g} (adapter chat)"] = w / f"int4-runtime-{e}"
+        pressa("auto-opt", "--adapters", f"chat={w / 'adapter'}", "--precision", "int4", "--adapter-energy", e,
+               "-o", str(w / f"int4-runtime-{e}"))
+    return out
+
+
 def pressa(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pressa", *args], check=True)
 
@@ -136,15 +151,7 @@ def main() -> None:
             shutil.copytree(a.adapter, w / "adapter")
         train_s = time.perf_counter() - t0
         ft = json.loads((w / "adapter" / "pressa.json").read_text())["finetune"]
-        pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "fp32", "-o", str(w / "fp32-merged"))
-        pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "int4", "-o", str(w / "int4-merged"))
-        pressa("auto-opt", "--precision", "int4", "-o", str(w / "int4-base"))
-        pressa("auto-opt", "--adapters", f"chat={w / 'adapter'}", "--precision", "int4", "-o", str(w / "int4-runtime"))
-        energies = {f"int4-runtime at energy {float(e):g} (adapter chat)": w / f"int4-runtime-{e}"
-                    for e in a.adapter_energy.split(",")}
-        for folder, e in zip(energies.values(), a.adapter_energy.split(",")):
-            pressa("auto-opt", "--adapters", f"chat={w / 'adapter'}", "--precision", "int4", "--adapter-energy", e,
-                   "-o", str(folder))
+        energies = build_artifacts(w, a.adapter_energy.split(","))
         opts = DataOptions(data_files=str(data), use_chat_template=True, max_seq_len=a.max_seq_len)
         tok = TextTokenizer(w / "int4-base")
         tok.eos_id = tok.token_id(tok.eos_token)
