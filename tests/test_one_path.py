@@ -146,7 +146,7 @@ def test_cli_flags_are_made_from_the_pass_configs(tmp_path):
                     continue
                 assert flag_of(name, flags)[:14] in text, (command, name)
                 assert field.description.split()[1] in text, (command, name)
-    assert "Bits of the tied embedding / lm_head in int4/int8 builds (4, 8)" in " ".join(
+    assert "Bits of the token embedding (and of a tied lm_head) in int4/int8 builds (4, 8)" in " ".join(
         run_cli("auto-opt", "--help").stdout.split()).replace("│ ", "")
     assert_user_error(run_cli("auto-opt", "-o", tmp_path / "o", "--embedding-bits", "3"), "--embedding-bits 3",
                       "4 or 8")
