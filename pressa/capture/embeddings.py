@@ -54,7 +54,7 @@ class EmbeddingEmitters:
         reads rows alone (never whole in fp32)."""
         cfg, name, bits = self.cfg, "model.embed_tokens.weight", self.o.embedding_bits
         block, sym, search = self.embedding_grid()
-        v = (self.w.shapes(name) if self.w.shapes else self.read(name).shape)[0]
+        v = self.shape(name)[0]
         calibrated = getattr(self.calib.get(HEAD), "quantized", None) if cfg.tie_embeddings else None
         t = (matmulnbits_tensors(calibrated) if calibrated is not None else
              packed_by_rows(lambda a, b: self.w.rows(name, a, b), v, bits, block, sym, search,
@@ -113,12 +113,16 @@ class EmbeddingEmitters:
         """The lm_head's weight quantized with its calibration statistics (self.calib["lm_head"]) `rows`
         at a time (rows are quantized independently given H), recorded under "lm_head"."""
         name, bits, grid = self.head_weight()
-        v = (self.w.shapes(name) if self.w.shapes else self.read(name).shape)[0]
+        v = self.shape(name)[0]
         out = stack_rows([self.quantize(self.w.rows(name, a, min(v, a + rows)), bits, HEAD, grid)
                           for a in range(0, v, rows)])
         if self.record is not None:
             self.record[HEAD] = {"quantized": out}
         return out
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A source tensor's shape (CorruptModel, as `read` says, where the checkpoint lacks it)."""
+        return self.w.shape(name) if name in self.w else self.read(name).shape
 
     def streamed(self, g: GraphWriter, name: str, wname: str) -> str:
         """A float weight written to the graph in row chunks where the source reads rows alone."""

@@ -150,7 +150,7 @@ def embedded(cfg, weights, windows: list[list[int]]) -> np.ndarray:
     name = "model.embed_tokens.weight"
     ids = np.asarray(windows, np.int64)
     out = np.zeros(ids.shape + (cfg.hidden_size,), np.float32)
-    vocab = (weights.shapes(name) if weights.shapes else weights(name).shape)[0]
+    vocab = weights.shape(name)[0]
     step = 8192 if weights.reads_rows else vocab
     for start in range(0, vocab, step):
         hit = (ids >= start) & (ids < start + step)

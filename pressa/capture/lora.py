@@ -138,7 +138,7 @@ class RuntimeAdapters:
         DecoderBuilder: A and B are stored at the base linear's bits, float in float builds: merging an
         adapter and then quantizing loses as much); None when no adapter changes this linear."""
         parts = b.cfg.arch.linear_parts(int(key.split(".")[0]))[key.split(".")[1]]
-        outs = [(b.w.shapes(p + ".weight") if b.w.shapes else b.read(p + ".weight").shape)[0] for p in parts]
+        outs = [b.shape(p + ".weight")[0] for p in parts]
         stacks = self.stacks(parts, outs)
         if stacks is None:
             return None

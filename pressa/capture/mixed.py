@@ -35,10 +35,6 @@ def weight_groups(cfg: DecoderConfig, src: Source) -> dict[str, list[str]]:
     return out
 
 
-def _shape(src: Source, name: str) -> tuple[int, ...]:
-    return tuple(src.weights.shapes(name)) if src.weights.shapes else src.weights(name).shape
-
-
 def stacked_weight(src: Source, names: list[str]) -> np.ndarray:
     """A mixed-precision key's weight: its source tensors stacked along the output axis."""
     return np.concatenate([src.weights(n) for n in names])
@@ -54,7 +50,7 @@ def sampled_weight(src: Source, names: list[str]) -> np.ndarray:
         return stacked_weight(src, names)
     parts = []
     for name in names:
-        rows = _shape(src, name)[0]
+        rows = src.weights.shape(name)[0]
         band = max(1, SAMPLE_ELEMENTS * rows // (n * k * BANDS))
         whole = None if src.weights.reads_rows else src.weights(name)
         for b in range(BANDS):
@@ -84,7 +80,7 @@ def mixed_bits(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: float
     for j, (key, names) in enumerate(groups.items()):
         if progress:
             progress(j, len(groups), f"sensitivity {key}")
-        sizes[key] = sum(int(np.prod(_shape(src, n))) for n in names)
+        sizes[key] = sum(int(np.prod(src.weights.shape(n))) for n in names)
         errors[key] = (data_errors[key] if data_errors and key in data_errors
                        else quant_error(sampled_weight(src, names), 4, opts.block_size, opts.symmetric))
     bits = assign_bits(errors, sizes, ratio)
@@ -108,7 +104,7 @@ def fixed_bytes(cfg: DecoderConfig, src: Source, opts: BuildOptions, groups: dic
     for name in src.weights.names:
         if name in inside:
             continue
-        shape = _shape(src, name)
+        shape = src.weights.shape(name)
         if name == "model.embed_tokens.weight":
             v, h = shape
             bits, block = opts.embedding_bits, embedding_block(h, opts.block_size)
@@ -124,7 +120,7 @@ def fixed_bytes(cfg: DecoderConfig, src: Source, opts: BuildOptions, groups: dic
 
 
 def _shapes_nk(src: Source, names: list[str]) -> tuple[int, int]:
-    return sum(_shape(src, x)[0] for x in names), _shape(src, names[0])[1]
+    return sum(src.weights.shape(x)[0] for x in names), src.weights.shape(names[0])[1]
 
 
 def budget_frame(cfg: DecoderConfig, src: Source, opts: BuildOptions) -> dict:
@@ -135,7 +131,7 @@ def budget_frame(cfg: DecoderConfig, src: Source, opts: BuildOptions) -> dict:
                           "experts layers yet; use --precision int4 or --ratio")
     groups = weight_groups(cfg, src)
     padded = opts.target_size_mb is not None
-    params = sum(int(np.prod(_shape(src, n))) for n in src.weights.names)
+    params = sum(int(np.prod(src.weights.shape(n))) for n in src.weights.names)
     budget = int(opts.target_size_mb * 1e6) if padded else int(opts.bits_per_weight * params / 8)
     fixed = fixed_bytes(cfg, src, opts, groups, padded)
     low = min(formats(opts.block_size))

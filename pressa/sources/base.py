@@ -33,6 +33,10 @@ class WeightReader:
             return self._rows(name, start, stop)
         return self(name)[start:stop]
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape: from the source's index where it has one, else from the tensor read."""
+        return tuple(self.shapes(name)) if self.shapes else self(name).shape
+
     def __contains__(self, name: str) -> bool:
         return name in self.names
 
