@@ -43,12 +43,18 @@ def lookup_draft(history: np.ndarray, k: int) -> list[int]:
     return []
 
 
+def expected_tokens(acceptance: float, drafts: int) -> float:
+    """Tokens a verification step over `drafts` drafted tokens yields on average, each accepted with
+    probability `acceptance` (the step's own token, then each draft while the ones before held)."""
+    return sum(acceptance ** i for i in range(drafts + 1))
+
+
 def best_draft_length(acceptance: float, cost: float, most: int) -> tuple[int, float]:
     """The draft length (1..most) that gives the most tokens per unit of time, and that rate against
     plain decoding's: k drafts each accepted with probability `acceptance` yield 1 + a + ... + a^k
     tokens for a step costing 1 + cost * k plain steps (`cost`: a drafted token's share of a step,
     measured by measure_draft_cost)."""
-    gains = [sum(acceptance ** i for i in range(k + 1)) / (1 + cost * k) for k in range(1, most + 1)]
+    gains = [expected_tokens(acceptance, k) / (1 + cost * k) for k in range(1, most + 1)]
     best = int(np.argmax(gains))
     return best + 1, gains[best]
 
@@ -61,8 +67,8 @@ def verify_alone(rows: list[tuple[int, float]], cost: float) -> list[bool]:
     batch) for the a + a^2 + ... + a^k tokens it is expected to gain."""
     n = len(rows)
     tokens, time = float(n), 1 + cost * (n - 1)
-    gains = sorted(((sum(a ** i for i in range(1, d + 1)), 1 + cost * (d - 1), j) for j, (d, a) in enumerate(rows)
-                    if d), key=lambda g: -g[0] / g[1])
+    gains = sorted(((expected_tokens(a, d) - 1, 1 + cost * (d - 1), j) for j, (d, a) in enumerate(rows) if d),
+                   key=lambda g: -g[0] / g[1])
     alone = [False] * n
     for gain, extra, j in gains:
         if (tokens + gain) / (time + extra) > tokens / time:
