@@ -203,3 +203,37 @@ def test_a_calibrated_build_stores_the_lm_heads_decisions(tiny_dir, tmp_path):
     assert np.array_equal(stored["model.embed_tokens.qweight"].reshape(-1), want["B"].reshape(-1))
     plain = matmulnbits_tensors(quantize_rtn(src.weights("model.embed_tokens.weight"), 4, 32, False, True))
     assert not np.array_equal(plain["B"].reshape(-1), want["B"].reshape(-1))
+
+
+def _codes_agreement(artifact, want: dict) -> dict[str, float]:
+    """Per linear of the whole-model decisions `want`: the share of the artifact's codes equal to them."""
+    import onnx
+    from onnx import numpy_helper
+
+    from pressa.quant.packing import matmulnbits_tensors
+
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(artifact / "model.onnx").graph.initializer}
+    out = {}
+    for key, decided in want.items():
+        packed = matmulnbits_tensors(decided["quantized"])["B"].reshape(-1)
+        found = [v for v in stored.values() if v.dtype == np.uint8 and v.size == packed.size]
+        out[key] = max(float(np.mean(v.reshape(-1) == packed)) for v in found)
+    return out
+
+
+def test_calibration_feed_float_builds_the_whole_model_calibrations_weights(tiny_dir, tmp_path):
+    """--calibration-feed float: every layer quantized from the float model's activations, as one
+    whole-model calibration does (one pass per layer); the default feeds each layer the quantized
+    layers' outputs, so deeper layers decide otherwise (the switch reaches the calibration)."""
+    folder = tiny_dir("llama")
+    src, cfg, windows = prepared(folder)
+    want = whole_model_decisions(cfg, src.weights, windows, BuildOptions(precision="int4", algorithm="gptq"))
+    kw = dict(calibration_text=TEXT, calibration_samples=12, calibration_seqlen=32)
+    agree = {}
+    for feed in ("float", "quantized"):
+        build_llm(str(folder), tmp_path / feed, BuildOptions(precision="int4", algorithm="gptq",
+                                                             calibration_feed=feed), **kw)
+        agree[feed] = _codes_agreement(tmp_path / feed, want)
+    assert min(agree["float"].values()) > 0.999, agree["float"]
+    last = [k for k in want if k.startswith(f"{cfg.num_layers - 1}.")]
+    assert max(agree["quantized"][k] for k in last) < 0.99, agree["quantized"]

@@ -48,6 +48,7 @@ class BuildOptions:
     scale_search: bool = True            # per-group MSE search of scale / zero point
     scale_estimation: bool = False       # RTN/AWQ group scales refined on the calibration inputs
     act_order: bool = True               # GPTQ: columns by decreasing Hessian diagonal, static groups
+    calibration_feed: str = "quantized"  # what enters each layer in layer-by-layer calibration (or "float")
     target_size_mb: float | None = None  # mixed precision at a byte budget: the model files' size ...
     bits_per_weight: float | None = None  # ... or the weights' bits per parameter (capture/mixed.py)
     budget_report: dict | None = None    # what the budget search chose (pressa.json's "budget")
@@ -64,7 +65,7 @@ class BuildOptions:
                           accuracy_level=self.accuracy_level, embedding_bits=self.embedding_bits,
                           algorithm=self.algorithm, scale_search=self.scale_search,
                           scale_estimation=self.scale_estimation, act_order=self.act_order,
-                          target_size_mb=self.target_size_mb,
+                          calibration_feed=self.calibration_feed, target_size_mb=self.target_size_mb,
                           bits_per_weight=self.bits_per_weight, adapter_energy=self.adapter_energy)
         except ValidationError as err:
             raise BadArgument(validation_message(err)) from None

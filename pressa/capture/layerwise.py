@@ -4,8 +4,9 @@ The calibration windows' embeddings enter layer 0. Each layer is built alone as 
 extra outputs are its linears' inputs (DecoderBuilder.build_layer); their statistics (H = X^T X, mean
 |x|, a sample of rows) quantize the layer with the builder's own GPTQ or AWQ, and the quantized layer,
 run on the same windows, gives the next layer its inputs (as GPTQ's reference implementation does: each
-layer corrects the error the ones before it made). With `quantized_inputs=False` the float layer's
-outputs go on instead, which reproduces a whole-model float calibration exactly.
+layer corrects the error the ones before it made). With `quantized_inputs=False` (auto-opt
+--calibration-feed float) the float layer's outputs go on instead, which reproduces a whole-model float
+calibration exactly and runs each layer once instead of twice.
 
 Memory: one layer's float weights, its statistics and the windows' hidden states. Each finished layer's
 decisions (codes, scales, AWQ scales) and the hidden states after it are written to a cache folder, so a
@@ -205,15 +206,17 @@ class LayerwiseCalibration:
                     after[start:start + len(outs[HIDDEN_OUT])] = outs[HIDDEN_OUT]
         return stats, after
 
-    def quantize(self, i: int, stats: dict, hidden: np.ndarray) -> tuple[dict, np.ndarray]:
-        """Layer i quantized with its statistics: (the builder's decisions per key, its output)."""
+    def quantize(self, i: int, stats: dict, hidden: np.ndarray | None) -> tuple[dict, np.ndarray | None]:
+        """Layer i quantized with its statistics: (the builder's decisions per key, its output on
+        `hidden`; None without `hidden`)."""
         builder = DecoderBuilder(self.cfg, self.w, self.opts, stats)
         builder.record = {}
-        after = np.empty_like(hidden)
+        after = None if hidden is None else np.empty_like(hidden)
         with temp_dir("layer-") as d:
             builder.build_layer(i, Path(d) / "model.onnx")
-            for start, outs in self._run(Path(d) / "model.onnx", hidden, True, calib=False):
-                after[start:start + len(outs[HIDDEN_OUT])] = outs[HIDDEN_OUT]
+            if after is not None:
+                for start, outs in self._run(Path(d) / "model.onnx", hidden, True, calib=False):
+                    after[start:start + len(outs[HIDDEN_OUT])] = outs[HIDDEN_OUT]
         return builder.record, after
 
     def head_stats(self, hidden: np.ndarray) -> dict[str, InputStats]:
@@ -251,7 +254,7 @@ class LayerwiseCalibration:
             for i in range(first, n):
                 self.progress(i, n, f"calibrating layer {i + 1}/{n}")
                 stats, after = self.capture(i, hidden, not quantized_inputs, self.opts.uses_hessian)
-                decisions, quantized_after = self.quantize(i, stats, hidden)
+                decisions, quantized_after = self.quantize(i, stats, hidden if quantized_inputs else None)
                 del stats
                 hidden = quantized_after if quantized_inputs else after
                 cache.save(i, decisions, hidden)

@@ -39,6 +39,11 @@ class BuilderConfig(PassConfig):
                                          "mixed precision")
     calibration_samples: int = Field(64, ge=1, description="calibration windows drawn from the text")
     calibration_seqlen: int = Field(256, ge=8, description="tokens per calibration window")
+    calibration_feed: Literal["quantized", "float"] = Field(
+        "quantized", description="what enters each layer in layer-by-layer calibration: quantized (the output of "
+        "the layers before it, quantized, as GPTQ's reference runs: each layer corrects the error of those before) "
+        "or float (the float model's activations, as a whole-model calibration: one pass per layer instead of "
+        "two, ~1.35x faster)")
     accuracy_level: int = Field(4, ge=0, le=4, description="MatMulNBits compute on CPU: 0 float activations, 4 int8 "
                                                            "activations (fastest; CUDA always uses 0)",
                                 json_schema_extra=olive("int4_accuracy_level"))
@@ -83,7 +88,7 @@ class BuilderConfig(PassConfig):
                             accuracy_level=self.accuracy_level if self.execution_provider == "cpu" else 0,
                             embedding_bits=self.embedding_bits, algorithm=self.algorithm,
                             scale_search=self.scale_search, scale_estimation=self.scale_estimation,
-                            act_order=self.act_order,
+                            act_order=self.act_order, calibration_feed=self.calibration_feed,
                             target_size_mb=self.target_size_mb, bits_per_weight=self.bits_per_weight,
                             adapter_path=self.adapter_path,
                             adapters=self.adapters, adapter_energy=self.adapter_energy)
