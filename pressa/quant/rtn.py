@@ -125,8 +125,25 @@ def _with_zero_points(blocks: np.ndarray, scales: np.ndarray, bits: int, symmetr
     return scales, np.clip(np.rint(-mn * inv), 0, (1 << bits) - 1).astype(np.float32)
 
 
+SEARCH_CHUNK = 1 << 18          # values searched at a time: every candidate's pass stays in the CPU's cache
+
+
 def _searched_params(blocks: np.ndarray, raw: np.ndarray, bits: int, symmetric: bool
                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The search of `_search_rows` over rows of blocks a cache-sized chunk at a time (each block's
+    choice is its own, so chunking changes nothing but the memory traffic)."""
+    rows = max(1, SEARCH_CHUNK // max(1, blocks[0].size)) if blocks.ndim > 1 else len(blocks)
+    if len(blocks) <= rows:
+        return _search_rows(blocks, raw, bits, symmetric)
+    best_s, best_z = np.empty_like(raw), np.empty_like(raw)
+    for start in range(0, len(blocks), rows):
+        part = slice(start, start + rows)
+        best_s[part], best_z[part] = _search_rows(blocks[part], raw[part], bits, symmetric)
+    return best_s, best_z
+
+
+def _search_rows(blocks: np.ndarray, raw: np.ndarray, bits: int, symmetric: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
     levels = (1 << bits) - 1
     half = 1 << (bits - 1)
     best_s, best_z = _with_zero_points(blocks, fp16_round(raw), bits, symmetric)
@@ -152,8 +169,17 @@ def _searched_params(blocks: np.ndarray, raw: np.ndarray, bits: int, symmetric: 
 
 
 def _block_error(blocks: np.ndarray, s: np.ndarray, z: np.ndarray, bits: int) -> np.ndarray:
-    q = encode(blocks, s, z, bits).astype(np.float32)
-    return np.square((q - z[..., None]) * s[..., None] - blocks).sum(axis=-1)
+    """Squared error of each block encoded with (s, z): `encode`'s codes, computed in float in place."""
+    inv = np.divide(1.0, s, out=np.zeros_like(s), where=s != 0)
+    e = blocks * inv[..., None]
+    np.rint(e, out=e)
+    e += z[..., None]
+    np.clip(e, 0, (1 << bits) - 1, out=e)
+    e -= z[..., None]
+    e *= s[..., None]
+    e -= blocks
+    np.square(e, out=e)
+    return e.sum(axis=-1)
 
 
 def encode(values: np.ndarray, scales: np.ndarray, zp: np.ndarray, bits: int) -> np.ndarray:
