@@ -78,3 +78,13 @@ def test_benchmark_json_has_every_key(tiny_artifact):
         assert key in out, key
     assert out["decode_tokens_per_s"] > 0 and out["ttft_s"] > 0 and out["peak_rss_mb"] > 10
     assert out["decode_tokens_per_s_spread"]["runs"] == 2
+
+
+def test_peak_rss_is_the_process_own_not_the_parents():
+    """A benchmark started by a large process reports its own peak: Linux hands the parent's RSS to a
+    child's ru_maxrss at exec (so the old measure read this test process's 400 MB), VmHWM is the child's."""
+    big = np.ones((400 << 20) // 4, np.float32)
+    del big
+    code = "from pressa.evaluate.latency import peak_rss_mb; print(peak_rss_mb())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 5 < child < 250, child

@@ -31,8 +31,16 @@ def run_times(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[floa
 
 
 def peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
+    """This process's peak resident memory, MB. On Linux the memory map's own high-water mark (VmHWM):
+    getrusage's ru_maxrss also counts the RSS of the process that started this one (Linux records the
+    parent's at exec), so a benchmark started from a large process would report that process's size."""
+    try:
+        with open("/proc/self/status") as f:
+            hwm = next(line for line in f if line.startswith("VmHWM:"))
+        return int(hwm.split()[1]) / 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
 
 
 def prompt_of(model, tokens: int, text: str | None = None) -> list[int]:

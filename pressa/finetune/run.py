@@ -4,12 +4,12 @@ its pressa.json (data, template, steps, losses) and loss curve."""
 from __future__ import annotations
 
 import json
-import resource
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from pressa.errors import BadArgument
+from pressa.evaluate.latency import peak_rss_mb
 from pressa.finetune.data import DataOptions
 from pressa.finetune.train import LoraOptions, train, trainable_folder
 
@@ -35,7 +35,7 @@ def finetune(model: str | None, data: DataOptions, lora: LoraOptions, output: Pa
         before, after = run.eval_before, run.eval_after
         said = f"eval loss {before:.3f} -> {after:.3f}" if before is not None and after is not None else ""
         loss_png(run.losses, tmp / "loss.png", f"LoRA r={lora.lora_r}: {run.step} steps  {said}")
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = peak_rss_mb()
         manifest = write_manifest(tmp, Manifest(
             kind=ArtifactKind.LORA_ADAPTER, source={"model": model or "bundled"},
             passes=[{"pass": "finetune", "config": {**asdict(lora), **asdict(data)}}],
