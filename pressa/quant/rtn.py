@@ -169,7 +169,7 @@ def _search_rows(blocks: np.ndarray, raw: np.ndarray, bits: int, symmetric: bool
 
 
 def _block_error(blocks: np.ndarray, s: np.ndarray, z: np.ndarray, bits: int) -> np.ndarray:
-    """Squared error of each block encoded with (s, z): `encode`'s codes, computed in float in place."""
+    """Squared error of each (float32) block encoded with (s, z): `encode`'s codes, computed in place."""
     inv = np.divide(1.0, s, out=np.zeros_like(s), where=s != 0)
     e = blocks * inv[..., None]
     np.rint(e, out=e)
