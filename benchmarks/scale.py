@@ -48,6 +48,7 @@ def build(tool: str, shape: Path, out: Path) -> dict:
         cmd = [sys.executable, "-m", "pressa", "auto-opt", "-m", str(shape), "-o", str(out), *flags]
     wall, rss, rc = timed(cmd, {"CI": "1"})
     if tool == "olive":
+        shutil.rmtree(Path.cwd() / ".olive-cache", ignore_errors=True)      # its cached copy of the model (GBs)
         found = next(out.rglob("genai_config.json"), None)
         out = found.parent if found else out
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss), "size_mb": round(size_mb(out), 1), "rc": rc,
