@@ -53,3 +53,22 @@ def test_calibrated_algorithms_refused_where_they_cannot_fold(tiny_dir, tmp_path
                       tmp_path / "calib.txt", "-o", tmp_path / kind)
         assert_user_error(res, kind, "RTN")
         no_leftovers(tmp_path, kind)
+
+
+def test_canonical_shapes_of_transposed_weights_match_what_is_read(tiny_dir):
+    """GPT-2's Conv1D weights are stored [in, out] and read transposed: the canonical reader's shapes are
+    those of the arrays it reads, whether or not the source has a shape index."""
+    from pressa.capture.config import decoder_config
+    from pressa.sources import open_source
+    from pressa.sources.base import WeightReader
+
+    src = open_source(str(tiny_dir("gpt2")))
+    cfg = decoder_config(src.config)
+    for reader in (src.weights, WeightReader(src.weights.names, src.weights)):
+        canon = cfg.arch.canonical(reader, cfg.num_layers, cfg.num_heads, cfg.num_experts)
+        square = 0
+        for name in canon.names:
+            got, want = canon.shape(name), canon(name).shape
+            assert tuple(got) == want, (reader.shapes is not None, name, got, want)
+            square += len(want) == 2 and want[0] == want[1]
+        assert square < len(canon.names) - 4          # the test sees non-square linears

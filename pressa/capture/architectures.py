@@ -169,8 +169,8 @@ class Arch:
             return w
 
         def shape(name: str) -> tuple:
-            s = reader.shapes(names[name]) if reader.shapes else read(name).shape
-            return tuple(reversed(s)) if name in flip else tuple(s)
+            s = reader.shape(names[name])
+            return tuple(reversed(s)) if name in flip else s
 
         def rows(name: str, start: int, stop: int):
             if name in flip or (self.interleaved_qkv and ".qkv_proj." in name):
