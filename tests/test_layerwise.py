@@ -49,9 +49,9 @@ def whole_model_decisions(cfg, weights, windows, opts) -> dict:
                                                 ("awq", True), ("rtn", True), ("gptq", True)])
 def test_layer_by_layer_decisions_equal_the_whole_model_calibration(tiny_dir, tmp_path, algorithm, estimate):
     src, cfg, windows = prepared(tiny_dir("llama"))
-    opts = BuildOptions(precision="int4", algorithm=algorithm, scale_estimation=estimate)
+    opts = BuildOptions(precision="int4", algorithm=algorithm, scale_estimation=estimate, calibration_feed="float")
     want = whole_model_decisions(cfg, src.weights, windows, opts)
-    got = LayerwiseCalibration(cfg, src.weights, opts, windows).run(LayerCache(tmp_path / "c"), quantized_inputs=False)
+    got = LayerwiseCalibration(cfg, src.weights, opts, windows).run(LayerCache(tmp_path / "c"))
     assert len(want) == cfg.num_layers * 4
     for key, decided in want.items():
         mine = got[key]
@@ -191,7 +191,7 @@ def test_a_calibrated_build_stores_the_lm_heads_decisions(tiny_dir, tmp_path):
     folder = tiny_dir("qwen2")
     src, cfg, windows = prepared(folder)
     opts = BuildOptions(precision="int4", algorithm="gptq", embedding_bits=4)
-    cache = LayerCache(cache_root() / cache_key(src.location, windows, opts, True))
+    cache = LayerCache(cache_root() / cache_key(src.location, windows, opts))
     decided = LayerwiseCalibration(cfg, src.weights, opts, windows).run(cache)["lm_head"].quantized
     said = []
     build_llm(str(folder), tmp_path / "out", BuildOptions(precision="int4", algorithm="gptq", embedding_bits=4),

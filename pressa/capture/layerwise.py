@@ -4,7 +4,7 @@ The calibration windows' embeddings enter layer 0. Each layer is built alone as 
 extra outputs are its linears' inputs (DecoderBuilder.build_layer); their statistics (H = X^T X, mean
 |x|, a sample of rows) quantize the layer with the builder's own GPTQ or AWQ, and the quantized layer,
 run on the same windows, gives the next layer its inputs (as GPTQ's reference implementation does: each
-layer corrects the error the ones before it made). With `quantized_inputs=False` (auto-opt
+layer corrects the error the ones before it made). With calibration_feed "float" (auto-opt
 --calibration-feed float) the float layer's outputs go on instead, which reproduces a whole-model float
 calibration exactly and runs each layer once instead of twice.
 
@@ -40,7 +40,7 @@ def cache_root() -> Path:
     return user_cache_dir() / "calibration"
 
 
-def cache_key(location: str, windows: list[list[int]], opts: BuildOptions, quantized_inputs: bool) -> str:
+def cache_key(location: str, windows: list[list[int]], opts: BuildOptions) -> str:
     """What a layer's decisions depend on: pressa's version, the source's files, the windows, the
     quantization options."""
     from pressa import __version__
@@ -52,8 +52,7 @@ def cache_key(location: str, windows: list[list[int]], opts: BuildOptions, quant
              "windows": hashlib.sha256(np.asarray(windows, np.int64).tobytes()).hexdigest(),
              "options": {k: getattr(opts, k) for k in ("precision", "block_size", "symmetric", "accuracy_level",
                                                         "algorithm", "scale_search", "scale_estimation", "act_order",
-                                                        "layer_bits", "layer_groups")},
-             "quantized_inputs": quantized_inputs}
+                                                        "layer_bits", "layer_groups", "calibration_feed")}}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -240,7 +239,7 @@ class LayerwiseCalibration:
         quantized = self.opts.precision in ("int4", "int8")
         return self.opts.uses_hessian and quantized and (self.cfg.tie_embeddings or "lm_head.weight" in self.w)
 
-    def run(self, cache: LayerCache, quantized_inputs: bool = True, log=lambda s: None) -> LayerResults:
+    def run(self, cache: LayerCache, log=lambda s: None) -> LayerResults:
         """Every layer's decisions into `cache`, from the first layer it does not have, then the
         lm_head's where its quantization reads the Hessian (its decisions stored as layer n's)."""
         n = self.cfg.num_layers
@@ -250,6 +249,7 @@ class LayerwiseCalibration:
         elif first:
             log(f"calibration: all {n} layers finished in {cache.folder}")
         hidden = cache.hidden() if first else embedded(self.cfg, self.w, self.windows)
+        quantized_inputs = self.opts.calibration_feed == "quantized"
         try:
             for i in range(first, n):
                 self.progress(i, n, f"calibrating layer {i + 1}/{n}")

@@ -40,9 +40,7 @@ def _calibrated(cfg: DecoderConfig, src: Source, opts: BuildOptions, ratio: floa
         opts.layer_bits = _mixed(cfg, src, opts, ratio, progress, log, run)
     if opts.algorithm == "rtn" and not opts.scale_estimation:
         return None
-    quantized = opts.calibration_feed == "quantized"
-    results = run.run(LayerCache(cache_root() / cache_key(src.location, windows, opts, quantized)),
-                      quantized_inputs=quantized, log=log)
+    results = run.run(LayerCache(cache_root() / cache_key(src.location, windows, opts)), log=log)
     log(f"calibration: {len(windows)} x {seqlen} tokens, layer by layer, in {time.perf_counter() - t1:.1f} s")
     return results
 
