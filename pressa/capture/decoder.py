@@ -42,7 +42,7 @@ class BuildOptions:
     context_length: int | None = None
     adapter_path: str | None = None      # a PEFT LoRA adapter merged into the weights as they are read
     adapters: str | None = None          # NAME=DIR,...: adapters kept as run-time weights (capture/lora.py)
-    adapter_energy: float = 1.0          # ... each at the rank holding this share of its energy (lora.compact)
+    adapter_energy: float = 0.95         # ... each at the rank holding this share of its energy (lora.compact)
     last_token_logits: bool = True       # lm_head only on each row's last token (prefill speed)
     algorithm: str = "rtn"               # rtn | awq | gptq | awq+gptq (all but rtn need calibration statistics)
     scale_search: bool = True            # per-group MSE search of scale / zero point

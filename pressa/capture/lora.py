@@ -120,17 +120,20 @@ class RuntimeAdapters:
             b_all[col: col + a.shape[0], starts[j]: starts[j + 1]] = b.T
         return a_all, b_all, tuple(tuple(x) for x in spans)
 
-    def _mask(self, g: GraphWriter, spans: tuple) -> str:
-        """[B, 1, R]: 1 over the ranks of each row's adapter, 0 elsewhere (all 0 for the base)."""
-        if spans not in self._masks:
-            table = np.zeros((len(spans) + 1, max(stop for ranges in spans for _, stop in ranges)), np.float32)
+    def _mask(self, g: GraphWriter, spans: tuple, width: int) -> str:
+        """[B, 1, width] (or [B, 1, 1] when the artifact has one adapter: one mask for every linear): 1 over
+        the ranks of each row's adapter, 0 elsewhere (all 0 for the base). Columns outside every span are
+        zeros of t already."""
+        key = "one" if len(self.names) == 1 else (spans, width)
+        if key not in self._masks:
+            table = np.zeros((len(spans) + 1, 1 if key == "one" else width), np.float32)
             for k, ranges in enumerate(spans):
                 for start, stop in ranges:
-                    table[k + 1, start:stop] = 1.0
+                    table[k + 1, 0 if key == "one" else start: 1 if key == "one" else stop] = 1.0
             lab = f"/lora/mask_{len(self._masks)}"
             rows = g.op("Gather", [g.weight(f"{lab}/table", table), self.rows], f"{lab}/Gather", axis=0)
-            self._masks[spans] = g.op("Unsqueeze", [rows, g.const(f"{lab}/axis", [1])], f"{lab}/Unsqueeze")
-        return self._masks[spans]
+            self._masks[key] = g.op("Unsqueeze", [rows, g.const(f"{lab}/axis", [1])], f"{lab}/Unsqueeze")
+        return self._masks[key]
 
     def linear(self, b, g: GraphWriter, x: str, name: str, w: np.ndarray, key: str, bits: int | None
                ) -> str | None:
@@ -146,19 +149,19 @@ class RuntimeAdapters:
         lab = f"{name}/lora"
         if bits is None:
             t = g.op("MatMul", [x, b.fw(g, f"{lab}/A", a_all)], f"{lab}/MatMul_A")
-        else:
-            t = b.matmul_nbits(g, x, f"{lab}/A", a_all.T, bits, key=f"{name}.lora")
-        t = g.op("Mul", [t, self._mask(g, spans)], f"{lab}/Mul_mask")
-        if bits is None:
+            t = g.op("Mul", [t, self._mask(g, spans, a_all.shape[1])], f"{lab}/Mul_mask")
             wide = np.concatenate([w.T, b_all]).astype(np.float32)
             return g.op("MatMul", [g.op("Concat", [x, t], f"{lab}/Concat", axis=-1), b.fw(g, f"{name}.weight", wide)],
                         f"{name}/MatMul")
-        block = b.o.block_size
-        before, after = (-w.shape[1]) % block, (-b_all.shape[0]) % block     # each part in whole blocks
-        if before or after:
-            t = g.op("Pad", [t, g.const(f"{lab}/pads", [0, 0, before, 0, 0, after])], f"{lab}/Pad")
+        block = b.o.block_size       # t starts and ends on the wide weight's block bounds: A's zero columns
+        before, after = (-w.shape[1]) % block, (-b_all.shape[0]) % block     # pad it (no Pad node per step)
+        a_all = np.pad(a_all, ((0, 0), (before, after)))
+        spans = tuple(tuple((start + before, stop + before) for start, stop in ranges) for ranges in spans)
+        t = b.matmul_nbits(g, x, f"{lab}/A", a_all.T, bits, key=f"{name}.lora")
+        t = g.op("Mul", [t, self._mask(g, spans, a_all.shape[1])], f"{lab}/Mul_mask")
         base = b.quantize(w, bits, key)
-        extra = quantize_rtn(np.ascontiguousarray(b_all.T), bits, block, b.o.symmetric, b.searching(bits))
+        extra = quantize_rtn(np.ascontiguousarray(b_all.T), bits, block,
+                             b.o.symmetric, b.searching(bits))
         packed = matmulnbits_tensors(joined(base, extra))
         x_wide = g.op("Concat", [x, t], f"{lab}/Concat", axis=-1)
         return b.matmul_nbits(g, x_wide, name, None, bits, packed=packed, key=key,

@@ -55,9 +55,10 @@ class BuilderConfig(PassConfig):
                                      json_schema_extra=olive("adapter_path"))
     adapters: str | None = Field(None, description="NAME=DIR,...: PEFT LoRA adapters kept as small run-time "
                                  "weights beside the base (quantized once); each request picks one by name")
-    adapter_energy: float = Field(1.0, gt=0.0, le=1.0, description="run-time adapters: each update B A kept at "
+    adapter_energy: float = Field(0.95, gt=0.0, le=1.0, description="run-time adapters: each update B A kept at "
                                   "the smallest rank holding this share of its squared singular values (1.0: "
-                                  "exact; 0.99 drops ranks a trained adapter barely uses, decoding faster)")
+                                  "exact; 0.95 keeps ~10 of a trained r=64 adapter's ranks, decoding ~1.1x the "
+                                  "base at +0.1% eval loss, see README)")
 
     @field_validator("group_size")
     @classmethod
