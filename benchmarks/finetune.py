@@ -68,9 +68,10 @@ def artifact_eval_loss(folder: Path, exs, adapter: str | None = None) -> float:
     return total / count
 
 
-def decode_speeds(builds: dict[str, tuple[Path, str | None]], rounds: int = 3) -> dict[str, float]:
-    """Decode tokens/s of each (artifact, adapter), the builds interleaved round by round and the median
-    kept: the machine is shared, so only figures taken side by side compare."""
+def decode_speeds(builds: dict[str, tuple[Path, str | None]], rounds: int = 5) -> tuple[dict, dict]:
+    """Decode tokens/s of each (artifact, adapter), the builds interleaved round by round: the median of each,
+    and each build's cost per token against the first build's as the median of the rounds' ratios (the
+    machine is shared and drifts; only figures taken side by side compare)."""
     import statistics
 
     from pressa.evaluate.latency import benchmark
@@ -80,7 +81,9 @@ def decode_speeds(builds: dict[str, tuple[Path, str | None]], rounds: int = 3) -
         for name, (folder, adapter) in builds.items():
             seen[name].append(benchmark(folder, prompt_tokens=128, new_tokens=64, runs=2,
                                         adapter=adapter)["decode_tokens_per_s"])
-    return {name: round(statistics.median(v), 1) for name, v in seen.items()}
+    first = seen[next(iter(builds))]
+    cost = {name: round(statistics.median(f / v for f, v in zip(first, got)), 3) for name, got in seen.items()}
+    return {name: round(statistics.median(v), 1) for name, v in seen.items()}, cost
 
 
 def random_adapter_over(shape: Path, out: Path) -> Path:
@@ -96,7 +99,7 @@ def random_adapter_over(shape: Path, out: Path) -> Path:
     return out
 
 
-def shape_decode(shape: Path, w: Path) -> dict[str, float]:
+def shape_decode(shape: Path, w: Path) -> tuple[dict, dict]:
     """Decode of an int4 base vs the same base with a run-time adapter over a synthetic model shape."""
     adapter = random_adapter_over(shape, w / "shape-adapter")
     pressa("auto-opt", "-m", str(shape), "--precision", "int4", "-o", str(w / "shape-base"))
@@ -107,8 +110,8 @@ def shape_decode(shape: Path, w: Path) -> dict[str, float]:
 
 
 def build_artifacts(w: Path, energies: list[str]) -> dict[str, Path]:
-    """fp32 and int4 merged, int4 base, int4 run-time (exact and at each energy) builds of the adapter in
-    w/adapter; returns the energy builds by their row name."""
+    """fp32 and int4 merged, int4 base, int4 run-time (the default --adapter-energy, and each energy given)
+    builds of the adapter in w/adapter; returns the energy builds by their row name."""
     pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "fp32", "-o", str(w / "fp32-merged"))
     pressa("auto-opt", "--adapter_path", str(w / "adapter"), "--precision", "int4", "-o", str(w / "int4-merged"))
     pressa("auto-opt", "--precision", "int4", "-o", str(w / "int4-base"))
@@ -132,7 +135,7 @@ def main() -> None:
     ap.add_argument("--max-seq-len", type=int, default=256)
     ap.add_argument("--adapter", type=Path, help="reuse this adapter instead of training")
     ap.add_argument("--shape", type=Path, help="also: decode with a random adapter over this synthetic checkpoint")
-    ap.add_argument("--adapter-energy", default="0.99",
+    ap.add_argument("--adapter-energy", default="1.0",
                     help="also run-time builds keeping each update at the rank holding these shares of its energy "
                          "(comma-separated)")
     ap.add_argument("--json", action="store_true")
@@ -159,7 +162,7 @@ def main() -> None:
         losses = {name: artifact_eval_loss(w / name, held) for name in ("fp32-merged", "int4-merged", "int4-base")}
         losses["int4-runtime (adapter chat)"] = artifact_eval_loss(w / "int4-runtime", held, "chat")
         losses.update({name: artifact_eval_loss(folder, held, "chat") for name, folder in energies.items()})
-        speed = decode_speeds({"int4-base": (w / "int4-base", None), "int4-merged": (w / "int4-merged", None),
+        speed, cost = decode_speeds({"int4-base": (w / "int4-base", None), "int4-merged": (w / "int4-merged", None),
                                "int4-runtime (no adapter)": (w / "int4-runtime", None),
                                "int4-runtime (adapter chat)": (w / "int4-runtime", "chat"),
                                **{name: (folder, "chat") for name, folder in energies.items()}})
@@ -169,11 +172,10 @@ def main() -> None:
               "peak_rss_mb": ft["peak_rss_mb"], "train_wall_s": round(train_s, 1),
               "eval_loss_before": ft["eval_loss_before"], "eval_loss_after": ft["eval_loss_after"],
               "artifact_eval_loss": losses, "decode_tokens_per_s": speed, "held_out": len(held),
-              "adapter_decode_cost": round(speed["int4-base"] / speed["int4-runtime (adapter chat)"], 3),
-              "adapter_decode_cost_at_energy": {name: round(speed["int4-base"] / speed[name], 3) for name in energies},
-              "shape": None if shape is None else {"model": str(a.shape), "decode_tokens_per_s": shape,
-                                                   "adapter_decode_cost": round(shape["int4-base"] /
-                                                                                shape["int4-runtime (adapter a)"], 3)},
+              "adapter_decode_cost": cost["int4-runtime (adapter chat)"],
+              "adapter_decode_cost_at_energy": {name: cost[name] for name in energies},
+              "shape": None if shape is None else {"model": str(a.shape), "decode_tokens_per_s": shape[0],
+                                                   "adapter_decode_cost": shape[1]["int4-runtime (adapter a)"]},
               "machine": machine()}
     rows = [("torch fp32, before", f"{ft['eval_loss_before']:.4f}", ""),
             ("torch fp32, after (LoRA)", f"{ft['eval_loss_after']:.4f}", ""),

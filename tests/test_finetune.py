@@ -192,8 +192,8 @@ def runtime_builds(trained, tmp_path_factory):
     # int4 with float activations: at accuracy level 4 ONNX Runtime quantizes each MatMulNBits input to
     # int8, where ~1e-7 of summation-order noise (the adapters' extra K blocks) can flip a rounding and
     # move a logit by ~0.03: the comparisons below are of the weights and the graph, not of that
-    for prefix, extra in (("multi", dict(adapters=specs, adapter_energy=1.0)), ("base", {}), ("map", dict(adapter_path=str(adapter))),
-                          ("other", dict(adapter_path=str(other)))):
+    for prefix, extra in (("multi", dict(adapters=specs, adapter_energy=1.0)), ("base", {}),
+                          ("map", dict(adapter_path=str(adapter))), ("other", dict(adapter_path=str(other)))):
         build_llm(str(hf), tmp / f"{prefix}-int4", BuildOptions(precision="int4", accuracy_level=0, **extra))
     return tmp
 
