@@ -468,3 +468,23 @@ def test_runtime_adapters_at_a_lower_energy_keep_fewer_ranks_and_the_adapters_ch
     want = (logits("merged") - logits("base")).ravel()
     got = (logits("low", "map") - logits("low")).ravel()
     assert float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)) > 0.95
+
+
+def test_a_folder_written_from_transposed_arrays_reads_back_equal(tmp_path):
+    """write_folder over a reader that returns transposed views (as a Conv1D weight or a fan_in_fan_out
+    merge can): safetensors reads back the arrays themselves, not their buffers in memory order."""
+    from types import SimpleNamespace
+
+    from safetensors.numpy import load_file
+
+    from pressa.finetune.train import write_folder
+
+    class Reader:
+        names = ["a", "b"]
+
+        def __call__(self, name):
+            return {"a": np.arange(12, dtype=np.float32).reshape(3, 4).T, "b": np.ones((2, 2), np.float32)}[name]
+
+    write_folder(SimpleNamespace(config={"model_type": "llama"}, tokenizer_files={}), Reader(), tmp_path)
+    back = load_file(str(tmp_path / "model.safetensors"))
+    assert sorted(back) == Reader.names and all(np.array_equal(back[n], Reader()(n)) for n in Reader.names)

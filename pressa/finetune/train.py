@@ -69,9 +69,12 @@ def write_folder(src, weights, folder: Path) -> None:
     Face-style folder that transformers and pressa read."""
     import json
 
+    import numpy as np
     from safetensors.numpy import save_file
 
-    save_file({n: weights(n) for n in sorted(weights.names)}, str(folder / "model.safetensors"))
+    # safetensors writes an array's buffer as row-major whatever its order: a transposed view (a Conv1D
+    # weight, a merged fan_in_fan_out delta) must be made C-contiguous or it is saved scrambled
+    save_file({n: np.ascontiguousarray(weights(n)) for n in sorted(weights.names)}, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(src.config, indent=1))
     for name, data in src.tokenizer_files.items():
         (folder / name).write_bytes(data)
