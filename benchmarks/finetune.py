@@ -7,7 +7,8 @@ adapter where the artifact has them).
 
 --adapter DIR reuses an adapter `pressa finetune` wrote (its pressa.json has the training figures) instead of
 training; --shape DIR (a checkpoint from benchmarks/synthetic.py) also measures decode with a random r=64
-adapter on every linear over that model shape (random weights: speed only).
+adapter on every linear over that model shape, and with one given the trained adapter's singular values
+(random weights: speed only).
 
 Reported: steps/s and peak RSS of the training, eval loss before/after on held-out conversations (the
 assistant turns of the chat template), the loss curve (loss.png in the adapter), then each artifact's eval
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine  # noqa: E402
@@ -99,14 +102,46 @@ def random_adapter_over(shape: Path, out: Path) -> Path:
     return out
 
 
-def shape_decode(shape: Path, w: Path) -> tuple[dict, dict]:
-    """Decode of an int4 base vs the same base with a run-time adapter over a synthetic model shape."""
-    adapter = random_adapter_over(shape, w / "shape-adapter")
+def with_spectrum_of(adapter: Path, trained: Path) -> None:
+    """Give each update B A of `adapter` (random, over a synthetic shape) the singular values of the trained
+    adapter's update of the same module in the layer at the same depth, with random singular vectors: the
+    ranks --adapter-energy keeps, and so the decode cost, are then a trained adapter's (speed only)."""
+    from safetensors.numpy import load_file, save_file
+
+    from pressa.finetune.merge import lora_scale, read_adapter
+
+    cfg, shape_pairs = read_adapter(adapter)
+    tcfg, trained_pairs = read_adapter(trained)
+    depth = {n: int(n.split(".layers.")[1].split(".")[0]) for n in {**shape_pairs, **trained_pairs}}
+    layers, tlayers = max(depth[n] for n in shape_pairs) + 1, max(depth[n] for n in trained_pairs) + 1
+    rng = np.random.default_rng(0)
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    for name, (a, b) in shape_pairs.items():
+        twin = name.replace(f".layers.{depth[name]}.", f".layers.{depth[name] * tlayers // layers}.")
+        ta, tb = trained_pairs[twin]
+        sv = np.linalg.svd((tb * lora_scale(tcfg)).astype(np.float64) @ ta, compute_uv=False)[: a.shape[0]]
+        u = np.linalg.qr(rng.standard_normal((b.shape[0], a.shape[0])))[0]
+        v = np.linalg.qr(rng.standard_normal((a.shape[1], a.shape[0])))[0]
+        module = "base_model.model." + name.removesuffix(".weight")
+        tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(sv[:, None] * v.T, np.float32)   # C order:
+        tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(u / lora_scale(cfg), np.float32)  # raw bytes
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+
+
+def shape_decode(shape: Path, w: Path, trained: Path) -> tuple[dict, dict]:
+    """Decode of an int4 base vs the same base with a run-time adapter over a synthetic model shape: a random
+    r=64 adapter (flat spectrum: --adapter-energy keeps nearly every rank) and one with the trained
+    adapter's spectrum (with_spectrum_of), each at the default energy."""
+    runtime = {}
+    for kind in ("random", "trained-spectrum"):
+        adapter = random_adapter_over(shape, w / f"shape-adapter-{kind}")
+        if kind != "random":
+            with_spectrum_of(adapter, trained)
+        pressa("auto-opt", "-m", str(shape), "--adapters", f"a={adapter}", "--precision", "int4", "-o",
+               str(w / f"shape-{kind}"))
+        runtime[f"int4-runtime ({kind} adapter)"] = (w / f"shape-{kind}", "a")
     pressa("auto-opt", "-m", str(shape), "--precision", "int4", "-o", str(w / "shape-base"))
-    pressa("auto-opt", "-m", str(shape), "--adapters", f"a={adapter}", "--precision", "int4", "-o",
-           str(w / "shape-runtime"))
-    return decode_speeds({"int4-base": (w / "shape-base", None),
-                          "int4-runtime (adapter a)": (w / "shape-runtime", "a")})
+    return decode_speeds({"int4-base": (w / "shape-base", None), **runtime})
 
 
 def build_artifacts(w: Path, energies: list[str]) -> dict[str, Path]:
@@ -166,7 +201,7 @@ def main() -> None:
                                "int4-runtime (no adapter)": (w / "int4-runtime", None),
                                "int4-runtime (adapter chat)": (w / "int4-runtime", "chat"),
                                **{name: (folder, "chat") for name, folder in energies.items()}})
-        shape = shape_decode(a.shape, w) if a.shape else None
+        shape = shape_decode(a.shape, w, w / "adapter") if a.shape else None
         (Path.cwd() / "finetune-loss.png").write_bytes((w / "adapter" / "loss.png").read_bytes())
     result = {"benchmark": "finetune", "steps": ft["steps"], "steps_per_s": ft["steps_per_s"],
               "peak_rss_mb": ft["peak_rss_mb"], "train_wall_s": round(train_s, 1),
@@ -175,7 +210,7 @@ def main() -> None:
               "adapter_decode_cost": cost["int4-runtime (adapter chat)"],
               "adapter_decode_cost_at_energy": {name: cost[name] for name in energies},
               "shape": None if shape is None else {"model": str(a.shape), "decode_tokens_per_s": shape[0],
-                                                   "adapter_decode_cost": shape[1]["int4-runtime (adapter a)"]},
+                                                   "adapter_decode_cost": shape[1]},
               "machine": machine()}
     rows = [("torch fp32, before", f"{ft['eval_loss_before']:.4f}", ""),
             ("torch fp32, after (LoRA)", f"{ft['eval_loss_after']:.4f}", ""),
@@ -186,7 +221,7 @@ def main() -> None:
           "loss curve in finetune-loss.png", file=sys.stderr)
     print(f"decode with the adapter active costs {result['adapter_decode_cost']}x the base per token "
           f"({result['adapter_decode_cost_at_energy']})"
-          + (f"; over {a.shape.name}: {result['shape']['adapter_decode_cost']}x" if shape else ""), file=sys.stderr)
+          + (f"; over {a.shape.name}: {result['shape']['adapter_decode_cost']}" if shape else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":
