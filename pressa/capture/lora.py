@@ -128,13 +128,12 @@ class RuntimeAdapters:
         zeros of t already."""
         key = "one" if len(self.names) == 1 else (spans, width)
         if key not in self._masks:
-            table = np.zeros((len(spans) + 1, 1 if key == "one" else width), np.float32)
+            table = np.zeros((len(spans) + 1, 1, 1 if key == "one" else width), np.float32)   # Gather: [B, 1, W]
             for k, ranges in enumerate(spans):
                 for start, stop in ranges:
-                    table[k + 1, 0 if key == "one" else start: 1 if key == "one" else stop] = 1.0
+                    table[k + 1, 0, 0 if key == "one" else start: 1 if key == "one" else stop] = 1.0
             lab = f"/lora/mask_{len(self._masks)}"
-            rows = g.op("Gather", [g.weight(f"{lab}/table", table), self.rows], f"{lab}/Gather", axis=0)
-            self._masks[key] = g.op("Unsqueeze", [rows, g.const(f"{lab}/axis", [1])], f"{lab}/Unsqueeze")
+            self._masks[key] = g.op("Gather", [g.weight(f"{lab}/table", table), self.rows], f"{lab}/Gather", axis=0)
         return self._masks[key]
 
     def linear(self, b, g: GraphWriter, x: str, name: str, w: np.ndarray, key: str, bits: int | None
