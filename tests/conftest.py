@@ -187,6 +187,25 @@ def tiny_artifact(tiny_dir, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A LoRA adapter (r=16) trained on finetune_data's mapping over a tiny llama: (hf folder, adapter, manifest)."""
+    pytest.importorskip("peft")
+    from finetune_data import TEMPLATE, mapping_records, write_jsonl
+
+    from pressa.finetune.data import DataOptions
+    from pressa.finetune.run import finetune
+    from pressa.finetune.train import LoraOptions
+
+    tmp = tmp_path_factory.mktemp("finetune")
+    hf = make_tiny("llama", tmp / "hf")
+    data = write_jsonl(tmp / "train.jsonl", mapping_records(240, 0))
+    manifest = finetune(str(hf), DataOptions(data_files=str(data), text_template=TEMPLATE, eval_share=0.1),
+                        LoraOptions(lora_r=16, lora_alpha=32, max_steps=200, learning_rate=3e-3, batch_size=8),
+                        tmp / "adapter")
+    return hf, tmp / "adapter", manifest
+
+
 def hf_left_padded(model, rows: list[list[int]], steps: list[list[int]]):
     """transformers logits for left-padded rows: (prefill logits per row [L_b, V], decode logits per step [B, V])."""
     import torch
