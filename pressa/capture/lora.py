@@ -126,12 +126,14 @@ class RuntimeAdapters:
         """[B, 1, width] (or [B, 1, 1] when the artifact has one adapter: one mask for every linear): 1 over
         the ranks of each row's adapter, 0 elsewhere (all 0 for the base). Columns outside every span are
         zeros of t already."""
-        key = "one" if len(self.names) == 1 else (spans, width)
+        if len(self.names) == 1:
+            spans, width = (((0, 1),),), 1          # a row's 0 or 1, broadcast over every linear's ranks
+        key = (spans, width)
         if key not in self._masks:
-            table = np.zeros((len(spans) + 1, 1, 1 if key == "one" else width), np.float32)   # Gather: [B, 1, W]
+            table = np.zeros((len(spans) + 1, 1, width), np.float32)          # its Gather: [B, 1, width]
             for k, ranges in enumerate(spans):
                 for start, stop in ranges:
-                    table[k + 1, 0, 0 if key == "one" else start: 1 if key == "one" else stop] = 1.0
+                    table[k + 1, 0, start:stop] = 1.0
             lab = f"/lora/mask_{len(self._masks)}"
             self._masks[key] = g.op("Gather", [g.weight(f"{lab}/table", table), self.rows], f"{lab}/Gather", axis=0)
         return self._masks[key]
@@ -161,8 +163,7 @@ class RuntimeAdapters:
         t = b.matmul_nbits(g, x, f"{lab}/A", a_all.T, bits, key=f"{name}.lora")
         t = g.op("Mul", [t, self._mask(g, spans, a_all.shape[1])], f"{lab}/Mul_mask")
         base = b.quantize(w, bits, key)
-        extra = quantize_rtn(np.ascontiguousarray(b_all.T), bits, block,
-                             b.o.symmetric, b.searching(bits))
+        extra = quantize_rtn(np.ascontiguousarray(b_all.T), bits, block, b.o.symmetric, b.searching(bits))
         packed = matmulnbits_tensors(joined(base, extra))
         x_wide = g.op("Concat", [x, t], f"{lab}/Concat", axis=-1)
         return b.matmul_nbits(g, x_wide, name, None, bits, packed=packed, key=key,
