@@ -88,10 +88,11 @@ def test_int4_runtime_adapters_keep_the_base_exact_and_carry_each_adapters_chang
 
 def test_one_int4_runtime_adapter_at_the_default_energy_adds_three_nodes_per_linear(trained, tmp_path):
     """One adapter, int4, the default --adapter-energy (ranks that do not fill whole blocks): per adapted
-    linear exactly A, the mask and the Concat run (A's zero columns pad t to the blocks, no Pad node; one
-    row mask shared by every linear); no adapter gives the plain int4 build's logits, the adapter carries
-    the fp32 merged build's change within 1.2x the error of merging it and then quantizing (on this tiny
-    model int4's own noise dominates: 0.38 against 0.34 of the change's norm; at energy 1.0, 0.33)."""
+    linear exactly A, the mask and the Concat run (no Pad node; one row mask shared by every linear), and
+    t is as wide as the ranks kept (the wide weight's K = its input's + A's N, its last block partial); no
+    adapter gives the plain int4 build's logits, the adapter carries the fp32 merged build's change within
+    1.2x the error of merging it and then quantizing (on this tiny model int4's own noise dominates: 0.38
+    against 0.34 of the change's norm; at energy 1.0, 0.33)."""
     import onnx
 
     from pressa.capture.decoder import BuildOptions
@@ -111,6 +112,11 @@ def test_one_int4_runtime_adapter_at_the_default_energy_adds_three_nodes_per_lin
     assert sorted(set(lora)) == ["Cast", "Concat", "MatMulNBits", "Mul"] and lora.count("Mul") == linears
     assert lora.count("MatMulNBits") == lora.count("Concat") == linears
     assert [n.op_type for n in nodes if n.name.startswith("/lora/mask")] == ["Gather"]
+    attrs = {n.name: {a.name: a.i for a in n.attribute} for n in nodes if n.op_type == "MatMulNBits"}
+    ranks = {name.removesuffix("/lora/A/MatMulNBits"): a["N"] for name, a in attrs.items() if "/lora/A/" in name}
+    assert len(ranks) == linears and any(r % 32 for r in ranks.values())
+    assert all(attrs[f"{name}/MatMulNBits"]["K"] == attrs[f"{name}/lora/A/MatMulNBits"]["K"] + r
+               for name, r in ranks.items())
 
     def logits(name, adapter_name=None):
         return DecoderSession(tmp_path / name, threads=1, all_logits=True).prefill(

@@ -6,11 +6,12 @@ default 0, so runtimes that do not know the input run the base).
 Per linear that an adapter changes, for the rows' adapters k: y = x @ W^T + (x @ A_k^T) @ (scale_k B_k)^T,
 computed as one wider base linear: t = mask * (x @ A_all) (every adapter's A side by side, the row's ranks
 kept by a mask), then y = [x, t] @ [W, B_all]^T, every adapter's B stacked onto the base weight along
-its input axis (quantized with it, in blocks of its own). Three small nodes per linear (A, mask,
-Concat) and no second output pass: on a 2-core CPU a small MatMulNBits costs ~5 us whatever its size,
-the mask and the Concat ~1 us, which with the adapter's bytes is what its decode step pays. A's zero
-columns put t on the wide weight's block bounds (no Pad node), and an artifact with one adapter masks
-every linear with one [B, 1, 1] row mask. A fused linear (q, k, v stacked; gate and up) takes the
+its input axis (quantized with it, in blocks of its own, the last one partial). Three small nodes per
+linear (A, mask, Concat) and no second output pass: in a decode step each extra node costs ~3 us (a
+small MatMulNBits ~5 us), which with the adapter's bytes is what its decode step pays. A's zero columns
+put t on a block bound of the wide weight (no Pad node), t is as wide as the ranks kept (K of the wide
+weight need not fill its last block), and an artifact with one adapter masks every linear with one
+[B, 1, 1] row mask. A fused linear (q, k, v stacked; gate and up) takes the
 parts' A side by side and their B block-diagonal.
 """
 
@@ -156,27 +157,29 @@ class RuntimeAdapters:
             wide = np.concatenate([w.T, b_all]).astype(np.float32)
             return g.op("MatMul", [g.op("Concat", [x, t], f"{lab}/Concat", axis=-1), b.fw(g, f"{name}.weight", wide)],
                         f"{name}/MatMul")
-        block = b.o.block_size       # t starts and ends on the wide weight's block bounds: A's zero columns
-        before, after = (-w.shape[1]) % block, (-b_all.shape[0]) % block     # pad it (no Pad node per step)
-        a_all = np.pad(a_all, ((0, 0), (before, after)))
+        block = b.o.block_size       # t starts on a block bound of the wide weight: A's zero columns pad it
+        before = (-w.shape[1]) % block                                     # (no Pad node per step)
+        a_all = np.pad(a_all, ((0, 0), (before, 0)))
         spans = tuple(tuple((start + before, stop + before) for start, stop in ranges) for ranges in spans)
         t = b.matmul_nbits(g, x, f"{lab}/A", a_all.T, bits, key=f"{name}.lora")
         t = g.op("Mul", [t, self._mask(g, spans, a_all.shape[1])], f"{lab}/Mul_mask")
         base = b.quantize(w, bits, key)
         extra = quantize_rtn(np.ascontiguousarray(b_all.T), bits, block, b.o.symmetric, b.searching(bits))
-        packed = matmulnbits_tensors(joined(base, extra))
+        wide = joined(base, extra)
+        packed, packed_k = matmulnbits_tensors(wide), wide.k
         x_wide = g.op("Concat", [x, t], f"{lab}/Concat", axis=-1)
-        return b.matmul_nbits(g, x_wide, name, None, bits, packed=packed, key=key,
-                              shape=(w.shape[0], packed["B"].shape[1] * block))
+        return b.matmul_nbits(g, x_wide, name, None, bits, packed=packed, key=key, shape=(w.shape[0], packed_k))
 
 
 def joined(first: QuantizedWeight, second: QuantizedWeight) -> QuantizedWeight:
-    """Two weights with the same rows quantized alike, side by side along K (whole blocks each)."""
+    """Two weights with the same rows quantized alike, side by side along K: the second starts on a block
+    bound (the first's padding blocks included), and its own last block may be partial (K need not be a
+    whole number of blocks: MatMulNBits pads the input's last block)."""
     zero_points = (None if first.zero_points is None
                    else np.concatenate([first.zero_points, second.zero_points], axis=1))
     q = np.concatenate([first.q, second.q], axis=1)
     return QuantizedWeight(q, np.concatenate([first.scales, second.scales], axis=1), zero_points, first.bits,
-                           first.block_size, q.shape[1] * first.block_size)
+                           first.block_size, first.q.shape[1] * first.block_size + second.k)
 
 
 def read_adapter_names(folder: Path) -> list[str]:
