@@ -71,17 +71,23 @@ def artifact_eval_loss(folder: Path, exs, adapter: str | None = None) -> float:
     return total / count
 
 
-def decode_speeds(builds: dict[str, tuple[Path, str | None]], rounds: int = 5) -> tuple[dict, dict]:
-    """Decode tokens/s of each (artifact, adapter), the builds interleaved round by round: the median of each,
-    and each build's cost per token against the first build's as the median of the rounds' ratios (the
-    machine is shared and drifts; only figures taken side by side compare)."""
+def decode_speeds(builds: dict[str, tuple[Path, str | None]], rounds: int = 7) -> tuple[dict, dict]:
+    """Decode tokens/s of each (artifact, adapter), the builds run round by round in a shuffled order with a
+    pause before each (a session run right after another's spinning threads is slowed, which a fixed
+    order puts on the same build every round): the median of each, and each build's cost per token
+    against the first build's as the median of the rounds' ratios (the machine is shared and drifts; only
+    figures taken side by side compare)."""
+    import random
     import statistics
 
     from pressa.evaluate.latency import benchmark
 
     seen: dict[str, list[float]] = {name: [] for name in builds}
+    order = random.Random(0)
     for _ in range(rounds):
-        for name, (folder, adapter) in builds.items():
+        for name in order.sample(list(builds), len(builds)):
+            time.sleep(0.2)
+            folder, adapter = builds[name]
             seen[name].append(benchmark(folder, prompt_tokens=128, new_tokens=64, runs=2,
                                         adapter=adapter)["decode_tokens_per_s"])
     first = seen[next(iter(builds))]
@@ -141,7 +147,9 @@ def shape_decode(shape: Path, w: Path, trained: Path) -> tuple[dict, dict]:
                str(w / f"shape-{kind}"))
         runtime[f"int4-runtime ({kind} adapter)"] = (w / f"shape-{kind}", "a")
     pressa("auto-opt", "-m", str(shape), "--precision", "int4", "-o", str(w / "shape-base"))
-    return decode_speeds({"int4-base": (w / "shape-base", None), **runtime})
+    shutil.copytree(w / "shape-base", w / "shape-base-copy")          # the same graph again: the noise floor
+    return decode_speeds({"int4-base": (w / "shape-base", None), "int4-base (a copy)": (w / "shape-base-copy", None),
+                          **runtime})
 
 
 def build_artifacts(w: Path, energies: list[str]) -> dict[str, Path]:

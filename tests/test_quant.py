@@ -249,3 +249,20 @@ def test_group_larger_than_a_divisor_of_the_hidden_size(tmp_path):
     assert blocks == {"GatherBlockQuantized": 32, "MatMulNBits": 32}
     a, b = outs["fp32"].ravel(), outs["int4"].ravel()
     assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.98
+
+
+def test_the_largest_magnitude_is_the_first_by_argmax_in_either_layout():
+    """Symmetric scales' extreme value equals argmax(|v|)'s pick, ties of +a and -a and all-zero blocks
+    included, on contiguous blocks and on the transposed view GPTQ passes."""
+    from pressa.quant.rtn import largest_magnitude
+
+    rng = np.random.default_rng(7)
+    w = rng.integers(-8, 9, (300, 64)).astype(np.float32)          # a coarse grid: +a / -a ties are common
+    w[:3] = 0.0
+    w[0, 0] = -0.0                                                   # argmax picks it: a scale of +0.0
+    for blocks in (w.reshape(300, 2, 32), np.ascontiguousarray(w.T).T.reshape(300, 2, 32)):
+        want = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)[..., 0]
+        got = largest_magnitude(blocks)
+        assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
+    blocks = w[3:].reshape(-1, 32)
+    assert (blocks.max(-1) == -blocks.min(-1)).sum() > 10                     # ties were exercised

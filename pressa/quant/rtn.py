@@ -109,11 +109,23 @@ def group_params(blocks: np.ndarray, bits: int, symmetric: bool, search: bool = 
 def _raw_scales(blocks: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
     """Plain min/max scales before rounding (symmetric: the largest-magnitude value over -2**(b-1))."""
     if symmetric:
-        idx = np.abs(blocks).argmax(axis=-1)[..., None]
-        return (np.take_along_axis(blocks, idx, axis=-1)[..., 0] / -(1 << (bits - 1))).astype(np.float32)
+        return (largest_magnitude(blocks) / -(1 << (bits - 1))).astype(np.float32)
     mn = np.minimum(blocks.min(axis=-1), 0.0)
     mx = np.maximum(blocks.max(axis=-1), 0.0)
     return ((mx - mn) / ((1 << bits) - 1)).astype(np.float32)
+
+
+def largest_magnitude(blocks: np.ndarray) -> np.ndarray:
+    """Each block's value of largest magnitude, the first of them where +a and -a tie (as argmax of |v|
+    picks it), from the blocks' max and min: reductions that run across rows when GPTQ hands its blocks
+    over as a transposed view (an argmax over that strided axis ran 40x slower)."""
+    mx, mn = blocks.max(axis=-1), blocks.min(axis=-1)
+    out = np.where(mx > -mn, mx, mn)
+    tie = mx == -mn                           # +a and -a both present (or an all-zero block): the first
+    if tie.any():
+        tied = blocks[tie]
+        out[tie] = np.take_along_axis(tied, np.abs(tied).argmax(axis=-1)[:, None], axis=-1)[:, 0]
+    return out
 
 
 def _with_zero_points(blocks: np.ndarray, scales: np.ndarray, bits: int, symmetric: bool
