@@ -58,7 +58,7 @@ class BuilderConfig(PassConfig):
     adapter_energy: float = Field(0.95, gt=0.0, le=1.0, description="run-time adapters: each update B A kept at "
                                   "the smallest rank holding this share of its squared singular values (1.0: "
                                   "exact; 0.95 keeps ~10 of a trained r=64 adapter's ranks at +0.1% eval loss; "
-                                  "decoding SmolLM2 ~1.2x the base, 1.44x exact; see README)")
+                                  "decoding SmolLM2 ~1.2x the base, 1.33x exact; see README)")
 
     @field_validator("group_size")
     @classmethod
