@@ -84,11 +84,13 @@ def _run(node, inputs, inits):
     return sess.run(None, inputs)[0]
 
 
-@pytest.mark.parametrize("bits,sym,bs", [(4, True, 32), (4, False, 32), (4, False, 64), (8, True, 32), (8, False, 128),
-                                         (2, True, 32), (2, False, 32), (2, False, 128)])
-def test_matmulnbits_equals_dequantized_matmul(bits, sym, bs):
+@pytest.mark.parametrize("bits,sym,bs,k", [(4, True, 32, 256), (4, False, 32, 256), (4, False, 64, 256),
+                                           (8, True, 32, 256), (8, False, 128, 256), (2, True, 32, 256),
+                                           (2, False, 32, 256), (2, False, 128, 256),
+                                           (4, False, 32, 265), (8, True, 32, 265)])   # a partial last block
+def test_matmulnbits_equals_dequantized_matmul(bits, sym, bs, k):
     rng = np.random.default_rng(1)
-    n, k = 48, 256
+    n = 48
     w = rng.standard_normal((n, k)).astype(np.float32)
     x = rng.standard_normal((3, k)).astype(np.float32)
     qw = quantize_rtn(w, bits, bs, sym)
