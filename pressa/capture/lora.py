@@ -11,8 +11,8 @@ linear (A, mask, Concat) and no second output pass: in a decode step each extra 
 small MatMulNBits ~5 us), which with the adapter's bytes is what its decode step pays. A's zero columns
 put t on a block bound of the wide weight (no Pad node), t is as wide as the ranks kept (K of the wide
 weight need not fill its last block), and an artifact with one adapter masks every linear with one
-[B, 1, 1] row mask. A fused linear (q, k, v stacked; gate and up) takes the
-parts' A side by side and their B block-diagonal.
+[B, 1, 1] row mask. A fused linear (q, k, v stacked; gate and up) takes the parts' A side by side and
+their B block-diagonal.
 """
 
 from __future__ import annotations
@@ -166,9 +166,9 @@ class RuntimeAdapters:
         base = b.quantize(w, bits, key)
         extra = quantize_rtn(np.ascontiguousarray(b_all.T), bits, block, b.o.symmetric, b.searching(bits))
         wide = joined(base, extra)
-        packed, packed_k = matmulnbits_tensors(wide), wide.k
         x_wide = g.op("Concat", [x, t], f"{lab}/Concat", axis=-1)
-        return b.matmul_nbits(g, x_wide, name, None, bits, packed=packed, key=key, shape=(w.shape[0], packed_k))
+        return b.matmul_nbits(g, x_wide, name, None, bits, packed=matmulnbits_tensors(wide), key=key,
+                              shape=(w.shape[0], wide.k))
 
 
 def joined(first: QuantizedWeight, second: QuantizedWeight) -> QuantizedWeight:
