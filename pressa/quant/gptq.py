@@ -14,6 +14,7 @@ import numpy as np
 from pressa.quant.rtn import QuantizedWeight, group_params
 
 BASE = 512          # below this width the blocked algorithms call LAPACK directly
+INNER = 8           # columns whose errors reach each other one by one; then one product per INNER columns
 
 
 def _inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
@@ -56,11 +57,13 @@ def _upper_factor(a: np.ndarray) -> np.ndarray:
 
 
 def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = False,
-                  damp: float = 0.01, lazy: int = 32, search: bool = False, act_order: bool = False,
+                  damp: float = 0.01, lazy: int = 128, search: bool = False, act_order: bool = False,
                   static: tuple[np.ndarray, np.ndarray] | None = None) -> QuantizedWeight:
-    """Columns left to right, `lazy` at a time: within a batch each column's error updates the batch's
-    later columns at once; the columns after the batch get the batch's errors in one product. Works on
-    W^T so that a column is a contiguous row.
+    """Columns left to right, `lazy` at a time, and within a batch INNER at a time: a column's error
+    updates the later columns of its INNER at once, the rest of the batch gets those INNER errors in one
+    product, and the columns after the batch get the batch's errors in one product (the same sums as
+    updating every later column at once, in fewer passes over memory). Works on W^T so that a column is
+    a contiguous row.
 
     `act_order`: columns in order of decreasing H diagonal (the inputs that carry most energy first,
     while the most columns are left to absorb their error), with each group's scale and zero point
@@ -93,18 +96,21 @@ def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int =
         i2 = min(i1 + lazy, kp)
         batch, u1 = wt[i1:i2], u[i1:i2, i1:i2]
         err = np.empty_like(batch)
-        for j in range(i2 - i1):
-            col = int(order[i1 + j])
-            g = col // block_size
-            if not act_order and col % block_size == 0:
-                s, z = group_params(batch[j:j + block_size].T[:, None, :], bits, symmetric, search)
-                scales[g], zps[g] = s[:, 0], z[:, 0]
-                inverse[g] = np.divide(1.0, scales[g], out=np.zeros(n, np.float32), where=scales[g] != 0)
-            q = np.clip(np.rint(batch[j] * inverse[g]) + zps[g], 0, top)          # rtn.encode, one column
-            codes[col] = q
-            e = (batch[j] - (q - zps[g]) * scales[g]) / u1[j, j]
-            batch[j + 1:] -= u1[j, j + 1:, None] * e[None, :]
-            err[j] = e
+        for j1 in range(0, i2 - i1, INNER):
+            j2 = min(j1 + INNER, i2 - i1)
+            for j in range(j1, j2):
+                col = int(order[i1 + j])
+                g = col // block_size
+                if not act_order and col % block_size == 0:
+                    s, z = group_params(batch[j:j + block_size].T[:, None, :], bits, symmetric, search)
+                    scales[g], zps[g] = s[:, 0], z[:, 0]
+                    inverse[g] = np.divide(1.0, scales[g], out=np.zeros(n, np.float32), where=scales[g] != 0)
+                q = np.clip(np.rint(batch[j] * inverse[g]) + zps[g], 0, top)      # rtn.encode, one column
+                codes[col] = q
+                e = (batch[j] - (q - zps[g]) * scales[g]) / u1[j, j]
+                batch[j + 1:j2] -= u1[j, j + 1:j2, None] * e[None, :]
+                err[j] = e
+            batch[j2:] -= u1[j1:j2, j2:].T @ err[j1:j2]
         wt[i2:] -= u[i1:i2, i2:].T @ err
     return QuantizedWeight(codes.T.reshape(n, nb, block_size), np.ascontiguousarray(scales.T),
                            None if symmetric else zps.T.astype(np.uint8), bits, block_size, k)
