@@ -74,10 +74,12 @@ def main() -> None:
     x = rng.standard_normal((1, 1, a.k)).astype(np.float32)
     times: dict[tuple, list[float]] = {f: [] for f in FORMATS}
     stored: dict[tuple, int] = {}
-    for order in (FORMATS, FORMATS[::-1]):         # two rounds, the second in reverse order
-        for f in order:                            # one live session at a time: an idle session's spinning
-            s, calls, stored[f] = session(w, *f)  # pool slows another's runs (interleaved, 4-bit groups
-            for _ in range(3):                          # of 32 read 446 us where alone they took ~310)
+    # one live session at a time, two rounds (the second in reverse order): an idle session's spinning pool
+    # slows another's runs (interleaved, 4-bit groups of 32 read 446 us where alone they took ~310)
+    for order in (FORMATS, FORMATS[::-1]):
+        for f in order:
+            s, calls, stored[f] = session(w, *f)
+            for _ in range(3):
                 s.run(None, {"x": x})
             for _ in range(a.runs // 2):
                 t = time.perf_counter()

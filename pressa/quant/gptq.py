@@ -9,6 +9,8 @@ against 0.3 s for a 4,864-wide Hessian)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pressa.quant.rtn import QuantizedWeight, group_params
@@ -90,14 +92,15 @@ def quantize_gptq(w: np.ndarray, h: np.ndarray, bits: int = 4, block_size: int =
     u = _inverse_hessian_factor(h, damp)
     codes = np.zeros((kp, n), np.uint8)
     lazy = max(block_size, lazy // block_size * block_size)
+    inner = math.gcd(INNER, block_size)          # a group's first column starts a sub-block
     top = (1 << bits) - 1
     inverse = np.divide(1.0, scales, out=np.zeros_like(scales), where=scales != 0)
     for i1 in range(0, kp, lazy):
         i2 = min(i1 + lazy, kp)
         batch, u1 = wt[i1:i2], u[i1:i2, i1:i2]
         err = np.empty_like(batch)
-        for j1 in range(0, i2 - i1, INNER):
-            j2 = min(j1 + INNER, i2 - i1)
+        for j1 in range(0, i2 - i1, inner):
+            j2 = min(j1 + inner, i2 - i1)
             for j in range(j1, j2):
                 col = int(order[i1 + j])
                 g = col // block_size
