@@ -182,7 +182,7 @@ def textbook_gptq(w, h, bits, block, sym, act_order, damp=0.01):
     h = h + damp * np.mean(np.diag(h)) * np.eye(k)
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     wt = w.astype(np.float64).copy()
-    s = z = None
+    s, z = np.zeros((n, k // block), np.float32), np.zeros((n, k // block), np.float32)
     if act_order:
         s, z = group_params(w.reshape(n, k // block, block).astype(np.float32), bits, sym, True)
     u = np.linalg.cholesky(np.linalg.inv(h[np.ix_(order, order)])).T
@@ -191,8 +191,6 @@ def textbook_gptq(w, h, bits, block, sym, act_order, damp=0.01):
         g = col // block
         if not act_order and col % block == 0:
             gs, gz = group_params(wt[:, None, col:col + block].astype(np.float32), bits, sym, True)
-            s = np.zeros((n, k // block), np.float32) if s is None else s
-            z = np.zeros((n, k // block), np.float32) if z is None else z
             s[:, g], z[:, g] = gs[:, 0], gz[:, 0]
         inv = np.divide(1.0, s[:, g], out=np.zeros(n, np.float32), where=s[:, g] != 0)
         q = np.clip(np.rint(wt[:, col] * inv) + z[:, g], 0, (1 << bits) - 1)
