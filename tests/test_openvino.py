@@ -182,6 +182,10 @@ def test_openvino_refuses_soft_capping_in_one_line_and_auto_falls_back(tiny_arti
 
     with pytest.raises(BadArgument, match="soft-capping"):
         pressa.load(tiny_artifact("gemma2"), backend="openvino")
+    with pytest.raises(BadArgument, match="exact-speculation"):       # GroupQueryAttention's probabilities
+        pressa.load(tiny_artifact("llama", exact_speculation=True), backend="openvino")
+    assert type(pressa.load(tiny_artifact("llama", exact_speculation=True), backend="auto").session
+                ).__name__ == "DecoderSession"
     m = pressa.load(tiny_artifact("gemma2"), backend="auto")
     assert type(m.session).__name__ == "DecoderSession"
     assert isinstance(m.generate("t5 t6", chat=False, max_new_tokens=2), str)
@@ -249,15 +253,17 @@ def test_pressa_runs_encoder_ir_folders(encoder, tmp_path):
 
 def test_portable_attention_equals_group_query_attention(tiny_artifact):
     """GroupQueryAttention spelled in standard operators (the IR export's form) against ONNX Runtime's
-    contrib operator on the fp32 graph: a prefill and three steps, past passed back in."""
+    contrib operator on the fp32 graph: a prefill and three steps, past passed back in; also a graph
+    built with --exact-speculation, whose attention output comes from the node's probabilities."""
     import onnx
     import onnxruntime as ort
 
     from pressa.artifact.llm_io import read_genai_config
     from pressa.graph.portable_attention import portable_attention
 
-    for kind in ("llama", "gemma2", "gemma3", "qwen3"):
-        folder = tiny_artifact(kind, last_token_logits=False)
+    for kind, opts in (("llama", {}), ("gemma2", {}), ("gemma3", {}), ("qwen3", {}),
+                       ("llama", {"exact_speculation": True})):
+        folder = tiny_artifact(kind, last_token_logits=False, **opts)
         d = read_genai_config(folder)["model"]["decoder"]
         m = onnx.load(str(folder / "model.onnx"))
         a = ort.InferenceSession(m.SerializeToString())

@@ -14,7 +14,9 @@ def test_lookup_drafts_the_latest_continuation_of_the_longest_suffix():
 
     h = np.array([5, 6, 7, 8, 9, 5, 6, 7, 1, 2, 6, 7])
     assert lookup_draft(h, 3) == [1, 2, 6]          # "6 7" last seen before position 8 -> 1 2 6
-    assert lookup_draft(np.array([1, 2, 3, 4, 2, 3]), 5) == [4, 2, 3]
+    assert lookup_draft(np.array([1, 2, 3, 4, 2, 3]), 3) == [4, 2, 3]
+    assert lookup_draft(np.array([1, 2, 3, 4, 2, 3]), 5) == [4, 2, 3, 4, 2]   # runs into the present: period 3
+    assert lookup_draft(np.array([8, 7, 7, 7]), 4) == [7, 7, 7, 7]           # a repeated token, period 1
     assert lookup_draft(np.array([1, 2, 3]), 4) == []
     assert lookup_draft(np.array([4, 9, 4]), 2) == [9, 4]       # a 1-gram when no longer suffix recurs
 

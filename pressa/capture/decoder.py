@@ -44,6 +44,7 @@ class BuildOptions:
     adapters: str | None = None          # NAME=DIR,...: adapters kept as run-time weights (capture/lora.py)
     adapter_energy: float = 0.95         # ... each at the rank holding this share of its energy (lora.compact)
     last_token_logits: bool = True       # lm_head only on each row's last token (prefill speed)
+    exact_speculation: bool = False      # row-invariant attention (pressa.graph.row_invariant)
     algorithm: str = "rtn"               # rtn | awq | gptq | awq+gptq (all but rtn need calibration statistics)
     scale_search: bool = True            # per-group MSE search of scale / zero point
     scale_estimation: bool = False       # RTN/AWQ group scales refined on the calibration inputs
@@ -66,7 +67,8 @@ class BuildOptions:
                           algorithm=self.algorithm, scale_search=self.scale_search,
                           scale_estimation=self.scale_estimation, act_order=self.act_order,
                           calibration_feed=self.calibration_feed, target_size_mb=self.target_size_mb,
-                          bits_per_weight=self.bits_per_weight, adapter_energy=self.adapter_energy)
+                          bits_per_weight=self.bits_per_weight, adapter_energy=self.adapter_energy,
+                          exact_speculation=self.exact_speculation)
         except ValidationError as err:
             raise BadArgument(validation_message(err)) from None
 

@@ -184,7 +184,13 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
     except UnsupportedArchitecture as err:
         if src.kind not in ("hf", "hub"):
             raise
+        if opts.exact_speculation:
+            raise BadArgument(f"--exact-speculation needs a table architecture ({err})") from None
         return _general(src, out_dir, opts, provider, str(err), log, progress, workflow, t0)
+    if opts.exact_speculation:
+        from pressa.graph.row_invariant import check_attention
+
+        check_attention(cfg.num_heads, cfg.num_kv_heads, bool(cfg.attn_softcap))
     lora = _prepare_weights(cfg, src, opts, log)
     _check_quantization(cfg, src, opts, ratio, calibration_text)
     log(f"source: {src.kind} {src.location} ({cfg.arch.model_type}, {cfg.num_layers} layers, "
@@ -199,6 +205,10 @@ def build_llm_into(model: str | None, out_dir: Path, opts: BuildOptions, *, rati
     builder = DecoderBuilder(cfg, src.weights, opts, calib)
     builder.lora = lora
     info = builder.build(out_dir, progress)
+    if opts.exact_speculation:
+        from pressa.graph.row_invariant import rewrite_graph_file
+
+        info["op_counts"] = rewrite_graph_file(out_dir / "model.onnx", cfg.head_dim)
     if lora:
         lora.write(out_dir)
     if opts.layer_bits:

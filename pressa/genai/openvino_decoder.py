@@ -44,8 +44,9 @@ def read_decoder(model_path: Path):
 
 
 def unsupported(model_path) -> str | None:
-    """What in the graph OpenVINO's GroupQueryAttention cannot compute: attention soft-capping (Gemma 2).
-    (Sliding windows it keeps: Gemma 3 and Mistral match ONNX Runtime past their windows.)"""
+    """What in the graph OpenVINO's GroupQueryAttention cannot compute: attention soft-capping (Gemma 2),
+    the probabilities output of --exact-speculation. (Sliding windows it keeps: Gemma 3 and Mistral match
+    ONNX Runtime past their windows.)"""
     import onnx
 
     for n in onnx.load(str(model_path), load_external_data=False).graph.node:
@@ -54,6 +55,9 @@ def unsupported(model_path) -> str | None:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         if attrs.get("softcap"):
             return "OpenVINO's GroupQueryAttention has no attention soft-capping (this model caps its scores)"
+        if attrs.get("qk_output"):
+            return ("built with --exact-speculation, whose attention OpenVINO's GroupQueryAttention cannot "
+                    "output (an IR export can: pressa export --format openvino)")
     return None
 
 

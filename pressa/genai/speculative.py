@@ -32,14 +32,20 @@ def check_mode(mode: str | None) -> str:
 
 def lookup_draft(history: np.ndarray, k: int) -> list[int]:
     """Up to k tokens that followed the latest earlier occurrence of the history's last n tokens
-    (n = 3, then 2, then 1); [] when none occurred before."""
+    (n = 3, then 2, then 1); [] when none occurred before. A continuation that runs into the present
+    (the occurrence lies less than k tokens back: a repeating stretch, a list, a loop) goes on with the
+    same period."""
     size = len(history)
     for n in range(min(NGRAM_MAX, size - 1), NGRAM_MIN - 1, -1):
         windows = np.lib.stride_tricks.sliding_window_view(history[:size - 1], n)
         hits = np.flatnonzero((windows == history[size - n:]).all(axis=1))
         if hits.size:
             start = int(hits[-1]) + n
-            return history[start:start + k].tolist()
+            draft = history[start:start + k].tolist()
+            period = size - start
+            while len(draft) < k:
+                draft.append(draft[len(draft) - period])
+            return draft
     return []
 
 

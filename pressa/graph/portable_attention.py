@@ -100,7 +100,7 @@ def _attention(g: _Nodes, node, shared: dict, head: int, rot: int, dtype: int) -
     probs = g.op("Softmax", [scores], axis=-1)
     out = g.op("MatMul", [probs, repeat(present_v)])
     out = g.op("Reshape", [g.op("Transpose", [out], perm=[0, 2, 1, 3]), g.const([0, 0, hq * head])])
-    return [out, present_k, present_v]
+    return [out, present_k, present_v, probs]          # probs: qk_output's, for pressa.graph.row_invariant
 
 
 def portable_attention(model: onnx.ModelProto, head_size: int) -> onnx.ModelProto:

@@ -59,6 +59,10 @@ class BuilderConfig(PassConfig):
                                   "the smallest rank holding this share of its squared singular values (1.0: "
                                   "exact; 0.95 keeps ~10 of a trained r=64 adapter's ranks at +0.1% eval loss; "
                                   "decoding SmolLM2 ~1.2x the base, 1.33x exact; see README)")
+    exact_speculation: bool = Field(False, description="attention that scores one new token exactly as it "
+                                    "scores several, so speculative decoding's greedy output equals plain "
+                                    "decoding's token for token in int4/int8 builds too (ONNX Runtime's own "
+                                    "rounds one token differently; near-ties can then flip); decodes ~15% slower")
 
     @field_validator("group_size")
     @classmethod
@@ -78,6 +82,8 @@ class BuilderConfig(PassConfig):
             raise ValueError("give one of target_size_mb, bits_per_weight and ratio")
         if sized and self.precision != "int4":
             raise ValueError(f"{sized[0]} applies to precision int4 (mixed 2/4/8-bit weights)")
+        if self.exact_speculation and (self.precision == "fp16" or self.execution_provider == "cuda"):
+            raise ValueError("exact_speculation is for CPU builds with float32 attention (fp32, int8, int4)")
         if self.scale_estimation and self.algorithm.endswith("gptq") and not self.act_order:
             raise ValueError("scale_estimation with gptq needs act_order (its groups are fixed beforehand)")
         return self
@@ -92,7 +98,8 @@ class BuilderConfig(PassConfig):
                             act_order=self.act_order, calibration_feed=self.calibration_feed,
                             target_size_mb=self.target_size_mb, bits_per_weight=self.bits_per_weight,
                             adapter_path=self.adapter_path,
-                            adapters=self.adapters, adapter_energy=self.adapter_energy)
+                            adapters=self.adapters, adapter_energy=self.adapter_energy,
+                            exact_speculation=self.exact_speculation)
 
 
 class ModelBuilder(Pass):
