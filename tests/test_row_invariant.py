@@ -58,7 +58,7 @@ def test_int4_greedy_with_lookup_equals_plain_greedy(tiny_artifact):
     m = pressa.load(tiny_artifact("llama", "int4", exact_speculation=True), speculative="lookup")
     m.session.draft_cost = 0.05
     rng, accepted = np.random.default_rng(3), 0
-    for _ in range(10):
+    for _ in range(20):
         run = rng.integers(3, 160, 6).tolist()
         ids = rng.integers(3, 160, 4).tolist() + run + rng.integers(3, 160, 3).tolist() + run[:3]
         outs = {}

@@ -19,6 +19,20 @@ def test_lookup_drafts_the_latest_continuation_of_the_longest_suffix():
     assert lookup_draft(np.array([8, 7, 7, 7]), 4) == [7, 7, 7, 7]           # a repeated token, period 1
     assert lookup_draft(np.array([1, 2, 3]), 4) == []
     assert lookup_draft(np.array([4, 9, 4]), 2) == [9, 4]       # a 1-gram when no longer suffix recurs
+    edited = np.array([1, 5, 2, 3, 9, 1, 7])                    # 5 was drafted where the output chose 7
+    assert lookup_draft(edited, 3) == [] and lookup_draft(edited, 3, {5: 7}) == [2, 3, 9]
+
+
+def test_verification_learns_the_edit_it_makes_and_forgets_its_reverse():
+    from pressa.genai.sampling import SamplingConfig
+    from pressa.genai.sequence import Sequence
+
+    s = Sequence([1, 2], SamplingConfig(temperature=0.0))
+    s.corrections[9] = 4
+    logits = np.zeros((3, 16), np.float32)
+    logits[0, 5], logits[1, 9] = 1.0, 1.0                       # accepts 5, then chooses 9 where 4 was drafted
+    assert s.verify(logits, [5, 4]) == [5, 9]
+    assert s.corrections == {4: 9}
 
 
 def _generated(m, ids, cfg, emit=None) -> list[int]:
@@ -177,6 +191,24 @@ def test_draft_length_follows_acceptance_and_cost():
     assert k == 3 and abs(gain - (1 + 0.8 + 0.64 + 0.512) / 1.75) < 1e-9
     assert best_draft_length(0.9, 0.02, 7)[0] == 7
     assert best_draft_length(0.2, 0.25, 7)[1] < 1.0
+
+
+def test_drafts_that_hold_in_runs_are_drafted_longer():
+    """Looked-up drafts hold in runs: with the first draft kept half the time but a later one 9 times in
+    10 once the one before held, 1 + 0.5 (1 + 0.9 + ... ) tokens for 1 + 0.2 k: k = 1..6 give 1.25, 1.39,
+    1.47, 1.51, 1.52, 1.52, so 5, where one rate of 1/2 for both gives 1 (1.25, 1.25, 1.17)."""
+    from pressa.genai.sampling import SamplingConfig
+    from pressa.genai.sequence import Sequence
+    from pressa.genai.speculative import best_draft_length, expected_tokens
+
+    assert abs(expected_tokens((0.5, 0.9), 3) - (1 + 0.5 * (1 + 0.9 + 0.81))) < 1e-12
+    assert expected_tokens(0.8, 3) == expected_tokens((0.8, 0.8), 3)
+    assert best_draft_length((0.5, 0.9), 0.2, 7)[0] == 5 and best_draft_length(0.5, 0.2, 7)[0] == 1
+    s = Sequence([1, 2], SamplingConfig(temperature=0.0))
+    for drafts, taken in ((4, 2), (3, 0), (2, 2)):          # first drafts: held, failed, held; later ones
+        s.count_verification(drafts, taken)                 # tried after a held one: 1 + 0 + 1, held 1 + 0 + 1
+    assert s.tries == [3, 2, 3, 2] and s.acceptance == (3 / 5, 3 / 5)
+    assert (s.drafted, s.accepted) == (9, 4)
 
 
 def test_greedy_with_a_draft_model_equals_plain_greedy(tiny_artifact, byte_llm):

@@ -92,7 +92,9 @@ class Sequence:
     pause: int = 0                                    # and steps left before drafting again (2**misses - 1)
     drafted: int = 0                                  # drafted tokens verified, and accepted
     accepted: int = 0
+    tries: list = field(default_factory=lambda: [0, 0, 0, 0])   # first drafts tried, held; later ones tried, held
     drafter: object | None = None                     # a draft model's state (speculative.Drafter)
+    corrections: dict = field(default_factory=dict)   # looked-up token -> the token verification chose instead
 
     def __post_init__(self):
         self.history = list(self.ids)
@@ -113,9 +115,18 @@ class Sequence:
         return token
 
     @property
-    def acceptance(self) -> float:
-        """The share of its drafted tokens verification accepted so far (a prior of 1/2 before any)."""
-        return (self.accepted + 1) / (self.drafted + 2)
+    def acceptance(self) -> tuple[float, float]:
+        """(the share of its first drafted tokens verification accepted, of its later ones tried once the
+        one before held), each with a prior of 1/2 (speculative.expected_tokens)."""
+        first, first_held, later, later_held = self.tries
+        return (first_held + 1) / (first + 2), (later_held + 1) / (later + 2)
+
+    def count_verification(self, drafts: int, taken: int) -> None:
+        """Count a verification step that accepted `taken` of its `drafts` drafted tokens."""
+        self.drafted, self.accepted = self.drafted + drafts, self.accepted + taken
+        if drafts:
+            later = min(taken, drafts - 1)                      # later drafts reached: their previous held
+            self.tries = [a + b for a, b in zip(self.tries, (1, int(taken > 0), later, max(taken - 1, 0)))]
 
     def verify(self, logits: np.ndarray, draft: list[int], qs: list | None = None) -> list[int]:
         """The tokens plain decoding gives from logits [len(draft) + 1, V] of a step over [next token,
@@ -136,6 +147,9 @@ class Sequence:
             self._record(logits[j:j + 1], token)
             out.append(token)
             if token != d:
+                if q is None:                 # a looked-up draft: the text is edited this way (" ," -> ",")
+                    self.corrections[d] = token
+                    self.corrections.pop(token, None)        # the reverse edit, if any, no longer holds
                 return out
         out.append(self.choose(logits[len(draft):len(draft) + 1]))
         return out

@@ -208,7 +208,7 @@ class SlotBatch:
         if s.cfg.speculative == "draft":              # Model.prepare_speculation checked there is one
             s.drafter = s.drafter or Drafter(self.drafter_backend, self.capacity)
             return s.drafter.draft(s, k)
-        return lookup_draft(np.asarray(s.history), k), None
+        return lookup_draft(np.asarray(s.history), k, s.corrections), None
 
     def _verify(self, s: Sequence, draft: list[int], qs: list | None = None) -> None:
         """One step over [next token, *draft] for the sequence's slot: the tokens plain decoding would
@@ -224,7 +224,7 @@ class SlotBatch:
         tokens = s.verify(logits[0], draft, qs)
         if s.drafter is not None:
             s.drafter.settle(before, len(tokens) - 1, len(draft))
-        s.drafted, s.accepted = s.drafted + len(draft), s.accepted + len(tokens) - 1
+        s.count_verification(len(draft), len(tokens) - 1)
         s.misses = 0 if len(tokens) > 1 else s.misses + 1
         s.pause = max(s.pause, (1 << min(s.misses, 4)) - 1)     # or the pause _draft set for losing drafts
         self.steps += 1

@@ -30,11 +30,18 @@ def check_mode(mode: str | None) -> str:
     return mode
 
 
-def lookup_draft(history: np.ndarray, k: int) -> list[int]:
+def lookup_draft(history: np.ndarray, k: int, corrections: dict[int, int] | None = None) -> list[int]:
     """Up to k tokens that followed the latest earlier occurrence of the history's last n tokens
     (n = 3, then 2, then 1); [] when none occurred before. A continuation that runs into the present
     (the occurrence lies less than k tokens back: a repeating stretch, a list, a loop) goes on with the
-    same period."""
+    same period. `corrections` (drafted token -> the token verification chose instead) are applied to
+    the history first: text that is rewritten consistently (spacing, spelling, a renamed identifier)
+    matches and is drafted as the output writes it."""
+    if corrections:
+        edited = np.asarray(history).copy()
+        for drafted, chosen in corrections.items():
+            edited[history == drafted] = chosen
+        history = edited
     size = len(history)
     for n in range(min(NGRAM_MAX, size - 1), NGRAM_MIN - 1, -1):
         windows = np.lib.stride_tricks.sliding_window_view(history[:size - 1], n)
@@ -49,23 +56,30 @@ def lookup_draft(history: np.ndarray, k: int) -> list[int]:
     return []
 
 
-def expected_tokens(acceptance: float, drafts: int) -> float:
-    """Tokens a verification step over `drafts` drafted tokens yields on average, each accepted with
-    probability `acceptance` (the step's own token, then each draft while the ones before held)."""
-    return sum(acceptance ** i for i in range(drafts + 1))
+Acceptance = float | tuple[float, float]
 
 
-def best_draft_length(acceptance: float, cost: float, most: int) -> tuple[int, float]:
+def expected_tokens(acceptance: Acceptance, drafts: int) -> float:
+    """Tokens a verification step over `drafts` drafted tokens yields on average: the step's own token,
+    then each draft while the ones before held. `acceptance`: (the first draft's chance, each later
+    draft's once the one before it held), or one chance for both. Looked-up drafts come in runs (a
+    copied stretch holds token after token, an edit fails at once), so the second is usually higher:
+    1 + a1 (1 + c + ... + c^(drafts - 1))."""
+    first, then = acceptance if isinstance(acceptance, tuple) else (acceptance, acceptance)
+    return 1 + first * sum(then ** i for i in range(drafts))
+
+
+def best_draft_length(acceptance: Acceptance, cost: float, most: int) -> tuple[int, float]:
     """The draft length (1..most) that gives the most tokens per unit of time, and that rate against
-    plain decoding's: k drafts each accepted with probability `acceptance` yield 1 + a + ... + a^k
-    tokens for a step costing 1 + cost * k plain steps (`cost`: a drafted token's share of a step,
-    measured by measure_draft_cost)."""
+    plain decoding's: k drafts yield expected_tokens(acceptance, k) tokens for a step costing
+    1 + cost * k plain steps (`cost`: a drafted token's share of a step, measured by
+    measure_draft_cost)."""
     gains = [expected_tokens(acceptance, k) / (1 + cost * k) for k in range(1, most + 1)]
     best = int(np.argmax(gains))
     return best + 1, gains[best]
 
 
-def verify_alone(rows: list[tuple[int, float]], cost: float) -> list[bool]:
+def verify_alone(rows: list[tuple[int, Acceptance]], cost: float) -> list[bool]:
     """Which rows of a batch verify their drafts in a run of their own, for rows of (drafted tokens,
     acceptance so far): taken in order of tokens per unit of time while they raise the whole step's.
     In units of a one-token step: the batch's step over n rows costs 1 + cost * (n - 1) for n tokens;
