@@ -85,8 +85,12 @@ class GrammarTokenizer:
         self.stats = GrammarStats()
         lg = _llguidance()
         self.eos = np.array(sorted(i for i in eos_ids if i < vocab_size), np.int64)
-        self.tok = lg.LLTokenizer((Path(folder) / "tokenizer.json").read_text(), n_vocab=vocab_size,
-                                  eos_token=self.eos.tolist() or None)
+        try:
+            self.tok = lg.LLTokenizer((Path(folder) / "tokenizer.json").read_text(), n_vocab=vocab_size,
+                                      eos_token=self.eos.tolist() or None)
+        except ValueError as err:          # a tokenizer the grammar engine cannot spell with (e.g. WordPiece)
+            raise BadArgument(f"structured output (response_format, a required tool call, --json-schema) "
+                              f"cannot read this model's tokenizer: {str(err).splitlines()[0][:200]}") from None
 
     def constraint(self, grammar: str) -> Constraint:
         return Constraint(self, grammar)
