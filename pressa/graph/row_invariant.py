@@ -5,13 +5,14 @@ steps compute, and greedy speculative decoding equals plain decoding token for t
 ONNX Runtime's GroupQueryAttention on CPU computes each head's probabilities x V as one GEMM over the new
 tokens; for one token MLAS takes its one-row kernel (M = 1, alpha = 1), which rounds differently from the
 general kernel (~2e-7 on the output), and the int8 activations of the next 4-bit linear turn that into
-~0.5 in the logits and near-tie flips. Its scores and probabilities are row-invariant (equal bit for bit:
-tests/test_row_invariant.py). So each node also outputs its probabilities (qk_output = 2: [B, heads, S, T],
-zero past each row's causal length), and probabilities x V is computed here by a MatMul with the query
-heads of one key/value head stacked along M ([B, kv_heads, group x S, T] x [B, kv_heads, T, head]):
-M = group x S is at least 2, so MLAS never takes the one-row path, and a row's trailing zero
+~0.5 in the logits and near-tie flips. Its scores and probabilities are row-invariant (equal bit for
+bit in a one-node check; the whole graph's logits are tested: tests/test_row_invariant.py). So each node
+also outputs its probabilities (qk_output = 2: [B, heads, S, T], zero past each row's causal length), and
+probabilities x V is computed here by a MatMul with the query heads of one key/value head stacked along M
+([B, kv_heads, group x S, T] x [B, kv_heads, T, head]): M = group x S is at least 2, so MLAS never takes
+the one-row path, and a row's trailing zero
 probabilities add nothing to its sums. Six small nodes per layer (one copies the layer's values up to
-the run's length), ~15% of a SmolLM2 int4 decode step; the node's own output goes unused.
+the run's length), ~14% of a SmolLM2 int4 decode step; the node's own output goes unused.
 
 (The one-row kernel cannot be reproduced instead for verification rows: a batched MatMul with one row per
 query gives it every row's K = the run's length, and MLAS's one-row kernel sums a row whose length is 3

@@ -62,7 +62,7 @@ class BuilderConfig(PassConfig):
     exact_speculation: bool = Field(False, description="attention that scores one new token exactly as it "
                                     "scores several, so speculative decoding's greedy output equals plain "
                                     "decoding's token for token in int4/int8 builds too (ONNX Runtime's own "
-                                    "rounds one token differently; near-ties can then flip); decodes ~15% slower")
+                                    "rounds one token differently; near-ties can then flip); decodes ~14% slower")
 
     @field_validator("group_size")
     @classmethod
