@@ -10,9 +10,9 @@ bit in a one-node check; the whole graph's logits are tested: tests/test_row_inv
 also outputs its probabilities (qk_output = 2: [B, heads, S, T], zero past each row's causal length), and
 probabilities x V is computed here by a MatMul with the query heads of one key/value head stacked along M
 ([B, kv_heads, group x S, T] x [B, kv_heads, T, head]): M = group x S is at least 2, so MLAS never takes
-the one-row path, and a row's trailing zero
-probabilities add nothing to its sums. Six small nodes per layer (one copies the layer's values up to
-the run's length), ~14% of a SmolLM2 int4 decode step; the node's own output goes unused.
+the one-row path, and a row's trailing zero probabilities add nothing to its sums. Six small nodes per
+layer (one copies the layer's values up to the run's length), ~14% of a SmolLM2 int4 decode step; the
+node's own output goes unused.
 
 (The one-row kernel cannot be reproduced instead for verification rows: a batched MatMul with one row per
 query gives it every row's K = the run's length, and MLAS's one-row kernel sums a row whose length is 3
