@@ -37,8 +37,9 @@ def lookup_draft(history: np.ndarray, k: int, corrections: dict[int, int] | None
     same period. `corrections` (drafted token -> the token verification chose instead) are applied to
     the history first: text that is rewritten consistently (spacing, spelling, a renamed identifier)
     matches and is drafted as the output writes it."""
+    history = np.asarray(history)
     if corrections:
-        edited = np.asarray(history).copy()
+        edited = history.copy()
         for drafted, chosen in corrections.items():
             edited[history == drafted] = chosen
         history = edited
