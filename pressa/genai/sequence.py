@@ -90,8 +90,6 @@ class Sequence:
     history: list = field(init=False)                 # prompt and chosen tokens (speculative lookup)
     misses: int = 0                                   # verification steps in a row that accepted no draft,
     pause: int = 0                                    # and steps left before drafting again (2**misses - 1)
-    drafted: int = 0                                  # drafted tokens verified, and accepted
-    accepted: int = 0
     tries: list = field(default_factory=lambda: [0, 0, 0, 0])   # first drafts tried, held; later ones tried, held
     drafter: object | None = None                     # a draft model's state (speculative.Drafter)
     corrections: dict = field(default_factory=dict)   # looked-up token -> the token verification chose instead
@@ -123,7 +121,6 @@ class Sequence:
 
     def count_verification(self, drafts: int, taken: int) -> None:
         """Count a verification step that accepted `taken` of its `drafts` drafted tokens."""
-        self.drafted, self.accepted = self.drafted + drafts, self.accepted + taken
         if drafts:
             later = min(taken, drafts - 1)                      # later drafts reached: their previous held
             self.tries = [a + b for a, b in zip(self.tries, (1, int(taken > 0), later, max(taken - 1, 0)))]
