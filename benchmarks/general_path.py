@@ -42,7 +42,7 @@ def hf_folder(folder: Path, layers: int) -> Path:
 
 
 def build_both(hf: Path, work: Path, precision: str) -> dict[str, tuple[Path, float]]:
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.general import build_general_into
     from pressa.capture.llm import build_llm
     from pressa.sources import open_source

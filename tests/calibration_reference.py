@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.calibrate import InputStats, accumulate
-from pressa.capture.decoder import BuildOptions, DecoderBuilder
+from pressa.capture.decoder import DecoderBuilder
 from pressa.capture.layerwise import BATCH
 from pressa.tempdirs import temp_dir
 

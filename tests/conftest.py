@@ -134,7 +134,7 @@ def write_byte_tokenizer(folder: Path, template: str = TOOLS_TEMPLATE) -> None:
 def byte_llm(tmp_path_factory):
     """An fp32 tiny llama whose byte-level vocabulary spells any text (JSON, tool calls), with a chat
     template that renders tools."""
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
 
     d = tmp_path_factory.mktemp("bytes")
@@ -175,7 +175,7 @@ def tiny_artifact(tiny_dir, tmp_path_factory):
     def get(kind: str, precision: str = "fp32", **opts) -> Path:
         key = (kind, precision, tuple(sorted(opts.items())))
         if key not in cache:
-            from pressa.capture.decoder import BuildOptions
+            from pressa.capture.build_options import BuildOptions
             from pressa.capture.llm import build_llm
 
             out = tmp_path_factory.mktemp(f"art-{kind}-{precision}") / "model"
@@ -246,7 +246,7 @@ def rng_rows(seed: int = 0, lengths=(7, 4)) -> list[list[int]]:
 def server(tiny_artifact, tmp_path_factory):
     """A running server (the test_serve* modules) over a text encoder, a long-context fp32 LLM and a
     small int4 LLM."""
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
     from pressa.serve.models import load_models
 

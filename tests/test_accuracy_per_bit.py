@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from pressa.capture.decoder import BuildOptions
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.llm import build_llm
 from pressa.evaluate.footprint import weight_footprint
 from pressa.quant.awq import search_scales

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pressa.capture.decoder import BuildOptions
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.llm import build_llm
 from pressa.genai.decoder_session import DecoderSession
 

@@ -141,7 +141,7 @@ def test_info_and_list_architectures_show_each_row():
 def test_llm_path_never_imports_torch(tiny_dir, tmp_path):
     script = f"""
 import sys
-from pressa.capture.decoder import BuildOptions
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.llm import build_llm
 import pressa
 build_llm({str(tiny_dir("llama"))!r}, {str(tmp_path / "out")!r}, BuildOptions(precision="int4"))

@@ -170,7 +170,7 @@ def test_data_name_reads_a_dataset_folder_and_its_splits(tmp_path):
 
 def test_a_gguf_model_is_fine_tuned_and_merged(tmp_path):
     """A GGUF source is written out as a trainable folder; its adapter merges back into the GGUF's build."""
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
     from pressa.finetune.data import DataOptions
     from pressa.finetune.run import finetune

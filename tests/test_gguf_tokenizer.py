@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pressa.capture.decoder import BuildOptions
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.llm import build_llm
 from pressa.genai.tokenizer import TextTokenizer
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from calibration_reference import whole_model_stats
 
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.calibrate import calibration_ids
 from pressa.capture.config import decoder_config
-from pressa.capture.decoder import BuildOptions, DecoderBuilder
+from pressa.capture.decoder import DecoderBuilder
 from pressa.capture.layerwise import LayerCache, LayerwiseCalibration
 from pressa.capture.llm import build_llm
 from pressa.quant.rtn import dequantize, quantize_rtn

@@ -49,7 +49,8 @@ def test_family_switches_not_built_are_refused_in_one_line():
     with pytest.raises(UnsupportedArchitecture, match="stablelm with use_parallel_residual"):
         decoder_config({"model_type": "stablelm", "hidden_size": 8, "use_parallel_residual": True})
     with pytest.raises(UnsupportedArchitecture, match="multiple of 16"):
-        from pressa.capture.decoder import BuildOptions, DecoderBuilder
+        from pressa.capture.build_options import BuildOptions
+        from pressa.capture.decoder import DecoderBuilder
 
         cfg = decoder_config({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 8, "vocab_size": 10,
                               "num_hidden_layers": 1, "intermediate_size": 8})            # head 8: rotary 8 dims

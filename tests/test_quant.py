@@ -272,7 +272,7 @@ def test_group_larger_than_a_divisor_of_the_hidden_size(tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
     from pressa.genai.decoder_session import DecoderSession
 

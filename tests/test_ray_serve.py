@@ -34,7 +34,7 @@ def _replica_counts(url: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def ray_server(tmp_path_factory):
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
 
     d = tmp_path_factory.mktemp("ray-serve")

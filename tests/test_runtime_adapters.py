@@ -32,7 +32,7 @@ def random_adapter(hf, folder, seed: int = 3):
 @pytest.fixture(scope="module")
 def runtime_builds(trained, tmp_path_factory):
     """fp32 builds of one base: with both adapters at run time, each merged, and plain."""
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
 
     hf, adapter, _ = trained
@@ -95,7 +95,7 @@ def test_one_int4_runtime_adapter_at_the_default_energy_adds_three_nodes_per_lin
     against 0.34 of the change's norm; at energy 1.0, 0.33)."""
     import onnx
 
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
     from pressa.genai.decoder_session import DecoderSession
 
@@ -239,7 +239,7 @@ def test_runtime_adapters_at_a_lower_energy_keep_fewer_ranks_and_the_adapters_ch
     of the logits stays the merged fp32 build's (cosine > 0.95)."""
     import onnx
 
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
     from pressa.genai.decoder_session import DecoderSession
 

@@ -18,7 +18,7 @@ from conftest import make_tiny
 def long_llm(tmp_path_factory):
     """A tiny fp32 llama with room for long generations (fp32: MatMul gives the same row whatever
     the batch, so co-batched sequences must match their solo runs exactly)."""
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
 
     d = tmp_path_factory.mktemp("long")

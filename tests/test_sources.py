@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from pressa.capture.decoder import BuildOptions
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.llm import build_llm
 from pressa.genai.decoder_session import DecoderSession
 

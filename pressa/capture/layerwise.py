@@ -25,8 +25,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.calibrate import InputStats, accumulate
-from pressa.capture.decoder import HIDDEN, HIDDEN_OUT, BuildOptions, DecoderBuilder
+from pressa.capture.decoder import HIDDEN, HIDDEN_OUT, DecoderBuilder
 from pressa.capture.embeddings import HEAD
 from pressa.quant.packing import pack_codes, unpack_codes
 from pressa.quant.rtn import QuantizedWeight

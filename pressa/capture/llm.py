@@ -9,8 +9,9 @@ from pathlib import Path
 
 from pressa.artifact import ArtifactKind, Manifest, atomic_folder, write_json, write_manifest
 from pressa.artifact.llm_io import GENAI_CONFIG, genai_config
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.config import DecoderConfig, decoder_config
-from pressa.capture.decoder import BuildOptions, DecoderBuilder
+from pressa.capture.decoder import DecoderBuilder
 from pressa.capture.mixed import budget_frame, budgeted
 from pressa.errors import BadArgument, UnsupportedArchitecture
 from pressa.sources import open_source

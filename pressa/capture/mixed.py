@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from pressa.capture.build_options import BuildOptions
 from pressa.capture.config import DecoderConfig
-from pressa.capture.decoder import BuildOptions
 from pressa.capture.embeddings import embedding_block
 from pressa.errors import BadArgument
 from pressa.quant.budget import choose_bits, formats, matmulnbits_bytes, stored_bytes

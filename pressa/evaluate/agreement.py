@@ -58,7 +58,7 @@ def reference_logits(reference: str, threads: int | None = None) -> tuple[Logits
         if run is not None:
             return run, "transformers fp32", None
     open_source(reference)         # clear errors for a bad reference before building
-    from pressa.capture.decoder import BuildOptions
+    from pressa.capture.build_options import BuildOptions
     from pressa.capture.llm import build_llm
 
     tmp = temp_dir("reference-")

@@ -89,7 +89,7 @@ class BuilderConfig(PassConfig):
         return self
 
     def build_options(self):
-        from pressa.capture.decoder import BuildOptions
+        from pressa.capture.build_options import BuildOptions
 
         return BuildOptions(precision=self.precision, block_size=self.group_size, symmetric=self.symmetric,
                             accuracy_level=self.accuracy_level if self.execution_provider == "cpu" else 0,
